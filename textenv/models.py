@@ -1,0 +1,125 @@
+"""Loading tokenizers, causal LMs and configs by name or path.
+
+Names:
+- ``"default"``: the artifacts shipped in ``textenv/data`` (built by ``textenv build-defaults``).
+- ``"tiny"`` (causal LM only): a fresh, randomly initialised tiny GPT-2 sized for the default tokenizer.
+- any directory: a Hugging Face ``save_pretrained`` directory.
+
+Tokenizers are cached per process (they are immutable); causal LMs are not, since a policy is trained in
+place and every caller needs its own copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+TOKENIZER_DIR = DATA_DIR / "tokenizer"
+PRETRAINED_DIR = DATA_DIR / "pretrained"
+POLICY_DIR = DATA_DIR / "policy"
+REWARD_DIR = DATA_DIR / "rewards"  # one sub-directory per task
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer name or directory could not be loaded; the message names the path."""
+
+
+def _check_dir(path: str | os.PathLike[str], what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"{what} path {str(path)!r} does not exist")
+    if not p.is_dir():
+        raise ModelLoadError(f"{what} path {str(path)!r} is not a directory")
+    return p.resolve()
+
+
+def resolve_tokenizer_path(name_or_path: str | os.PathLike[str]) -> Path:
+    if str(name_or_path) == "default":
+        if not (TOKENIZER_DIR / "tokenizer.json").exists():
+            raise ModelLoadError(
+                f"the default tokenizer is missing from {TOKENIZER_DIR}; run `textenv build-defaults`"
+            )
+        return TOKENIZER_DIR
+    return _check_dir(name_or_path, "tokenizer")
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str] | PreTrainedTokenizerBase = "default") -> PreTrainedTokenizerBase:
+    """A Hugging Face tokenizer with ``pad_token`` and ``eos_token`` set, cached per resolved path.
+
+    Accepts ``"default"``, a tokenizer (returned as is, after the pad/eos check) or a directory.
+    A tokenizer without a pad token gets its eos token as pad (the usual choice for causal LMs).
+    """
+    if isinstance(name_or_path, PreTrainedTokenizerBase):
+        return _ensure_special(name_or_path)
+    return _load_tokenizer_cached(str(resolve_tokenizer_path(name_or_path)))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_tokenizer_cached(path: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # transformers raises many types for a bad directory
+        raise ModelLoadError(f"could not load a tokenizer from {path!r}: {exc}") from exc
+    return _ensure_special(tok)
+
+
+def _ensure_special(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if tok.eos_token is None:
+        raise ModelLoadError(f"tokenizer {getattr(tok, 'name_or_path', tok)!r} has no eos_token")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_gpt2_config(vocab_size: int, n_layer: int = 4, n_embd: int = 128, n_head: int = 4,
+                     n_positions: int = 128, **kwargs: Any) -> GPT2Config:
+    """A small GPT-2 config (about 1M parameters at the defaults and a 2k vocabulary).
+
+    Example:
+        >>> cfg = tiny_gpt2_config(2048, n_layer=2, n_embd=64)
+        >>> cfg.n_layer, cfg.n_embd
+        (2, 64)
+    """
+    return GPT2Config(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                      n_positions=n_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **kwargs)
+
+
+def load_causal_lm(name_or_path: str | os.PathLike[str] = "default", tokenizer: PreTrainedTokenizerBase | None = None,
+                   **config_overrides: Any) -> PreTrainedModel:
+    """A fresh (uncached) causal LM: ``"default"`` (the shipped policy), ``"tiny"`` or a directory.
+
+    ``"tiny"`` builds a random GPT-2 from :func:`tiny_gpt2_config` sized for ``tokenizer`` (default: the
+    shipped tokenizer); ``config_overrides`` go to that config. The model is returned in eval mode, float32.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+
+    name = str(name_or_path)
+    if name == "tiny":
+        tok = tokenizer if tokenizer is not None else load_tokenizer("default")
+        cfg = tiny_gpt2_config(len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                               pad_token_id=tok.pad_token_id, **config_overrides)
+        return GPT2LMHeadModel(cfg).eval()
+    if name == "default":
+        if not (POLICY_DIR / "config.json").exists():
+            raise ModelLoadError(f"the default policy is missing from {POLICY_DIR}; run `textenv build-defaults`")
+        path = POLICY_DIR
+    else:
+        path = _check_dir(name_or_path, "model")
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"model directory {str(path)!r} has no config.json")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load a causal LM from {str(path)!r}: {exc}") from exc
+    return model.eval()

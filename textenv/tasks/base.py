@@ -1,0 +1,112 @@
+"""The task contract: a prompt source with held-out splits, a gold scorer and corpus generators.
+
+A task is everything that defines *what* the policy should write, independent of any model:
+
+- ``sample_prompt(rng, split)``: an unlimited, seeded prompt source. Every prompt belongs to exactly one
+  split (``"train"`` or ``"test"``) by a hash of its text, so held-out prompts never leak into training.
+- ``gold_score(prompts, completions)``: the task's true objective, one float in ``[0, 1]`` per pair.
+- ``sample_response(prompt, rng, quality)``: a synthetic response whose gold score grows with ``quality``
+  in ``[0, 1]``; the corpus generators below are built on it.
+- corpora for the four pipeline stages: plain text (pretraining), (prompt, response) pairs (fine-tuning),
+  scored texts (MSE reward model) and preference pairs (Bradley-Terry reward model).
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+SPLITS = ("train", "test")
+#: Share of all prompts that fall in the held-out ``"test"`` split.
+TEST_FRACTION = 0.1
+
+
+def split_of(prompt: str) -> str:
+    """The split a prompt belongs to, fixed by a CRC32 hash of its text."""
+    return "test" if zlib.crc32(prompt.encode("utf-8")) % 1000 < TEST_FRACTION * 1000 else "train"
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
+class Task(ABC):
+    """A text-generation task: prompts, a gold scorer and corpus generators (see the module docstring)."""
+
+    #: Registry name, e.g. ``"sentiment"``.
+    name: str = ""
+    #: Env defaults: prompt budget and completion budget, in tokens of the default tokenizer.
+    default_max_prompt_tokens: int = 16
+    default_max_new_tokens: int = 16
+
+    @abstractmethod
+    def generate_prompt(self, rng: np.random.Generator) -> str:
+        """One prompt from the task's unlimited source, before any split filtering."""
+
+    @abstractmethod
+    def sample_response(self, prompt: str, rng: np.random.Generator, quality: float) -> str:
+        """A response to ``prompt`` whose gold score tends to grow with ``quality`` in [0, 1]."""
+
+    @abstractmethod
+    def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """The task's true objective in [0, 1], one float per (prompt, completion) pair."""
+
+    # ------------------------------------------------------------------ prompt source
+    def sample_prompt(self, rng: np.random.Generator, split: str = "train") -> str:
+        """Draw prompts from ``rng`` until one falls in ``split`` (rejection sampling keeps splits disjoint)."""
+        check_split(split)
+        while True:
+            prompt = self.generate_prompt(rng)
+            if split_of(prompt) == split:
+                return prompt
+
+    def prompts(self, n: int, split: str = "train", seed: int = 0) -> list[str]:
+        """``n`` prompts of ``split``, reproducible from ``seed``."""
+        rng = np.random.default_rng(seed)
+        return [self.sample_prompt(rng, split) for _ in range(n)]
+
+    # ------------------------------------------------------------------ corpora
+    def sft_pairs(self, n: int, seed: int = 0, split: str = "train") -> list[tuple[str, str]]:
+        """``n`` (prompt, response) pairs for fine-tuning, with quality drawn uniformly in [0, 1].
+
+        Mixed quality on purpose: the fine-tuned policy imitates a spread of good and bad responses, so
+        it writes fluent task text and still leaves room for RL to improve the gold score.
+        """
+        rng = np.random.default_rng(seed)
+        pairs = []
+        for _ in range(n):
+            prompt = self.sample_prompt(rng, split)
+            pairs.append((prompt, self.sample_response(prompt, rng, float(rng.uniform()))))
+        return pairs
+
+    def pretrain_corpus(self, n: int, seed: int = 0) -> list[str]:
+        """``n`` plain-text documents (prompt immediately followed by its response)."""
+        return [p + r for p, r in self.sft_pairs(n, seed=seed)]
+
+    def scored_texts(self, n: int, seed: int = 0, split: str = "train") -> list[dict[str, object]]:
+        """``n`` rows ``{"prompt", "completion", "score"}`` scored by the gold scorer (MSE reward data)."""
+        pairs = self.sft_pairs(n, seed=seed, split=split)
+        prompts = [p for p, _ in pairs]
+        completions = [c for _, c in pairs]
+        scores = self.gold_score(prompts, completions)
+        return [{"prompt": p, "completion": c, "score": s} for p, c, s in zip(prompts, completions, scores)]
+
+    def preference_pairs(self, n: int, seed: int = 0, split: str = "train") -> list[dict[str, str]]:
+        """``n`` rows ``{"prompt", "chosen", "rejected"}``; chosen has the strictly higher gold score."""
+        rng = np.random.default_rng(seed)
+        rows: list[dict[str, str]] = []
+        while len(rows) < n:
+            prompt = self.sample_prompt(rng, split)
+            a = self.sample_response(prompt, rng, float(rng.uniform()))
+            b = self.sample_response(prompt, rng, float(rng.uniform()))
+            sa, sb = self.gold_score([prompt, prompt], [a, b])
+            if sa == sb:
+                continue
+            chosen, rejected = (a, b) if sa > sb else (b, a)
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        return rows

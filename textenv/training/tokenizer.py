@@ -1,0 +1,40 @@
+"""Training the byte-level BPE tokenizer that the package ships."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from transformers import PreTrainedTokenizerFast
+
+from textenv.models import EOS_TOKEN, PAD_TOKEN
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``, with ``<|endoftext|>`` as eos and ``<|pad|>`` as pad.
+
+    The 256 byte symbols are always in the vocabulary, so any text encodes (no unknown token).
+
+    Example:
+        >>> tok = train_tokenizer(["Review: a fine film."] * 50, vocab_size=300)
+        >>> tok.decode(tok("a fine film")["input_ids"])
+        'a fine film'
+    """
+    if vocab_size < 300:
+        raise ValueError(f"vocab_size must be >= 300 (256 bytes + specials), got {vocab_size}")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
+                                   pad_token=PAD_TOKEN, unk_token=None)
+    fast.model_max_length = 1024
+    return fast
