@@ -1,0 +1,225 @@
+"""`LMPolicy`: a causal LM with a value head on the shared trunk, acting with a KV cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from agents.core import entropy_from_logits, logprobs_from_logits
+
+
+class StepOutput(NamedTuple):
+    """What one cached decoding step gives: the sampled tokens and what the learner needs of them."""
+
+    actions: torch.Tensor  # (B,) sampled token ids
+    logprobs: torch.Tensor  # (B,) log pi(action | context) at the sampling temperature
+    values: torch.Tensor | None  # (B,) V(context), or None when values are not asked for
+
+
+class SequenceEval(NamedTuple):
+    """Per-token log-probs, values and entropy of completion tokens, from one forward pass."""
+
+    logprobs: torch.Tensor  # (B, T)
+    values: torch.Tensor  # (B, T)
+    entropy: torch.Tensor  # (B, T)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0)."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+class LMPolicy(nn.Module):
+    """A causal LM policy with a scalar value head on the last hidden state, and a frozen reference copy.
+
+    Acting (:meth:`start` then :meth:`step`) keeps a KV cache for the batch, so each env step costs one token
+    of forward pass per slot. :meth:`evaluate` gives per-token log-probs, values and entropy of given
+    completions in one forward pass, for training; :meth:`ref_logprobs` does the same with the frozen
+    reference model, for the KL term.
+
+    Sampling is at ``temperature`` (1.0 by default: the log-probs are then those of the policy itself).
+    ``top_k``/``top_p`` truncate the sampling distribution; the log-probs are those of the truncated
+    distribution, which biases the KL to the reference (a warning says so).
+
+    Example:
+        >>> policy = LMPolicy.from_pretrained("default")
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, ref_model: nn.Module | None = None, *,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 with_reference: bool = True) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be None or >= 1, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+        if top_k is not None or top_p is not None:
+            warnings.warn("top_k/top_p truncate the sampling distribution: log-probs and the KL to the "
+                          "reference are those of the truncated policy (biased)", stacklevel=2)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
+        hidden = model.get_output_embeddings().weight.shape[1]
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5 * 0.1)
+        nn.init.zeros_(self.value_head.bias)
+        if ref_model is None and with_reference:
+            ref_model = copy.deepcopy(model)
+        if ref_model is not None:
+            ref_model.eval()
+            ref_model.requires_grad_(False)
+        # kept out of the module tree: it is frozen, not trained, not in state_dict / optimizer
+        self.__dict__["ref_model"] = ref_model
+        self._cache: Any = None
+        self._attn: torch.Tensor | None = None
+        self._pos: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "default", tokenizer: Any = None,
+                        **kwargs: Any) -> LMPolicy:
+        """A policy from ``"default"`` (the shipped fine-tuned LM), ``"tiny"`` or a model directory.
+
+        A directory written by :meth:`save` restores the value head too. The tokenizer defaults to the one
+        saved with the model, else the shipped one.
+        """
+        from textenv.models import load_causal_lm, load_tokenizer
+
+        model = load_causal_lm(name_or_path, tokenizer=tokenizer if tokenizer is not None else None)
+        path = Path(str(name_or_path))
+        if tokenizer is None:
+            tokenizer = (load_tokenizer(path) if path.is_dir() and (path / "tokenizer_config.json").exists()
+                         else load_tokenizer("default"))
+        else:
+            tokenizer = load_tokenizer(tokenizer)
+        policy = cls(model, tokenizer, **kwargs)
+        head = path / "value_head.safetensors"
+        if path.is_dir() and head.exists():
+            from safetensors.torch import load_file
+
+            policy.value_head.load_state_dict(load_file(str(head)))
+        return policy
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the LM (``save_pretrained``), tokenizer and value head into directory ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+        save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()},
+                  str(path / "value_head.safetensors"))
+        (path / "policy.json").write_text(json.dumps(
+            {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}, indent=2))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def ref_model(self) -> nn.Module | None:
+        return self.__dict__["ref_model"]
+
+    def to(self, *args: Any, **kwargs: Any) -> LMPolicy:  # type: ignore[override]
+        super().to(*args, **kwargs)
+        if self.ref_model is not None:
+            self.ref_model.to(*args, **kwargs)
+        return self
+
+    # ------------------------------------------------------------------------------------ trunk
+    def _trunk(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               position_ids: torch.Tensor, past_key_values: Any = None, use_cache: bool = False) -> Any:
+        return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                past_key_values=past_key_values, use_cache=use_cache)
+
+    def _sample(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.float() / self.temperature  # (B, V)
+        if self.top_k is not None:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p is not None:
+            sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > self.top_p
+            logits = logits.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+        logp = torch.log_softmax(logits, dim=-1)  # (B, V)
+        actions = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
+        return actions, logp.gather(-1, actions[:, None]).squeeze(-1)
+
+    # ------------------------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def start(self, query_ids: torch.Tensor, query_mask: torch.Tensor, *, generator: torch.Generator | None = None,
+              with_values: bool = True) -> StepOutput:
+        """Run the left-padded prompts ``(B, P)``, fill the KV cache and sample the first tokens."""
+        from transformers import DynamicCache
+
+        self._cache = DynamicCache()
+        self._attn = query_mask.long()
+        pos = positions_from_mask(self._attn)
+        out = self._trunk(self.model, query_ids, self._attn, pos, self._cache, use_cache=True)
+        self._cache = out.past_key_values
+        self._pos = pos[:, -1]
+        return self._act(out.last_hidden_state[:, -1], generator, with_values)
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None,
+             with_values: bool = True) -> StepOutput:
+        """Feed the last sampled token of every slot ``(B,)`` through the cache and sample the next."""
+        if self._cache is None or self._attn is None or self._pos is None:
+            raise RuntimeError("call start() before step()")
+        self._attn = torch.cat([self._attn, self._attn.new_ones(self._attn.shape[0], 1)], dim=1)
+        self._pos = self._pos + 1
+        out = self._trunk(self.model, tokens[:, None], self._attn, self._pos[:, None], self._cache, use_cache=True)
+        self._cache = out.past_key_values
+        return self._act(out.last_hidden_state[:, -1], generator, with_values)
+
+    def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:
+        logits = self.model.get_output_embeddings()(h)  # (B, V)
+        actions, logprobs = self._sample(logits, generator)
+        values = self.value_head(h).squeeze(-1).float() if with_values else None
+        return StepOutput(actions, logprobs, values)
+
+    def end(self) -> None:
+        """Free the KV cache."""
+        self._cache = self._attn = self._pos = None
+
+    # ------------------------------------------------------------------------------------ training
+    def _completion_logits(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
+                           tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        P = query_ids.shape[1]
+        ids = torch.cat([query_ids, tokens], dim=1)  # (B, P+T)
+        attn = torch.cat([query_mask.long(), torch.ones_like(tokens)], dim=1)  # (B, P+T)
+        out = self._trunk(model, ids, attn, positions_from_mask(attn))
+        h = out.last_hidden_state[:, P - 1:-1]  # (B, T, H): the state before each completion token
+        logits = model.get_output_embeddings()(h).float() / self.temperature  # (B, T, V)
+        return logits, h
+
+    def evaluate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
+                 mask: torch.Tensor) -> SequenceEval:
+        """Log-probs, values and entropy of completion ``tokens`` ``(B, T)`` after left-padded prompts.
+
+        ``mask`` marks real completion tokens; positions after an episode's end get values too, which the
+        losses mask out.
+        """
+        logits, h = self._completion_logits(self.model, query_ids, query_mask, tokens, mask)
+        return SequenceEval(logprobs_from_logits(logits, tokens), self.value_head(h).squeeze(-1).float(),
+                            entropy_from_logits(logits))
+
+    @torch.no_grad()
+    def ref_logprobs(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+        """Per-token log-probs ``(B, T)`` of ``tokens`` under the frozen reference model."""
+        if self.ref_model is None:
+            raise RuntimeError("this policy was built with with_reference=False")
+        logits, _ = self._completion_logits(self.ref_model, query_ids, query_mask, tokens, mask)
+        return logprobs_from_logits(logits, tokens)

@@ -1,0 +1,133 @@
+"""Synchronised batched episodes through `TextGenVectorEnv`, collected into a `RolloutBatch`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+from agents.policy import LMPolicy
+from textenv.vector import TextGenVectorEnv
+
+
+class RolloutBatch(NamedTuple):
+    """One batch of finished episodes, laid out for one forward pass: left-padded prompts + completions.
+
+    Shapes: B episodes, P prompt tokens (left-padded), T completion tokens (right-padded).
+    """
+
+    query_ids: torch.Tensor  # (B, P) prompt ids, left-padded
+    query_mask: torch.Tensor  # (B, P) 1 on prompt tokens
+    tokens: torch.Tensor  # (B, T) completion ids, pad after the episode's end
+    mask: torch.Tensor  # (B, T) float, 1 on completion tokens (the EOS that ended an episode included)
+    logprobs: torch.Tensor  # (B, T) log pi_old(token) at sampling time
+    ref_logprobs: torch.Tensor  # (B, T) log pi_ref(token); zeros if not computed
+    values: torch.Tensor  # (B, T) V(state before token) at sampling time; zeros if not computed
+    rewards: torch.Tensor  # (B, T) env rewards per token (terminal mode: the score on the last token)
+    scores: torch.Tensor  # (B,) episode return from the env (= reward-model score)
+    gold_scores: torch.Tensor  # (B,) the task's gold score
+    prompts: list[str]
+    completions: list[str]
+    stats: dict[str, float]  # timing of the rollout: tokens_per_s, rollout_s
+
+
+def left_pad(obs_ids: np.ndarray, obs_mask: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn right-padded prompt observations ``(B, L)`` into left-padded ``(B, P)`` tensors, P = longest prompt."""
+    lengths = obs_mask.sum(1).astype(np.int64)  # (B,)
+    P = int(lengths.max())
+    B = obs_ids.shape[0]
+    ids = np.full((B, P), pad_id, dtype=np.int64)
+    mask = np.zeros((B, P), dtype=np.int64)
+    cols = np.arange(P)[None, :] >= (P - lengths)[:, None]  # (B, P) where the prompt goes
+    src = np.arange(obs_ids.shape[1])[None, :] < lengths[:, None]  # (B, L) where the prompt is
+    ids[cols] = obs_ids[src]
+    mask[cols] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def check_env(envs: Any) -> TextGenVectorEnv:
+    """The `TextGenVectorEnv` under ``envs``, which must run with autoreset DISABLED (synchronised episodes)."""
+    inner = getattr(envs, "unwrapped", envs)
+    if not isinstance(inner, TextGenVectorEnv):
+        raise ValueError(f"agents need a textenv TextGenVectorEnv (gym.make_vec(..., autoreset_mode="
+                         f"AutoresetMode.DISABLED)), got {type(envs).__name__}")
+    if inner.autoreset_mode != AutoresetMode.DISABLED:
+        raise ValueError(f"agents run synchronised episodes: build the vector env with autoreset_mode="
+                         f"AutoresetMode.DISABLED, got {inner.autoreset_mode}")
+    return inner
+
+
+@torch.no_grad()
+def collect_rollout(policy: LMPolicy, envs: TextGenVectorEnv, *, seed: int | None = None,
+                    prompts: list[str] | None = None, split: str | None = None, with_values: bool = True,
+                    with_ref: bool = True, generator: torch.Generator | None = None) -> RolloutBatch:
+    """Run one synchronised episode in every slot of ``envs`` (all start together, finished slots idle).
+
+    Acting uses the policy's KV cache: one token of forward per slot per step. After the episodes end,
+    the reference log-probs come from one batched forward of the reference model (``with_ref``).
+    ``prompts`` (one per slot) fixes the prompts, e.g. groups of identical prompts for GRPO/RLOO.
+    """
+    env = check_env(envs)
+    setup = env.setup
+    device = policy.device
+    options: dict[str, Any] = {}
+    if prompts is not None:
+        options["prompts"] = prompts
+    if split is not None:
+        options["split"] = split
+    t0 = time.perf_counter()
+    obs, info = env.reset(seed=seed, options=options)
+    B, T = env.num_envs, setup.max_new_tokens
+    query_ids, query_mask = left_pad(obs["input_ids"], obs["attention_mask"], setup.pad_id)
+    query_ids, query_mask = query_ids.to(device), query_mask.to(device)
+    tokens = torch.full((B, T), setup.pad_id, dtype=torch.long)
+    logprobs = torch.zeros(B, T)
+    values = torch.zeros(B, T)
+    rewards = np.zeros((B, T), dtype=np.float64)
+    scores = np.zeros(B, dtype=np.float64)
+    gold = np.zeros(B, dtype=np.float64)
+    completions: list[str] = [""] * B
+    lengths = np.full(B, T, dtype=np.int64)
+    done = np.zeros(B, dtype=bool)
+    policy.eval()
+    out = policy.start(query_ids, query_mask, generator=generator, with_values=with_values)
+    t = 0
+    for t in range(T):
+        actions = out.actions.cpu()
+        tokens[:, t] = actions
+        logprobs[:, t] = out.logprobs.cpu()
+        if out.values is not None:
+            values[:, t] = out.values.cpu()
+        _, r, terminated, _, info = env.step(actions.numpy())
+        rewards[:, t] = r
+        scores += r
+        ended = np.flatnonzero(terminated)
+        if ended.size:
+            lengths[ended] = t + 1
+            gold[ended] = info["gold_score"][ended]
+            for i in ended:
+                completions[i] = info["completion"][i]
+            done[ended] = True
+        if done.all():
+            break
+        out = policy.step(out.actions, generator=generator, with_values=with_values)
+    policy.end()
+    T_used = t + 1
+    mask = (torch.arange(T)[None, :] < torch.from_numpy(lengths)[:, None]).float()  # (B, T)
+    tokens = tokens.masked_fill(mask == 0, setup.pad_id)
+    tokens, mask = tokens[:, :T_used], mask[:, :T_used]
+    batch_prompts = env.prompts()
+    rollout_s = time.perf_counter() - t0
+    q_dev, m_dev = tokens.to(device), mask.to(device)
+    ref = (policy.ref_logprobs(query_ids, query_mask, q_dev, m_dev).cpu() if with_ref and policy.ref_model is not None
+           else torch.zeros(B, T_used))
+    return RolloutBatch(
+        query_ids=query_ids.cpu(), query_mask=query_mask.cpu(), tokens=tokens, mask=mask,
+        logprobs=logprobs[:, :T_used] * mask, ref_logprobs=ref * mask, values=values[:, :T_used] * mask,
+        rewards=torch.from_numpy(rewards[:, :T_used]).float(), scores=torch.from_numpy(scores).float(),
+        gold_scores=torch.from_numpy(gold).float(), prompts=batch_prompts, completions=completions,
+        stats={"rollout_s": rollout_s, "tokens_per_s": float(mask.sum()) / max(rollout_s, 1e-9)},
+    )

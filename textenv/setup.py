@@ -1,0 +1,190 @@
+"""What `TextGenEnv` and `TextGenVectorEnv` share: argument checking, resolution and scoring.
+
+Both envs take the same keyword arguments; this module turns them into one resolved :class:`EnvSetup`
+(task, tokenizer, reward model, spaces, prompt source), so the single env and the native vector env
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from textenv.tasks import Task, get_task
+from textenv.tasks.base import check_split
+
+REWARD_MODES = ("terminal", "dense")
+PROMPT_TRUNCATIONS = ("left", "error")
+
+
+def load_prompts(prompts: str | os.PathLike[str] | Sequence[str]) -> list[str]:
+    """A prompt list from a list of str, or a path to a ``.txt`` (one per non-empty line) or ``.jsonl``
+    (rows ``{"prompt": ...}``) file. An empty result is an error."""
+    if isinstance(prompts, (str, os.PathLike)):
+        path = Path(prompts)
+        if not path.is_file():
+            raise ValueError(f"prompts file {str(prompts)!r} does not exist")
+        if path.suffix == ".jsonl":
+            out = []
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    prompt = row["prompt"]
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{path}:{lineno}: expected a JSON object with a \"prompt\" key ({exc})") from exc
+                if not isinstance(prompt, str):
+                    raise ValueError(f"{path}:{lineno}: \"prompt\" must be a string, got {prompt!r}")
+                out.append(prompt)
+        elif path.suffix == ".txt":
+            out = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            raise ValueError(f"prompts file must end in .txt or .jsonl, got {str(prompts)!r}")
+        if not out:
+            raise ValueError(f"prompts file {str(prompts)!r} holds no prompts")
+        return out
+    out = list(prompts)
+    if not out:
+        raise ValueError("prompts must not be empty, got []")
+    for i, p in enumerate(out):
+        if not isinstance(p, str):
+            raise ValueError(f"prompts[{i}] must be a str, got {p!r}")
+    return out
+
+
+@dataclass
+class EnvSetup:
+    """The resolved configuration of a text-generation env (shared by the single and vector envs)."""
+
+    task: Task
+    tokenizer: Any
+    reward_model: Any
+    reward_name: str
+    prompts: list[str] | None
+    max_prompt_tokens: int
+    max_new_tokens: int
+    reward_mode: str
+    terminate_on_eos: bool
+    split: str
+    prompt_truncation: str
+    vocab_size: int = 0
+    eos_id: int = 0
+    pad_id: int = 0
+    _prompt_cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def max_length(self) -> int:
+        """L, the observation length: prompt budget plus completion budget."""
+        return self.max_prompt_tokens + self.max_new_tokens
+
+    def observation_space(self) -> spaces.Dict:
+        L = self.max_length
+        return spaces.Dict({
+            "input_ids": spaces.Box(0, self.vocab_size - 1, (L,), dtype=np.int64),
+            "attention_mask": spaces.Box(0, 1, (L,), dtype=np.int8),
+        })
+
+    def action_space(self) -> spaces.Discrete:
+        return spaces.Discrete(self.vocab_size)
+
+    def sample_prompt(self, rng: np.random.Generator, split: str | None = None) -> str:
+        """One prompt: uniformly from the user's list, else from the task's source for ``split``."""
+        if self.prompts is not None:
+            return self.prompts[int(rng.integers(len(self.prompts)))]
+        return self.task.sample_prompt(rng, self.split if split is None else check_split(split))
+
+    def encode_prompt(self, prompt: str) -> np.ndarray:
+        """Token ids of ``prompt`` (no special tokens), left-truncated to ``max_prompt_tokens``; cached."""
+        ids = self._prompt_cache.get(prompt)
+        if ids is not None:
+            return ids
+        if not isinstance(prompt, str):
+            raise ValueError(f"a prompt must be a str, got {prompt!r}")
+        full = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(full) > self.max_prompt_tokens:
+            if self.prompt_truncation == "error":
+                raise ValueError(
+                    f"prompt {prompt[:60]!r} has {len(full)} tokens, more than max_prompt_tokens={self.max_prompt_tokens}"
+                )
+            full = full[-self.max_prompt_tokens:]
+        if not full:
+            raise ValueError(f"prompt {prompt!r} encodes to no tokens")
+        ids = np.asarray(full, dtype=np.int64)
+        if len(self._prompt_cache) < 200_000:
+            self._prompt_cache[prompt] = ids
+        return ids
+
+    def decode(self, ids: np.ndarray) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def score(self, prompts: list[str], completions: list[str]) -> np.ndarray:
+        """Reward-model scores, checked: one finite float per pair (float64 array)."""
+        from textenv.rewards import check_scores
+
+        return check_scores(self.reward_model(prompts, completions), len(prompts), self.reward_name)
+
+    def gold(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return [float(s) for s in self.task.gold_score(prompts, completions)]
+
+
+def build_setup(
+    task: str | Task = "sentiment",
+    prompts: str | os.PathLike[str] | Sequence[str] | None = None,
+    tokenizer: Any = "default",
+    reward_model: Any = "default",
+    max_prompt_tokens: int | None = None,
+    max_new_tokens: int | None = None,
+    reward_mode: str = "terminal",
+    terminate_on_eos: bool = True,
+    split: str = "train",
+    prompt_truncation: str = "left",
+) -> EnvSetup:
+    """Check and resolve the env keyword arguments (see :class:`textenv.env.TextGenEnv`)."""
+    from textenv.models import load_tokenizer
+    from textenv.rewards import resolve_reward_model
+
+    task_obj = get_task(task)
+    if max_prompt_tokens is None:
+        max_prompt_tokens = task_obj.default_max_prompt_tokens
+    if max_new_tokens is None:
+        max_new_tokens = task_obj.default_max_new_tokens
+    for name, value in (("max_prompt_tokens", max_prompt_tokens), ("max_new_tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if reward_mode not in REWARD_MODES:
+        raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
+    if prompt_truncation not in PROMPT_TRUNCATIONS:
+        raise ValueError(f"prompt_truncation must be one of {PROMPT_TRUNCATIONS}, got {prompt_truncation!r}")
+    if not isinstance(terminate_on_eos, (bool, np.bool_)):
+        raise ValueError(f"terminate_on_eos must be a bool, got {terminate_on_eos!r}")
+    check_split(split)
+    tok = load_tokenizer(tokenizer)
+    rm = resolve_reward_model(reward_model, task_obj)
+    setup = EnvSetup(
+        task=task_obj,
+        tokenizer=tok,
+        reward_model=rm,
+        reward_name=str(getattr(rm, "name", repr(rm))),
+        prompts=None if prompts is None else load_prompts(prompts),
+        max_prompt_tokens=int(max_prompt_tokens),
+        max_new_tokens=int(max_new_tokens),
+        reward_mode=reward_mode,
+        terminate_on_eos=bool(terminate_on_eos),
+        split=split,
+        prompt_truncation=prompt_truncation,
+        vocab_size=len(tok),
+        eos_id=int(tok.eos_token_id),
+        pad_id=int(tok.pad_token_id),
+    )
+    if setup.prompts is not None:
+        for p in setup.prompts:  # fail at construction, not at the first reset that draws a bad one
+            setup.encode_prompt(p)
+    return setup

@@ -1,0 +1,258 @@
+"""`TextGenVectorEnv`: a native batch of text-generation episodes (no per-env Python objects)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.error import ResetNeeded
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from textenv.setup import EnvSetup, build_setup
+
+
+def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+    if isinstance(mode, AutoresetMode):
+        return mode
+    for m in AutoresetMode:
+        if mode in (m.value, m.name, m.name.lower()):
+            return m
+    raise ValueError(f"autoreset_mode must be one of {[m.name for m in AutoresetMode]}, got {mode!r}")
+
+
+class TextGenVectorEnv(VectorEnv):
+    """``num_envs`` text-generation episodes stepped together, one reward-model call per step.
+
+    Same MDP, arguments and observations as :class:`textenv.env.TextGenEnv` (read its docstring), batched:
+    observations are ``(N, L)`` arrays, actions an ``(N,)`` integer array, rewards and flags ``(N,)`` arrays.
+    The reward model is called once per step on the batch of episodes that finished in it (or, in dense
+    mode, on every active prefix). Slot ``i`` reset with ``seed=s`` draws the same prompts as a single
+    ``TextGenEnv`` reset with ``seed=s+i``, so results match ``gym.make_vec(..., vectorization_mode="sync")``.
+
+    Autoreset modes (``autoreset_mode=``, Gymnasium's names):
+    - ``NEXT_STEP`` (default): the step after an episode ends resets that slot (its action is ignored,
+      reward 0, flags False).
+    - ``SAME_STEP``: a slot that ends is reset in the same step; its last observation and info are in
+      ``info["final_obs"]`` and ``info["final_info"]``.
+    - ``DISABLED``: finished slots stay idle until ``reset(options={"reset_mask": mask})``: their actions
+      are ignored, they return their last observation, reward 0 and both flags False. This is what
+      synchronised batched rollouts use.
+
+    Reset options (besides ``reset_mask``): ``"prompt"`` (one prompt for every reset slot), ``"prompts"``
+    (a list of ``num_envs`` prompts, slot ``i`` takes ``prompts[i]``: groups of identical prompts for
+    GRPO), ``"split"`` (``"train"`` or ``"test"``).
+
+    Example:
+        >>> import gymnasium as gym, textenv
+        >>> envs = gym.make_vec("TextGen-v0", num_envs=64, reward_model="gold")
+        >>> obs, info = envs.reset(seed=0)
+        >>> obs, rewards, terminated, truncated, info = envs.step(envs.action_space.sample())
+    """
+
+    metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 8, autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+                 render_mode: str | None = None, **env_kwargs: Any) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.setup: EnvSetup = build_setup(**env_kwargs)
+        self.num_envs = N = int(num_envs)
+        self.render_mode = render_mode
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        s = self.setup
+        self.single_observation_space = s.observation_space()
+        self.single_action_space = s.action_space()
+        self.observation_space = batch_space(self.single_observation_space, N)
+        self.action_space = batch_space(self.single_action_space, N)
+        L = s.max_length
+        self._ids = np.full((N, L), s.pad_id, dtype=np.int64)  # (N, L)
+        self._mask = np.zeros((N, L), dtype=np.int8)  # (N, L)
+        self._prompt_len = np.zeros(N, dtype=np.int64)
+        self._n_gen = np.zeros(N, dtype=np.int64)
+        self._potential = np.zeros(N, dtype=np.float64)
+        self._active = np.zeros(N, dtype=bool)  # slot is inside an episode
+        self._needs_reset = np.zeros(N, dtype=bool)  # NEXT_STEP: slot ended on the previous step
+        self._started = False
+        self._prompts: list[str] = [""] * N
+        self._rngs = [seeding.np_random()[0] for _ in range(N)]
+        self._rows = np.arange(N)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer that defines the action space."""
+        return self.setup.tokenizer
+
+    @property
+    def task(self) -> Any:
+        return self.setup.task
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+
+    def _reset_slot(self, i: int, prompt: str | None, split: str | None) -> None:
+        if prompt is None:
+            prompt = self.setup.sample_prompt(self._rngs[i], split)
+        ids = self.setup.encode_prompt(prompt)
+        n = len(ids)
+        self._ids[i].fill(self.setup.pad_id)
+        self._mask[i].fill(0)
+        self._ids[i, :n] = ids
+        self._mask[i, :n] = 1
+        self._prompt_len[i] = n
+        self._n_gen[i] = 0
+        self._potential[i] = 0.0
+        self._active[i] = True
+        self._needs_reset[i] = False
+        self._prompts[i] = prompt
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        N = self.num_envs
+        options = dict(options or {})
+        if seed is None:
+            seeds: list[int | None] = [None] * N
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            seeds = [int(seed) + i for i in range(N)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != N:
+                raise ValueError(f"seed as a list must have num_envs={N} entries, got {len(seeds)}")
+        reset_mask = options.pop("reset_mask", None)
+        if reset_mask is None:
+            reset_mask = np.ones(N, dtype=bool)
+        else:
+            reset_mask = np.asarray(reset_mask)
+            if reset_mask.shape != (N,) or reset_mask.dtype != np.bool_:
+                raise ValueError(f"options['reset_mask'] must be a bool array of shape ({N},), got {reset_mask!r}")
+            if not reset_mask.any():
+                raise ValueError(f"options['reset_mask'] must have at least one True value, got {reset_mask!r}")
+        prompts = options.get("prompts")
+        if prompts is not None and (len(prompts) != N or not all(isinstance(p, str) for p in prompts)):
+            raise ValueError(f"options['prompts'] must be a list of {N} str, got {prompts!r}")
+        one_prompt = options.get("prompt")
+        split = options.get("split")
+        idx = np.flatnonzero(reset_mask)
+        for i in idx:  # encode first, so a bad prompt fails before any slot is touched
+            p = prompts[i] if prompts is not None else one_prompt
+            if p is not None:
+                self.setup.encode_prompt(p)
+        for i in idx:
+            if seeds[i] is not None:
+                self._rngs[i] = seeding.np_random(seeds[i])[0]
+            self._reset_slot(int(i), prompts[i] if prompts is not None else one_prompt, split)
+        self._started = True
+        names = np.full(N, None, dtype=object)
+        names[idx] = [self._prompts[i] for i in idx]
+        return self._obs(), {"prompt": names, "_prompt": reset_mask.copy()}
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        a = np.asarray(actions)
+        if a.shape != (self.num_envs,) or a.dtype.kind not in "iu":
+            raise ValueError(
+                f"actions must be an integer array of shape ({self.num_envs},), got {a.dtype} array of shape {a.shape}"
+            )
+        bad = (a < 0) | (a >= self.setup.vocab_size)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"actions[{i}] must be a token id in [0, {self.setup.vocab_size}), got {int(a[i])}")
+        return a.astype(np.int64, copy=False)
+
+    def step(self, actions: Any) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self._started:
+            raise ResetNeeded("call reset() before step()")
+        a = self._check_actions(actions)
+        s = self.setup
+        N = self.num_envs
+        rewards = np.zeros(N, dtype=np.float64)
+        terminated = np.zeros(N, dtype=bool)
+        stepping = np.flatnonzero(self._active)
+        pos = self._prompt_len[stepping] + self._n_gen[stepping]
+        tok = a[stepping]
+        self._ids[stepping, pos] = tok
+        self._mask[stepping, pos] = 1
+        self._n_gen[stepping] += 1
+        ends = self._n_gen[stepping] >= s.max_new_tokens
+        if s.terminate_on_eos:
+            ends |= tok == s.eos_id
+        terminated[stepping] = ends
+        done_idx = stepping[ends]
+        infos: dict[str, Any] = {}
+        scored_idx = stepping if s.reward_mode == "dense" else done_idx
+        if scored_idx.size:
+            try:
+                prompts = [self._prompts[i] for i in scored_idx]
+                completions = [s.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
+                               for i in scored_idx]
+                scores = s.score(prompts, completions)
+                if done_idx.size:
+                    at_end = np.isin(scored_idx, done_idx)
+                    end_prompts = [p for p, e in zip(prompts, at_end) if e]
+                    end_completions = [c for c, e in zip(completions, at_end) if e]
+                    gold = s.gold(end_prompts, end_completions)
+            except BaseException:
+                # nothing half-written: undo this step's tokens so the batch is as before the call
+                self._n_gen[stepping] -= 1
+                self._ids[stepping, pos] = s.pad_id
+                self._mask[stepping, pos] = 0
+                raise
+            if s.reward_mode == "dense":
+                rewards[scored_idx] = scores - self._potential[scored_idx]
+                self._potential[scored_idx] = scores
+            else:
+                rewards[scored_idx] = scores
+            if done_idx.size:
+                infos = self._end_infos(done_idx, end_prompts, end_completions, scores[at_end], gold)
+        self._active[done_idx] = False
+        mode = self.autoreset_mode
+        if mode == AutoresetMode.NEXT_STEP:
+            for i in np.flatnonzero(self._needs_reset):
+                self._reset_slot(int(i), None, None)
+            self._needs_reset[done_idx] = True
+        elif mode == AutoresetMode.SAME_STEP and done_idx.size:
+            final_obs = np.full(N, None, dtype=object)
+            for i in done_idx:
+                final_obs[i] = {"input_ids": self._ids[i].copy(), "attention_mask": self._mask[i].copy()}
+            mask = np.zeros(N, dtype=bool)
+            mask[done_idx] = True
+            infos = {"final_obs": final_obs, "_final_obs": mask, "final_info": infos, "_final_info": mask.copy()}
+            for i in done_idx:
+                self._reset_slot(int(i), None, None)
+        return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), infos
+
+    def _end_infos(self, idx: np.ndarray, prompts: list[str], completions: list[str], scores: np.ndarray,
+                   gold: list[float]) -> dict[str, Any]:
+        """Per-slot end-of-episode infos in Gymnasium's vector layout (value arrays + ``_key`` masks)."""
+        N = self.num_envs
+        mask = np.zeros(N, dtype=bool)
+        mask[idx] = True
+        p = np.full(N, None, dtype=object)
+        c = np.full(N, None, dtype=object)
+        r = np.zeros(N, dtype=np.float64)
+        g = np.zeros(N, dtype=np.float64)
+        for j, i in enumerate(idx):
+            p[i], c[i] = prompts[j], completions[j]
+        r[idx] = scores
+        g[idx] = gold
+        return {"prompt": p, "_prompt": mask, "completion": c, "_completion": mask.copy(),
+                "reward_model_score": r, "_reward_model_score": mask.copy(),
+                "gold_score": g, "_gold_score": mask.copy()}
+
+    def render(self) -> list[str] | None:
+        """The decoded contexts of all slots (``render_mode="ansi"``)."""
+        if self.render_mode is None:
+            return None
+        return [self._prompts[i] + self.setup.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
+                for i in range(self.num_envs)]
+
+    def prompts(self) -> list[str]:
+        """The prompt of each slot's current (or last) episode."""
+        return list(self._prompts)
+
+    def completion_ids(self) -> list[np.ndarray]:
+        """Each slot's generated token ids so far (copies)."""
+        return [self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]].copy() for i in range(self.num_envs)]
