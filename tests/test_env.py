@@ -170,7 +170,7 @@ def test_step_before_reset_and_after_end(make):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (lambda p, c: [1.0] * (len(p) + 1), "length|count|expected"),
+    (lambda p, c: [1.0] * (len(p) + 1), "returned 2 scores for 1"),
     (lambda p, c: [float("nan")] * len(p), "nan|NaN"),
     (lambda p, c: [float("inf")] * len(p), "inf"),
     (lambda p, c: ["high"] * len(p), "high|number|float"),

@@ -146,9 +146,7 @@ class TextGenVectorEnv(VectorEnv):
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
             self._reset_slot(int(i), prompts[i] if prompts is not None else one_prompt, split)
         self._started = True
-        names = np.full(N, None, dtype=object)
-        names[idx] = [self._prompts[i] for i in idx]
-        return self._obs(), {"prompt": names, "_prompt": reset_mask.copy()}
+        return self._obs(), self._prompt_infos(idx)
 
     def _check_actions(self, actions: Any) -> np.ndarray:
         a = np.asarray(actions)
@@ -209,9 +207,9 @@ class TextGenVectorEnv(VectorEnv):
                 infos = self._end_infos(done_idx, end_prompts, end_completions, scores[at_end], gold)
         self._active[done_idx] = False
         mode = self.autoreset_mode
+        reset_idx = np.zeros(0, dtype=np.int64)
         if mode == AutoresetMode.NEXT_STEP:
-            for i in np.flatnonzero(self._needs_reset):
-                self._reset_slot(int(i), None, None)
+            reset_idx = np.flatnonzero(self._needs_reset)
             self._needs_reset[done_idx] = True
         elif mode == AutoresetMode.SAME_STEP and done_idx.size:
             final_obs = np.full(N, None, dtype=object)
@@ -220,9 +218,27 @@ class TextGenVectorEnv(VectorEnv):
             mask = np.zeros(N, dtype=bool)
             mask[done_idx] = True
             infos = {"final_obs": final_obs, "_final_obs": mask, "final_info": infos, "_final_info": mask.copy()}
-            for i in done_idx:
+            reset_idx = done_idx
+        if reset_idx.size:
+            for i in reset_idx:
                 self._reset_slot(int(i), None, None)
+            reset_info = self._prompt_infos(reset_idx)
+            if "prompt" in infos:  # NEXT_STEP: other slots ended this step; merge slot-wise like Gymnasium
+                m = reset_info["_prompt"]
+                infos["prompt"][m] = reset_info["prompt"][m]
+                infos["_prompt"] = infos["_prompt"] | m
+            else:
+                infos.update(reset_info)
         return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), infos
+
+    def _prompt_infos(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The reset info of slots ``idx`` (their new prompt), in Gymnasium's vector layout."""
+        mask = np.zeros(self.num_envs, dtype=bool)
+        mask[idx] = True
+        names = np.full(self.num_envs, None, dtype=object)
+        for i in idx:
+            names[i] = self._prompts[i]
+        return {"prompt": names, "_prompt": mask}
 
     def _end_infos(self, idx: np.ndarray, prompts: list[str], completions: list[str], scores: np.ndarray,
                    gold: list[float]) -> dict[str, Any]:

@@ -94,7 +94,7 @@ class Task(ABC):
         prompts = [p for p, _ in pairs]
         completions = [c for _, c in pairs]
         scores = self.gold_score(prompts, completions)
-        return [{"prompt": p, "completion": c, "score": s} for p, c, s in zip(prompts, completions, scores)]
+        return [{"prompt": p, "completion": c, "score": s} for p, c, s in zip(prompts, completions, scores, strict=True)]
 
     def preference_pairs(self, n: int, seed: int = 0, split: str = "train") -> list[dict[str, str]]:
         """``n`` rows ``{"prompt", "chosen", "rejected"}``; chosen has the strictly higher gold score."""

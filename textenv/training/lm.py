@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -450,7 +450,9 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples:
             # Seeded by (seed, step) alone, so a resumed run draws exactly the batches of an uninterrupted one.
             rng = np.random.default_rng([config.seed, step])
             idx = rng.choice(len(examples), size=config.batch_size, replace=len(examples) < config.batch_size)
-            batch = {k: v.to(device) for k, v in _collate([examples[i] for i in idx], pad_id).items()}
+            cpu_batch = _collate([examples[i] for i in idx], pad_id)
+            n_tokens += int(cpu_batch["attention_mask"].sum())
+            batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
             with autocast:
                 loss_sum, n_targets = _token_nll(model, batch)
             loss = loss_sum / max(n_targets, 1)
@@ -462,7 +464,6 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples:
             scheduler.step()
 
             loss_history.append(float(loss.item()))
-            n_tokens += int(batch["attention_mask"].sum().item())
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 smoothed = _smoothed(loss_history, config.log_every)
@@ -500,7 +501,7 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples:
 
 
 def _check_model_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: LMTrainConfig) -> None:
-    n_embeddings = model.get_input_embeddings().num_embeddings
+    n_embeddings = cast("torch.nn.Embedding", model.get_input_embeddings()).num_embeddings
     if n_embeddings < len(tokenizer):
         raise ValueError(f"the model has {n_embeddings} token embeddings but the tokenizer has {len(tokenizer)} "
                          "tokens; resize the model (model.resize_token_embeddings) or use its own tokenizer")
@@ -625,7 +626,7 @@ def _save_checkpoint(out: Path, step: int, model: PreTrainedModel, tokenizer: Pr
     tmp.mkdir()
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    rng = {"torch": torch.get_rng_state()}
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
@@ -644,11 +645,9 @@ def _save_checkpoint(out: Path, step: int, model: PreTrainedModel, tokenizer: Pr
 def _load_checkpoint(path: Path, model: PreTrainedModel, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[float], list[dict[str, float]]]:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    param = next(model.parameters())
     # from_pretrained handles tied weights and sharded files; its weights are then copied into the caller's model.
-    loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=param.dtype)
+    loaded = type(model).from_pretrained(str(path), dtype=next(model.parameters()).dtype)
     model.load_state_dict(loaded.state_dict())
     del loaded
     state = torch.load(path / OPTIMIZER_NAME, map_location="cpu", weights_only=True)

@@ -1,0 +1,101 @@
+"""GRPO: group-relative policy optimisation (Shao et al. 2024, DeepSeekMath), critic-free.
+
+Each prompt gets ``group_size`` completions; a completion's advantage is its score relative to its group
+(``normalization="grpo"``: (r - mean) / std; ``"dr_grpo"``: r - mean, Liu et al. 2025). The loss is PPO's
+clipped surrogate plus ``kl_coef`` times the k3 KL to the reference, per token, aggregated per sequence
+(``grpo``) or over a constant number of tokens (``dr_grpo``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from agents.base import Agent, AgentConfig
+from agents.core import aggregate_loss, group_advantages, kl_penalty, masked_mean, ppo_policy_loss
+from agents.rollout import RolloutBatch
+
+NORMALIZATIONS = {"grpo": "seq_mean", "dr_grpo": "constant"}
+
+
+@dataclasses.dataclass
+class GRPOConfig(AgentConfig):
+    """GRPO hyperparameters (TRL's names where they exist: ``num_iterations``, ``epsilon`` is ``clip_range``)."""
+
+    learning_rate: float = 1e-4
+    kl_coef: float = 0.04
+    kl_estimator: str = "k3"
+    group_size: int = 8
+    num_iterations: int = 1  # optimisation passes over each batch (mu)
+    n_minibatches: int = 1
+    clip_range: float = 0.2
+    normalization: str = "grpo"
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("group_size", "num_iterations", "n_minibatches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2, got {self.group_size}")
+        if self.batch_size % self.group_size:
+            raise ValueError(f"group_size {self.group_size} does not divide batch_size {self.batch_size}")
+        if self.n_minibatches > self.batch_size:
+            raise ValueError(f"n_minibatches {self.n_minibatches} exceeds batch_size {self.batch_size}")
+        if not 0 < self.clip_range < 1:
+            raise ValueError(f"clip_range must be in (0, 1), got {self.clip_range!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}")
+
+
+class GRPO(Agent):
+    """Group-relative policy optimisation; see the module docstring.
+
+    Example:
+        >>> agent = GRPO("TextGen-v0", batch_size=64, group_size=8).learn(512)
+    """
+
+    Config = GRPOConfig
+    name = "grpo"
+
+    def group_size(self) -> int:
+        return self.config.group_size
+
+    def loss(self, batch: RolloutBatch, advantages: torch.Tensor, idx: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The GRPO loss on the episodes ``idx`` of ``batch``."""
+        cfg = self.config
+        mask = batch.mask[idx]
+        mode = NORMALIZATIONS[cfg.normalization]
+        ev = self.policy.evaluate(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], mask)
+        max_len = self.envs.setup.max_new_tokens
+        pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], mask,
+                                         cfg.clip_range, mode=mode, max_len=max_len)
+        kl = kl_penalty(ev.logprobs, batch.ref_logprobs[idx], cfg.kl_estimator)  # (b, T)
+        kl_loss = aggregate_loss(kl, mask, mode, max_len=max_len)
+        stats = {**stats, "policy_loss": pg_loss.detach(), "kl_loss": kl_loss.detach(),
+                 "entropy": masked_mean(ev.entropy.detach(), mask)}
+        return pg_loss + cfg.kl_coef * kl_loss, stats
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg = self.config
+        advantages = group_advantages(batch.scores, cfg.group_size, cfg.normalization)  # (B,)
+        B = batch.scores.shape[0]
+        gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
+        sums: dict[str, float] = {}
+        n = 0
+        for _ in range(cfg.num_iterations):
+            perm = torch.randperm(B, generator=gen).to(self.device)
+            for idx in perm.chunk(cfg.n_minibatches):
+                loss, stats = self.loss(batch, advantages, idx)
+                stats["grad_norm"] = torch.tensor(self._step(loss))
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n += 1
+        return {k: v / n for k, v in sums.items()}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}

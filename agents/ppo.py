@@ -1,0 +1,135 @@
+"""PPO for language models with a KL penalty to the reference (Ziegler et al. 2019; Ouyang et al. 2022).
+
+Per-token reward: the env's reward (the reward-model score on the last token) minus ``kl_coef`` times the
+per-token KL to the reference. Advantages by GAE over the completion (no bootstrap past the end), whitened;
+the clipped surrogate, a clipped value loss and an optional entropy bonus, over minibatches and epochs.
+The KL coefficient is fixed or adaptive (the proportional controller of Ziegler et al.).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from agents.base import Agent, AgentConfig
+from agents.core import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    value_loss,
+)
+from agents.rollout import RolloutBatch
+
+
+@dataclasses.dataclass
+class PPOConfig(AgentConfig):
+    """PPO hyperparameters (names as in stable-baselines3 / TRL's PPOTrainer)."""
+
+    learning_rate: float = 1e-4
+    n_epochs: int = 4
+    n_minibatches: int = 4
+    clip_range: float = 0.2
+    clip_range_vf: float | None = 0.2
+    vf_coef: float = 0.1
+    ent_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10_000
+    target_kl: float | None = None  # stop the epochs early when approx_kl exceeds 1.5 x this
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("n_epochs", "n_minibatches", "kl_horizon"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.n_minibatches > self.batch_size:
+            raise ValueError(f"n_minibatches {self.n_minibatches} exceeds batch_size {self.batch_size}")
+        if not 0 < self.clip_range < 1:
+            raise ValueError(f"clip_range must be in (0, 1), got {self.clip_range!r}")
+        if self.clip_range_vf is not None and not self.clip_range_vf > 0:
+            raise ValueError(f"clip_range_vf must be None or > 0, got {self.clip_range_vf!r}")
+        for name in ("vf_coef", "ent_coef"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("gamma", "lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not self.kl_target > 0:
+            raise ValueError(f"kl_target must be > 0, got {self.kl_target!r}")
+
+
+class PPO(Agent):
+    """PPO with a per-token KL penalty, GAE and a value head on the LM trunk; see the module docstring.
+
+    Example:
+        >>> agent = PPO("TextGen-v0", policy="default", batch_size=64).learn(1024)
+        >>> agent.evaluate(64)["gold_score"]
+    """
+
+    Config = PPOConfig
+    name = "ppo"
+    uses_values = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.config
+        self.kl_ctl: FixedKLController | AdaptiveKLController = (
+            AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+            else FixedKLController(cfg.kl_coef))
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg = self.config
+        mask = batch.mask
+        kl = kl_penalty(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
+        rewards = batch.rewards * mask - self.kl_ctl.value * kl  # (B, T)
+        advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages and mask.sum() > 1:
+            advantages = masked_whiten(advantages, mask)
+        B = mask.shape[0]
+        gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
+        sums: dict[str, float] = {}
+        n = 0
+        stop = False
+        for _ in range(cfg.n_epochs):
+            perm = torch.randperm(B, generator=gen).to(self.device)
+            for idx in perm.chunk(cfg.n_minibatches):
+                m = mask[idx]
+                ev = self.policy.evaluate(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
+                pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], m, cfg.clip_range)
+                vf_loss = value_loss(ev.values, batch.values[idx], returns[idx], m, cfg.clip_range_vf)
+                entropy = masked_mean(ev.entropy, m)
+                loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
+                grad_norm = self._step(loss)
+                row = {"policy_loss": float(pg_loss), "value_loss": float(vf_loss), "entropy": float(entropy),
+                       "approx_kl": float(stats["approx_kl"]), "clip_ratio": float(stats["clip_ratio"]),
+                       "grad_norm": grad_norm}
+                for k, v in row.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
+                if cfg.target_kl is not None and row["approx_kl"] > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        mean_kl = float(kl.sum(1).mean())
+        self.kl_ctl.update(mean_kl, B)
+        out = {k: v / n for k, v in sums.items()}
+        out["kl_coef"] = float(self.kl_ctl.value)
+        return out
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"kl_coef": float(self.kl_ctl.value)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "kl_coef" in state:
+            self.kl_ctl.value = float(state["kl_coef"])

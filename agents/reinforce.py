@@ -1,0 +1,83 @@
+"""REINFORCE with a baseline (Williams 1992): the gradient of E[R] is E[(R - b) grad log pi(y|x)].
+
+The sequence return is the reward-model score minus the KL to the reference, summed over the completion:
+``R = score - kl_coef * sum_t kl_t``. One gradient step per batch (on-policy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from agents.base import Agent, AgentConfig
+from agents.core import kl_penalty, masked_mean
+from agents.rollout import RolloutBatch
+
+BASELINES = ("mean", "ema", "none")
+
+
+@dataclasses.dataclass
+class REINFORCEConfig(AgentConfig):
+    """REINFORCE hyperparameters. ``baseline``: ``"mean"`` (batch mean), ``"ema"`` (running mean of
+    past returns) or ``"none"``."""
+
+    learning_rate: float = 1e-4
+    baseline: str = "mean"
+    ema_decay: float = 0.9
+
+    def validate(self) -> None:
+        super().validate()
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+
+
+class REINFORCE(Agent):
+    """REINFORCE (``R log pi``) with a baseline; see the module docstring.
+
+    Example:
+        >>> agent = REINFORCE("TextGen-v0", policy="default", batch_size=32).learn(256)
+    """
+
+    Config = REINFORCEConfig
+    name = "reinforce"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ema: float | None = None
+
+    def sequence_returns(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(R, kl)``: per-episode return with the KL penalty, and the per-episode KL (both (B,))."""
+        kl = (kl_penalty(batch.logprobs, batch.ref_logprobs, self.config.kl_estimator) * batch.mask).sum(1)
+        return batch.scores - self.config.kl_coef * kl, kl
+
+    def advantages(self, returns: torch.Tensor) -> torch.Tensor:
+        """``R - b`` per episode, (B,)."""
+        cfg = self.config
+        if cfg.baseline == "mean":
+            return returns - returns.mean()
+        if cfg.baseline == "ema":
+            baseline = float(returns.mean()) if self.ema is None else self.ema
+            self.ema = cfg.ema_decay * baseline + (1 - cfg.ema_decay) * float(returns.mean())
+            return returns - baseline
+        return returns
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        returns, kl = self.sequence_returns(batch)
+        advantages = self.advantages(returns)  # (B,)
+        ev = self.policy.evaluate(batch.query_ids, batch.query_mask, batch.tokens, batch.mask)
+        seq_logprob = (ev.logprobs * batch.mask).sum(1)  # (B,) log pi(y|x)
+        pg_loss = -(advantages * seq_logprob).mean()
+        grad_norm = self._step(pg_loss)
+        return {"policy_loss": float(pg_loss), "entropy": float(masked_mean(ev.entropy.detach(), batch.mask)),
+                "advantage_std": float(advantages.std()) if advantages.numel() > 1 else 0.0,
+                "grad_norm": grad_norm}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"ema": self.ema}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.ema = state.get("ema")

@@ -1,0 +1,45 @@
+"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024, "Back to Basics").
+
+Each prompt gets ``group_size`` completions in the same batch; completion i's baseline is the mean return
+of the other ``group_size - 1``: ``A_i = R_i - mean_{j != i} R_j``. Critic-free, unbiased.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from agents.core import rloo_advantages
+from agents.reinforce import REINFORCE, REINFORCEConfig
+
+
+@dataclasses.dataclass
+class RLOOConfig(REINFORCEConfig):
+    """RLOO hyperparameters: ``group_size`` completions per prompt, dividing ``batch_size``."""
+
+    group_size: int = 4
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
+            raise ValueError(f"group_size must be an integer >= 2, got {self.group_size!r}")
+        if self.batch_size % self.group_size:
+            raise ValueError(f"group_size {self.group_size} does not divide batch_size {self.batch_size}")
+
+
+class RLOO(REINFORCE):
+    """REINFORCE with the leave-one-out baseline over groups of completions of one prompt.
+
+    Example:
+        >>> agent = RLOO("TextGen-v0", batch_size=32, group_size=4).learn(256)
+    """
+
+    Config = RLOOConfig
+    name = "rloo"
+
+    def group_size(self) -> int:
+        return self.config.group_size
+
+    def advantages(self, returns: torch.Tensor) -> torch.Tensor:
+        return rloo_advantages(returns, self.config.group_size)

@@ -1,0 +1,515 @@
+"""Stage 3: training a reward model R(s, a) on scored texts (MSE) or preference pairs (Bradley-Terry).
+
+The model is a small transformer with a scalar head: ``GPT2ForSequenceClassification(num_labels=1)``
+built from :func:`textenv.models.tiny_gpt2_config`, or any causal-LM checkpoint (``base=``) loaded with a
+fresh one-logit head. It reads ``prompt + completion`` (plain concatenation, exactly what the env passes)
+and its score is the logit at the last token.
+
+Losses, for a batch of B rows:
+
+- MSE regression on rows ``{"prompt", "completion", "score"}`` (or ``{"text", "score"}``):
+  ``L = mean_b (R(s_b, a_b) - r_b)^2``. Targets are not standardised: the model predicts the score on the
+  data's own scale (the built-in tasks score in [0, 1]), so the env's reward has that scale too.
+- Bradley-Terry on rows ``{"prompt", "chosen", "rejected"}`` (Ouyang et al. 2022, "Training language
+  models to follow instructions with human feedback", eq. 1):
+  ``L = -mean_b log sigmoid(R(s_b, chosen_b) - R(s_b, rejected_b))``.
+
+AdamW with linear warm-up then cosine decay, gradient-norm clipping at 1. The result is saved atomically
+as a Hugging Face directory (safetensors weights, tokenizer) plus ``textenv_reward.json``; load it with
+``reward_model=<dir>`` or :class:`textenv.rewards.LearnedRewardModel`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from textenv.models import load_tokenizer, tiny_gpt2_config
+from textenv.rewards.base import INPUT_FORMAT, REWARD_METADATA_FILE, RewardModel, check_scores, reward_name
+from textenv.rewards.hf import HFClassifierReward, context_length, encode_texts, pad_batch
+
+if TYPE_CHECKING:
+    from textenv.tasks.base import Task
+
+LOSSES = ("mse", "bt")
+#: Architecture of a reward model trained from scratch (``model_kwargs`` overrides any of these).
+DEFAULT_MODEL_KWARGS: dict[str, Any] = {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 128}
+#: Hyper-parameters of the shipped per-task reward models (:func:`build_default_reward_model`).
+DEFAULT_BUILD: dict[str, Any] = {
+    "n_train": 20000,  # scored texts generated for training
+    "n_eval": 1000,  # held-out ("test" split) scored texts for the metrics
+    "prefix_fraction": 0.25,  # share of training completions cut at a random word (dense rewards score prefixes)
+    "steps": 1500,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "warmup_fraction": 0.05,
+}
+_FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------- losses and metrics (pure)
+def mse_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``mean((predictions - targets)^2)`` over a batch of scalar rewards, both ``(B,)``.
+
+    Example:
+        >>> float(mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])))
+        2.5
+    """
+    return ((predictions - targets) ** 2).mean()
+
+
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """``-mean(log sigmoid(chosen_rewards - rejected_rewards))``, both ``(B,)``: the negative log-likelihood
+    of the preferences under the Bradley-Terry model P(chosen > rejected) = sigmoid(r_c - r_r).
+
+    Example:
+        >>> round(float(bradley_terry_loss(torch.tensor([0.0]), torch.tensor([0.0]))), 4)  # log 2
+        0.6931
+    """
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warm-up to 1 over ``warmup_steps``, then cosine decay to ``min_ratio``
+    at ``total_steps``.
+
+    Example:
+        >>> warmup_cosine(0, 100, 10), warmup_cosine(9, 100, 10), warmup_cosine(100, 100, 10)
+        (0.1, 1.0, 0.1)
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x``, ties sharing their average rank (as ``scipy.stats.rankdata``).
+
+    Example:
+        >>> rankdata([10, 20, 20, 5]).tolist()
+        [2.0, 3.5, 3.5, 1.0]
+    """
+    values = np.asarray(x, dtype=np.float64).ravel()
+    n = values.size
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.r_[0, np.flatnonzero(sorted_values[1:] != sorted_values[:-1]) + 1] if n else np.zeros(0, int)
+    ends = np.r_[starts[1:], n] if n else np.zeros(0, int)
+    average = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.repeat(average, ends - starts)
+    return ranks
+
+
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks); ``nan`` when either side is
+    constant or there are fewer than two points.
+
+    Example:
+        >>> round(spearman([1, 2, 2, 3], [1, 3, 2, 4]), 6)
+        0.948683
+    """
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.size != ry.size:
+        raise ValueError(f"spearman needs equal lengths, got {rx.size} and {ry.size}")
+    if rx.size < 2:
+        return float("nan")
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    denominator = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
+    return float((dx * dy).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def pairwise_accuracy(chosen_scores: Sequence[float] | np.ndarray, rejected_scores: Sequence[float] | np.ndarray) -> float:
+    """Share of pairs where the chosen text scores higher; a tie counts one half (so a constant model gets 0.5).
+
+    Example:
+        >>> pairwise_accuracy([2.0, 1.0, 0.0], [1.0, 2.0, 0.0])
+        0.5
+    """
+    c = np.asarray(chosen_scores, dtype=np.float64)
+    r = np.asarray(rejected_scores, dtype=np.float64)
+    if c.shape != r.shape or c.size == 0:
+        raise ValueError(f"pairwise_accuracy needs two non-empty arrays of one shape, got {c.shape} and {r.shape}")
+    return float(np.mean((c > r) + 0.5 * (c == r)))
+
+
+# ---------------------------------------------------------------------------- data
+def _row_error(row: Any, loss: str) -> str | None:
+    """Why ``row`` is not a valid ``loss`` row, or ``None``."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    if loss == "mse":
+        keys = ("text",) if "text" in row else ("prompt", "completion")
+        for key in (*keys, "score"):
+            if key not in row:
+                return f"missing key {key!r} (mse rows are {{'text', 'score'}} or {{'prompt', 'completion', 'score'}})"
+        for key in keys:
+            if not isinstance(row[key], str):
+                return f"{key!r} must be a string, got {row[key]!r}"
+        score = row["score"]
+        if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(float(score)):
+            return f"'score' must be a finite number, got {score!r}"
+        return None
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in row:
+            return f"missing key {key!r} (bt rows are {{'prompt', 'chosen', 'rejected'}})"
+        if not isinstance(row[key], str):
+            return f"{key!r} must be a string, got {row[key]!r}"
+    return None
+
+
+def _check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return loss
+
+
+def check_reward_rows(rows: Sequence[dict[str, Any]], loss: str, what: str = "rows") -> list[dict[str, Any]]:
+    """``rows`` as a list after checking each is a valid ``loss`` row; ``ValueError`` names the bad row."""
+    _check_loss(loss)
+    if isinstance(rows, (str, bytes, dict)) or not isinstance(rows, Sequence):
+        raise ValueError(f"{what} must be a list of dicts, got {type(rows).__name__}")
+    if not rows:
+        raise ValueError(f"{what} is empty")
+    for i, row in enumerate(rows):
+        error = _row_error(row, loss)
+        if error is not None:
+            raise ValueError(f"{what}[{i}] is not a valid {loss} row: {error}")
+    return list(rows)
+
+
+def load_reward_rows(path: str | os.PathLike[str], loss: str) -> list[dict[str, Any]]:
+    """Rows for ``loss`` from a JSONL file (one JSON object a line; blank lines skipped).
+
+    Raises:
+        ValueError: a line that is not JSON or not a valid row, naming the file and the line number.
+    """
+    _check_loss(loss)
+    file = Path(path)
+    rows: list[dict[str, Any]] = []
+    with file.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file}:{lineno}: not valid JSON ({exc})") from exc
+            error = _row_error(row, loss)
+            if error is not None:
+                raise ValueError(f"{file}:{lineno}: not a valid {loss} row: {error}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{file} holds no rows")
+    return rows
+
+
+def _mse_texts(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[float]]:
+    texts = [r["text"] if "text" in r else r["prompt"] + r["completion"] for r in rows]
+    return texts, [float(r["score"]) for r in rows]
+
+
+def _bt_texts(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    return [r["prompt"] + r["chosen"] for r in rows], [r["prompt"] + r["rejected"] for r in rows]
+
+
+# ---------------------------------------------------------------------------- model
+def build_reward_model(tokenizer: PreTrainedTokenizerBase, base: str | os.PathLike[str] | None = None,
+                       model_kwargs: dict[str, Any] | None = None) -> PreTrainedModel:
+    """A fresh one-logit ``GPT2ForSequenceClassification`` sized for ``tokenizer`` (``model_kwargs``
+    override :data:`DEFAULT_MODEL_KWARGS`), or the causal LM in ``base`` with a new scalar head."""
+    from transformers import AutoModelForSequenceClassification, GPT2ForSequenceClassification
+
+    from textenv.models import ModelLoadError
+
+    if base is None:
+        kwargs = {**DEFAULT_MODEL_KWARGS, **(model_kwargs or {})}
+        cfg = tiny_gpt2_config(len(tokenizer), num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                               bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs)
+        model = GPT2ForSequenceClassification(cfg)
+    else:
+        if model_kwargs:
+            raise ValueError(f"model_kwargs only apply to a model built from scratch, got {model_kwargs!r} with base={str(base)!r}")
+        if not (Path(base) / "config.json").is_file():
+            raise ModelLoadError(f"base model directory {str(base)!r} does not exist or has no config.json")
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, dtype=torch.float32)
+        except Exception as exc:
+            raise ModelLoadError(f"could not load base model {str(base)!r} for a reward head: {exc}") from exc
+        model.config.pad_token_id = tokenizer.pad_token_id
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has only {vocab}")
+    model.config.id2label, model.config.label2id = {0: "reward"}, {"reward": 0}
+    return model
+
+
+# ---------------------------------------------------------------------------- training
+def train_reward_model(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], loss: str = "mse",
+                       tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase = "default",
+                       base: str | os.PathLike[str] | None = None, steps: int = 1000, batch_size: int = 32,
+                       lr: float = 5e-4, seed: int = 0, eval_rows: Sequence[dict[str, Any]] | None = None,
+                       model_kwargs: dict[str, Any] | None = None, progress: bool = True,
+                       task: Task | str | None = None, warmup_fraction: float = 0.05, weight_decay: float = 0.01,
+                       device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train a reward model on ``rows`` and save it atomically to ``out_dir``; returns the metrics.
+
+    Args:
+        rows: ``loss="mse"``: ``{"prompt", "completion", "score"}`` or ``{"text", "score"}``;
+            ``loss="bt"``: ``{"prompt", "chosen", "rejected"}``. See :func:`load_reward_rows` for JSONL.
+        out_dir: where the model goes; an existing reward-model directory there is replaced whole.
+        loss: ``"mse"`` (regression on the score) or ``"bt"`` (Bradley-Terry on preference pairs).
+        tokenizer: ``"default"``, a directory or a tokenizer; saved with the model.
+        base: a causal-LM directory to start from (a fresh scalar head is added); default: a new
+            GPT-2 of :data:`DEFAULT_MODEL_KWARGS` updated with ``model_kwargs``.
+        steps, batch_size, lr, warmup_fraction, weight_decay: optimisation (AdamW, warm-up + cosine).
+        seed: seeds the initialisation and the batch order.
+        eval_rows: held-out rows of the same format: ``eval/spearman`` and ``eval/mse`` (mse) or
+            ``eval/pairwise_accuracy`` (bt) are measured on them after training.
+        progress: show a progress bar.
+        task: a Task (its name is recorded and the model is scored against its gold scorer on held-out
+            data: ``gold/spearman``, ``gold/pairwise_accuracy``) or a task name (recorded only).
+        device: torch device to train on.
+
+    Returns:
+        metrics: ``train/loss`` (mean of the last 10% of steps), ``steps``, ``time_s``, plus the eval and
+        gold metrics above. They are also stored in ``textenv_reward.json``.
+
+    Example:
+        >>> rows = [{"prompt": "Review: ", "completion": "great.", "score": 1.0}] * 64  # doctest: +SKIP
+        >>> train_reward_model(rows, "runs/rm", steps=100)["train/loss"]  # doctest: +SKIP
+    """
+    _check_loss(loss)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not isinstance(lr, numbers.Real) or not lr > 0 or not math.isfinite(lr):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
+    rows = check_reward_rows(rows, loss, "rows")
+    if eval_rows is not None:
+        eval_rows = check_reward_rows(eval_rows, loss, "eval_rows")
+    out = _check_out_dir(out_dir)
+    tok = load_tokenizer(tokenizer)
+    device = torch.device(device)
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_reward_model(tok, base, model_kwargs).to(device)
+    max_length = context_length(model, tok)
+    # Tokenise once: an MSE row is one sequence, a BT row two (chosen then rejected).
+    if loss == "mse":
+        texts, scores = _mse_texts(rows)
+        ids: list[list[int]] = encode_texts(tok, texts, max_length)
+        targets = torch.tensor(scores, dtype=torch.float32)
+    else:
+        chosen, rejected = _bt_texts(rows)
+        ids_chosen = encode_texts(tok, chosen, max_length)
+        ids_rejected = encode_texts(tok, rejected, max_length)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(lr), betas=(0.9, 0.95), weight_decay=weight_decay)
+    warmup_steps = max(1, round(warmup_fraction * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup_steps))
+    order = rng.permutation(len(rows))
+    cursor = 0
+    losses: list[float] = []
+    bar = _progress_bar(steps, progress, f"reward model ({loss})")
+    model.train()
+    for step in range(steps):
+        if cursor + batch_size > len(order):  # a new epoch: reshuffle
+            order, cursor = rng.permutation(len(rows)), 0
+        idx = order[cursor : cursor + batch_size]
+        cursor += batch_size
+        if loss == "mse":
+            input_ids, attention_mask = pad_batch([ids[i] for i in idx], tok.pad_token_id)  # (B, T)
+            rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, 0]  # (B,)
+            step_loss = mse_loss(rewards, targets[idx].to(device))
+        else:
+            seqs = [ids_chosen[i] for i in idx] + [ids_rejected[i] for i in idx]
+            input_ids, attention_mask = pad_batch(seqs, tok.pad_token_id)  # (2B, T)
+            rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, 0]  # (2B,)
+            step_loss = bradley_terry_loss(rewards[: len(idx)], rewards[len(idx) :])
+        optimizer.zero_grad(set_to_none=True)
+        step_loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(step_loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
+    if bar is not None:
+        bar.close()
+    model.eval()
+
+    metrics: dict[str, Any] = {
+        "train/loss": float(np.mean(losses[-max(1, steps // 10) :])),
+        "steps": steps,
+        "train_rows": len(rows),
+        "time_s": round(time.perf_counter() - start, 2),
+    }
+    scorer = HFClassifierReward(model, tokenizer=tok, device=device, name=f"reward model being trained for {str(out)!r}")
+    if eval_rows is not None:
+        metrics.update(_eval_metrics(scorer, eval_rows, loss))
+    task_name = task if isinstance(task, str) or task is None else task.name
+    if task is not None and not isinstance(task, str):
+        gold = evaluate_reward_model(scorer, task, n=512, seed=seed)
+        metrics.update({f"gold/{k}": v for k, v in gold.items()})
+
+    model.to("cpu")
+    model.config.problem_type = "regression"
+    metadata = {
+        "format_version": _FORMAT_VERSION,
+        "loss": loss,
+        "task": task_name,
+        "input_format": INPUT_FORMAT,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": float(lr),
+        "seed": seed,
+        "base": None if base is None else str(base),
+        "tokenizer": tokenizer if isinstance(tokenizer, str) else str(getattr(tok, "name_or_path", "") or "custom"),
+        "metrics": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()},
+    }
+    _save_atomically(model, tok, metadata, out)
+    return metrics
+
+
+def _eval_metrics(scorer: HFClassifierReward, eval_rows: Sequence[dict[str, Any]], loss: str) -> dict[str, float]:
+    if loss == "mse":
+        texts, targets = _mse_texts(eval_rows)
+        predictions = np.asarray(scorer.score_texts(texts))
+        return {"eval/spearman": spearman(predictions, targets),
+                "eval/mse": float(np.mean((predictions - np.asarray(targets)) ** 2))}
+    chosen, rejected = _bt_texts(eval_rows)
+    return {"eval/pairwise_accuracy": pairwise_accuracy(scorer.score_texts(chosen), scorer.score_texts(rejected))}
+
+
+def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+# ---------------------------------------------------------------------------- saving
+def _check_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """The resolved ``out_dir``; refuses to replace anything but an empty directory or a model directory."""
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"out_dir {str(out_dir)!r} exists and is not a directory")
+        if any(out.iterdir()) and not (out / "config.json").exists():
+            raise ValueError(
+                f"out_dir {str(out_dir)!r} is a non-empty directory without a model in it; refusing to replace it"
+            )
+    return out
+
+
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, metadata: dict[str, Any],
+                     out: Path) -> None:
+    """Write everything into a temporary directory beside ``out``, then swap it in by renames, so a reader
+    never sees a half-written model and a crash leaves the previous one in place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / REWARD_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------- evaluation against gold
+def evaluate_reward_model(reward_model: RewardModel | Any, task: Task, n: int = 512, seed: int = 0) -> dict[str, float]:
+    """How well ``reward_model`` agrees with ``task``'s gold scorer on held-out (``split="test"``) data.
+
+    Returns:
+        ``spearman``: rank correlation with the gold score on ``n`` scored texts;
+        ``pairwise_accuracy``: share of ``n`` preference pairs ranked like the gold scorer (ties count 1/2).
+
+    ``reward_model`` is anything :func:`textenv.rewards.resolve_reward_model` accepts.
+    """
+    from textenv.rewards import resolve_reward_model
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    rm = resolve_reward_model(reward_model, task)
+    name = reward_name(rm)
+    rows = task.scored_texts(n, seed=seed, split="test")
+    prompts = [str(r["prompt"]) for r in rows]
+    predictions = check_scores(rm(prompts, [str(r["completion"]) for r in rows]), n, name)
+    pairs = task.preference_pairs(n, seed=seed, split="test")
+    pair_prompts = [r["prompt"] for r in pairs]
+    chosen = check_scores(rm(pair_prompts, [r["chosen"] for r in pairs]), n, name)
+    rejected = check_scores(rm(pair_prompts, [r["rejected"] for r in pairs]), n, name)
+    return {"spearman": spearman(predictions, [float(r["score"]) for r in rows]),  # type: ignore[arg-type]
+            "pairwise_accuracy": pairwise_accuracy(chosen, rejected)}
+
+
+# ---------------------------------------------------------------------------- shipped defaults
+def default_reward_rows(task: Task, n: int, seed: int = 0, prefix_fraction: float = 0.0) -> list[dict[str, Any]]:
+    """``n`` gold-scored training rows; a ``prefix_fraction`` of completions are cut after a random word and
+    rescored, so the model also knows partial completions (the env's dense reward scores every prefix)."""
+    rows = task.scored_texts(n, seed=seed, split="train")
+    rng = np.random.default_rng(seed + 1)
+    cut = [i for i in range(n) if rng.uniform() < prefix_fraction]
+    if not cut:
+        return rows
+    prompts = [str(rows[i]["prompt"]) for i in cut]
+    completions = []
+    for i in cut:
+        words = str(rows[i]["completion"]).split(" ")
+        keep = int(rng.integers(0, len(words))) if len(words) > 1 else 0
+        completions.append(" ".join(words[:keep]))
+    scores = check_scores(task.gold_score(prompts, completions), len(cut), f"gold:{task.name}")
+    for i, prompt, completion, score in zip(cut, prompts, completions, scores, strict=True):
+        rows[i] = {"prompt": prompt, "completion": completion, "score": float(score)}
+    return rows
+
+
+def build_default_reward_model(task: Task, out_dir: str | os.PathLike[str],
+                               tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase = "default",
+                               seed: int = 0, steps: int | None = None, progress: bool = True,
+                               n_train: int | None = None) -> dict[str, Any]:
+    """Train and save the shipped reward model of ``task`` (MSE on gold-scored texts, :data:`DEFAULT_BUILD`).
+
+    ``steps`` and ``n_train`` override the tuned step count and training-set size (tests use a handful).
+    Returns the metrics of
+    :func:`train_reward_model`, including ``gold/spearman`` on held-out texts.
+    """
+    cfg = DEFAULT_BUILD
+    rows = default_reward_rows(task, n_train or cfg["n_train"], seed=seed, prefix_fraction=cfg["prefix_fraction"])
+    eval_rows = task.scored_texts(cfg["n_eval"], seed=seed + 1, split="test")
+    return train_reward_model(rows, out_dir, loss="mse", tokenizer=tokenizer, steps=steps or cfg["steps"],
+                              batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed, eval_rows=eval_rows,
+                              model_kwargs=dict(DEFAULT_MODEL_KWARGS), progress=progress, task=task,
+                              warmup_fraction=cfg["warmup_fraction"])
