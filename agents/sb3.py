@@ -1,0 +1,413 @@
+"""stable-baselines3 integration: a causal LM as an SB3 actor-critic policy, and a VecEnv of textenv envs.
+
+stable-baselines3 runs unmodified::
+
+    from stable_baselines3 import PPO
+    from agents.sb3 import LM_LEARNING_RATE, LMActorCriticPolicy, make_sb3_env
+
+    env = make_sb3_env("TextGen-v0", n_envs=8, seed=0)
+    model = PPO(LMActorCriticPolicy, env, policy_kwargs={"model": "default"},
+                learning_rate=LM_LEARNING_RATE, n_steps=64, batch_size=64)
+    model.learn(10_000)
+
+How the LM maps onto SB3's actor-critic (``ActorCriticPolicy``):
+
+- ``features_extractor`` is :class:`LMFeaturesExtractor`: the LM's trunk (``model.base_model``) run over the
+  right-padded ``input_ids`` with positions from ``attention_mask``; the features are the last hidden state
+  at the last non-pad position, shape ``(B, D)``.
+- ``action_net`` *is* the LM head (``model.get_output_embeddings()``, the same module, tied weights kept), so
+  the action distribution is SB3's ``CategoricalDistribution`` over the LM's next-token logits (temperature 1).
+- ``value_net`` is a fresh ``Linear(D, 1)`` on the same features; ``mlp_extractor`` is the identity.
+- Nothing pretrained is re-initialised (no orthogonal init), and observations are read as integers, not
+  through SB3's float preprocessing.
+
+Acting (``forward`` without grad, as in SB3's rollout collection, and ``predict``) keeps a KV cache: one
+cache for the whole batch plus the observation it was built from. When every slot's new observation extends
+its previous one by exactly one token, only those B tokens go through the model; otherwise (a slot started a
+new episode, a different batch, anything else) the whole batch is recomputed from scratch and the cache is
+rebuilt. With textenv's fixed-length episodes the slots stay in step, so most steps are one-token steps.
+Training (``evaluate_actions``) runs full forwards with grad and never touches the cache. The cache is
+dropped whenever the weights may have changed: an optimizer step, ``train(True)`` (SB3 calls it at the start
+of every update), ``load_state_dict`` and device moves. If you edit the weights by hand, call
+:meth:`LMActorCriticPolicy.reset_cache`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, MlpExtractor
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+__all__ = ["LM_LEARNING_RATE", "LMActorCriticPolicy", "LMFeaturesExtractor", "make_sb3_env"]
+
+#: A learning rate suited to fine-tuning a pretrained LM with PPO/A2C (SB3's defaults, 3e-4 for PPO and
+#: 7e-4 for A2C, are tuned for small MLPs and tend to wreck a pretrained LM). Not forced: pass it as
+#: ``PPO(..., learning_rate=LM_LEARNING_RATE)``; anything in 1e-5..1e-4 is a reasonable start, and a
+#: randomly initialised tiny model can take 1e-3.
+LM_LEARNING_RATE = 1e-5
+
+
+def make_sb3_env(env_id: str = "TextGen-v0", n_envs: int = 8, seed: int | None = None, *,
+                 vec_env_cls: type[DummyVecEnv] | type[SubprocVecEnv] | None = None,
+                 **env_kwargs: Any) -> VecEnv:
+    """An SB3 ``VecEnv`` of ``n_envs`` copies of ``gym.make(env_id, **env_kwargs)``, each in a ``Monitor``.
+
+    ``Monitor`` is what makes SB3 log ``rollout/ep_rew_mean`` and ``ep_len_mean``. With ``seed``, env ``i``
+    is reset with ``seed + i`` and its action space seeded the same way (as ``make_vec_env`` does).
+    ``vec_env_cls`` defaults to ``DummyVecEnv``, which is the right choice here: the work is in the policy,
+    and the envs share one process's cached tokenizer and reward model. (SB3's own ``make_vec_env`` is not
+    used because it passes ``render_mode="rgb_array"``, which a text env does not have.)
+
+    Example:
+        >>> env = make_sb3_env("TextGen-Arithmetic-v0", n_envs=4, seed=0, reward_model="gold")
+        >>> obs = env.reset()
+        >>> obs["input_ids"].shape[0]
+        4
+    """
+    import textenv  # noqa: F401  (registers the env ids)
+
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+        raise ValueError(f"n_envs must be an integer >= 1, got {n_envs!r}")
+
+    def make_env(rank: int) -> Callable[[], gym.Env]:
+        def _init() -> gym.Env:
+            env = gym.make(env_id, **env_kwargs)
+            if seed is not None:
+                env.action_space.seed(seed + rank)
+            return Monitor(env)
+        return _init
+
+    vec_env = (vec_env_cls or DummyVecEnv)([make_env(i) for i in range(n_envs)])
+    vec_env.seed(seed)
+    return vec_env
+
+
+def _ids_and_mask(obs: PyTorchObs) -> tuple[Tensor, Tensor]:
+    """``input_ids`` and ``attention_mask`` as int64 ``(B, L)`` tensors, whatever dtype SB3 handed over
+    (its rollout buffer and preprocessing may have turned them into floats)."""
+    if not isinstance(obs, dict) or "input_ids" not in obs or "attention_mask" not in obs:
+        raise ValueError("LMActorCriticPolicy needs Dict observations with 'input_ids' and 'attention_mask', "
+                         f"got {type(obs).__name__}")
+    out = []
+    for key in ("input_ids", "attention_mask"):
+        x = torch.as_tensor(obs[key])
+        if x.is_floating_point():
+            x = x.round()
+        x = x.long()
+        out.append(x.reshape(1, -1) if x.dim() == 1 else x)
+    return out[0], out[1]
+
+
+def _last_index(mask: Tensor) -> Tensor:
+    """Index of the last 1 in each row of ``mask`` ``(B, L)`` -> ``(B,)``."""
+    L = mask.shape[-1]
+    return L - 1 - mask.flip(-1).argmax(-1)
+
+
+class LMFeaturesExtractor(BaseFeaturesExtractor):
+    """SB3 features extractor around a causal LM: the trunk's last hidden state at the last non-pad
+    position, ``(B, D)``. ``self.lm`` is the whole causal LM (its head is the policy's ``action_net``).
+
+    Positions are ``cumsum(attention_mask) - 1``, so right padding (textenv's layout) and masks with holes
+    both give the positions the model saw in training.
+    """
+
+    def __init__(self, observation_space: spaces.Dict, lm: PreTrainedModel) -> None:
+        head = lm.get_output_embeddings()
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"the LM's output embeddings must be an nn.Linear, got {type(head).__name__}")
+        super().__init__(observation_space, features_dim=head.in_features)
+        self.lm = lm
+        params = inspect.signature(lm.base_model.forward).parameters
+        # transformers 5.x renamed past_key_values -> cache (the old name is deprecated)
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def _trunk(self, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any, use_cache: bool) -> Any:
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": use_cache}
+        if cache is not None:
+            kwargs[self._cache_arg] = cache
+        return self.lm.base_model(**kwargs)
+
+    @staticmethod
+    def _out_cache(out: Any) -> Any:
+        cache = getattr(out, "cache", None)
+        return cache if cache is not None else getattr(out, "past_key_values", None)
+
+    def full(self, ids: Tensor, mask: Tensor, use_cache: bool = False) -> tuple[Tensor, Any, int]:
+        """Features from a full forward over ``(B, L)`` ids/mask, cut to the longest row.
+
+        Returns ``(features (B, D), cache or None, T)`` where T is the number of columns run (and cached).
+        """
+        last = _last_index(mask)  # (B,)
+        T = int(last.max().item()) + 1
+        ids, mask = ids[:, :T], mask[:, :T]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        out = self._trunk(ids, mask, positions, None, use_cache)
+        h = out.last_hidden_state  # (B, T, D)
+        feats = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
+        return feats, (self._out_cache(out) if use_cache else None), T
+
+    def step(self, tokens: Tensor, positions: Tensor, attn_mask: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        """One cached token per row: ``tokens``/``positions`` ``(B, 1)``, ``attn_mask`` ``(B, C + 1)`` over
+        the C cached columns plus the new one. Returns ``(features (B, D), updated cache)``."""
+        out = self._trunk(tokens, attn_mask, positions, cache, True)
+        return out.last_hidden_state[:, -1], self._out_cache(out)
+
+    def forward(self, observations: PyTorchObs) -> Tensor:
+        ids, mask = _ids_and_mask(observations)
+        return self.full(ids, mask)[0]
+
+
+class _KVState(NamedTuple):
+    """The batch KV cache and the observation it was built from."""
+
+    cache: Any  # transformers Cache, C columns
+    ids: Tensor  # (B, L) int64, the last observation's input_ids
+    mask: Tensor  # (B, L) bool, the last observation's attention_mask
+    last: Tensor  # (B,) index of the last real token in the last observation
+    attn: Tensor  # (B, C) attention mask over the cached columns
+
+
+def _load_lm(model: Any) -> PreTrainedModel:
+    if isinstance(model, PreTrainedModel):
+        return model
+    if isinstance(model, PretrainedConfig):  # how a policy saved from a model object is rebuilt
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_config(model).eval()
+    if isinstance(model, (str, os.PathLike)):
+        from textenv.models import load_causal_lm
+
+        return load_causal_lm(model)
+    raise ValueError(f"model must be a name, a directory or a PreTrainedModel, got {type(model).__name__}: {model!r}")
+
+
+class LMActorCriticPolicy(ActorCriticPolicy):
+    """An SB3 actor-critic policy whose actor is a causal LM: features from its trunk, logits from its head.
+
+    Use it like any SB3 policy class with PPO or A2C::
+
+        PPO(LMActorCriticPolicy, make_sb3_env("TextGen-v0", n_envs=8),
+            policy_kwargs={"model": "default"}, learning_rate=LM_LEARNING_RATE)
+
+    Args (through ``policy_kwargs``):
+        model: ``"default"`` (the shipped policy), any name or directory ``textenv.models.load_causal_lm``
+            accepts, or a ``PreTrainedModel`` (used in place, not copied: training updates that object).
+            Its vocabulary must equal the env's action space (``len(tokenizer)``).
+        lm_dropout: keep the LM's dropout on during updates (default False: the LM stays in eval mode, as in
+            TRL, so that PPO's ratio is exactly 1 before the first step).
+        optimizer_class, optimizer_kwargs: as in SB3 (A2C passes RMSprop).
+
+    Layout (see the module docstring): ``features_extractor.lm`` is the LM, ``action_net`` is its LM head
+    (the same module), ``value_net`` is a ``Linear(D, 1)`` on the last hidden state. No pretrained weight is
+    re-initialised. ``forward`` without grad (rollout collection) and ``predict`` use a batch KV cache;
+    ``evaluate_actions``, ``get_distribution`` and ``predict_values`` run full forwards.
+
+    Save/load: ``model.save(path)`` / ``PPO.load(path)`` work. Loading rebuilds the LM from
+    ``policy_kwargs["model"]`` and then loads the saved weights over it, so a name or directory must still
+    resolve at load time. If ``model`` was a ``PreTrainedModel`` object, SB3 pickles that object inside the
+    saved ``policy_kwargs`` (the zip then holds the weights twice, and loading needs the model's class
+    importable); to keep saves small and portable, ``save_pretrained`` the LM and pass its directory.
+    ``policy.save`` / ``LMActorCriticPolicy.load`` store only the config for an object-built LM.
+    """
+
+    features_extractor: LMFeaturesExtractor
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        model: str | os.PathLike[str] | PreTrainedModel | PretrainedConfig = "default",
+        lm_dropout: bool = False,
+        use_sde: bool = False,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if use_sde:
+            raise ValueError("LMActorCriticPolicy has a discrete action space; use_sde must be False, got True")
+        if not isinstance(action_space, spaces.Discrete):
+            raise ValueError(f"LMActorCriticPolicy needs a Discrete action space, got {action_space}")
+        if not isinstance(observation_space, spaces.Dict) or not {"input_ids", "attention_mask"} <= set(
+            observation_space.spaces
+        ):
+            raise ValueError("LMActorCriticPolicy needs a Dict observation space with 'input_ids' and "
+                             f"'attention_mask', got {observation_space}")
+        lm = _load_lm(model)
+        head = lm.get_output_embeddings()
+        n_out = getattr(head, "out_features", None)
+        if n_out != int(action_space.n):
+            raise ValueError(
+                f"the LM's vocabulary ({n_out} logits) must equal the action space Discrete({action_space.n}); "
+                "use the env's tokenizer, or model.resize_token_embeddings(len(tokenizer))"
+            )
+        # nn.Module refuses module attributes before Module.__init__ (and the spec must not be registered as
+        # a second copy of the LM), so these go straight into __dict__; make_features_extractor reads the LM
+        self.__dict__["_pending_lm"] = lm
+        self.__dict__["_model_spec"] = model
+        self.lm_dropout = bool(lm_dropout)
+        self._kv: _KVState | None = None
+        #: how acting forwards were served: one-token cached steps vs full recomputes
+        self.cache_stats = {"cached_steps": 0, "full_forwards": 0}
+        super().__init__(
+            observation_space, action_space, lr_schedule,
+            net_arch=[], ortho_init=False, use_sde=False,
+            features_extractor_class=LMFeaturesExtractor, share_features_extractor=True,
+            normalize_images=False, optimizer_class=optimizer_class, optimizer_kwargs=optimizer_kwargs,
+        )
+        del self.__dict__["_pending_lm"]
+        self.train(False)
+
+    # ----- construction ---------------------------------------------------------------------------------
+
+    def make_features_extractor(self) -> LMFeaturesExtractor:
+        return LMFeaturesExtractor(self.observation_space, self.__dict__["_pending_lm"])  # type: ignore[arg-type]
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        """The LM head as ``action_net``, a fresh value head, identity MLP; no re-initialisation of the LM."""
+        self.mlp_extractor = MlpExtractor(self.features_dim, net_arch=[], activation_fn=self.activation_fn,
+                                          device=self.device)
+        self.action_net = self.features_extractor.lm.get_output_embeddings()
+        self.value_net = nn.Linear(self.features_dim, 1, device=self.device)
+        self.init_weights(self.value_net, gain=1.0)  # orthogonal, as SB3 inits its own value head
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+        self.optimizer.register_step_post_hook(self._after_optimizer_step)
+
+    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.reset_cache()
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        spec = self._model_spec
+        if isinstance(spec, PreTrainedModel):
+            spec = spec.config  # the weights travel in the state dict
+        return dict(
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            lr_schedule=self._dummy_schedule,
+            model=spec,
+            lm_dropout=self.lm_dropout,
+            optimizer_class=self.optimizer_class,
+            optimizer_kwargs=self.optimizer_kwargs,
+        )
+
+    @property
+    def lm(self) -> PreTrainedModel:
+        """The causal LM (trained in place)."""
+        return self.features_extractor.lm
+
+    # ----- cache bookkeeping ----------------------------------------------------------------------------
+
+    def reset_cache(self) -> None:
+        """Drop the acting KV cache (done automatically whenever the weights may have changed)."""
+        self._kv = None
+
+    def train(self, mode: bool = True) -> LMActorCriticPolicy:
+        if mode:
+            self.reset_cache()
+        super().train(mode)
+        if not self.lm_dropout and "features_extractor" in self._modules:
+            self.features_extractor.lm.train(False)
+        return self
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self.reset_cache()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
+        self.reset_cache()
+        return super()._apply(*args, **kwargs)
+
+    # ----- features -------------------------------------------------------------------------------------
+
+    def _full_features(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.features_extractor.full(ids, mask)[0]
+
+    def _cached_features(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Features for acting, with the batch KV cache (no grad). See the module docstring."""
+        bmask = mask.bool()
+        kv = self._kv
+        if kv is not None and kv.ids.shape == ids.shape and kv.ids.device == ids.device:
+            added = bmask & ~kv.mask  # (B, L)
+            new_idx = added.long().argmax(-1)  # (B,)
+            ok = ((kv.mask & ~bmask).sum() == 0) & (added.sum(-1) == 1).all() \
+                & ((ids == kv.ids) | ~kv.mask).all() & (new_idx > kv.last).all()
+            if bool(ok.item()):
+                rows = torch.arange(ids.shape[0], device=ids.device)
+                tokens = ids[rows, new_idx][:, None]  # (B, 1)
+                positions = bmask.sum(-1, keepdim=True) - 1  # (B, 1): the new token is the last real one
+                attn = torch.cat([kv.attn, torch.ones_like(kv.attn[:, :1])], dim=-1)  # (B, C + 1)
+                try:
+                    feats, cache = self.features_extractor.step(tokens, positions, attn, kv.cache)
+                except BaseException:
+                    self.reset_cache()  # the cache may be half-updated
+                    raise
+                self._kv = _KVState(cache, ids.clone(), bmask, new_idx, attn)
+                self.cache_stats["cached_steps"] += 1
+                return feats
+        feats, cache, T = self.features_extractor.full(ids, mask, use_cache=True)
+        self._kv = _KVState(cache, ids.clone(), bmask, _last_index(mask), mask[:, :T])
+        self.cache_stats["full_forwards"] += 1
+        return feats
+
+    def _features(self, obs: PyTorchObs, use_cache: bool) -> Tensor:
+        ids, mask = _ids_and_mask(obs)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if use_cache and not torch.is_grad_enabled():
+            return self._cached_features(ids, mask)
+        return self._full_features(ids, mask)
+
+    def logits_and_values(self, obs: PyTorchObs, use_cache: bool = False) -> tuple[Tensor, Tensor]:
+        """Next-token logits ``(B, V)`` (float32, the LM head at the last non-pad position) and values
+        ``(B, 1)``. ``use_cache=True`` uses the acting KV cache (only when grad is disabled)."""
+        feats = self._features(obs, use_cache)  # (B, D)
+        logits = self.action_net(feats).float()  # (B, V)
+        values = self.value_net(feats.to(self.value_net.weight.dtype))  # (B, 1)
+        return logits, values
+
+    def _dist(self, logits: Tensor) -> Distribution:
+        assert isinstance(self.action_dist, CategoricalDistribution)
+        return self.action_dist.proba_distribution(action_logits=logits)
+
+    # ----- the SB3 entry points, reading integer observations ------------------------------------------
+
+    def extract_features(self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor | None = None
+                         ) -> Tensor:  # type: ignore[override]
+        return self._features(obs, use_cache=False)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        logits, values = self.logits_and_values(obs, use_cache=True)
+        distribution = self._dist(logits)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        return actions.reshape((-1, *self.action_space.shape)), values, log_prob  # type: ignore[misc]
+
+    def evaluate_actions(self, obs: PyTorchObs, actions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        self.reset_cache()  # an update is under way: the weights are about to change
+        logits, values = self.logits_and_values(obs, use_cache=False)
+        distribution = self._dist(logits)
+        return values, distribution.log_prob(actions), distribution.entropy()
+
+    def get_distribution(self, obs: PyTorchObs) -> Distribution:
+        logits, _ = self.logits_and_values(obs, use_cache=False)
+        return self._dist(logits)
+
+    def predict_values(self, obs: PyTorchObs) -> Tensor:
+        feats = self._features(obs, use_cache=False)
+        return self.value_net(feats.to(self.value_net.weight.dtype))
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> Tensor:
+        logits, _ = self.logits_and_values(observation, use_cache=True)
+        return self._dist(logits).get_actions(deterministic=deterministic)

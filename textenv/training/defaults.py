@@ -1,0 +1,235 @@
+"""`textenv build-defaults`: rebuild every artifact the package ships, reproducibly from a seed.
+
+Stages, in order (each written to a temporary directory, then moved into ``textenv/data``):
+
+1. ``tokenizer/``: a byte-level BPE trained on the three tasks' corpora.
+2. ``pretrained/``: a tiny GPT-2 pretrained on the multi-task plain-text corpus (stage 1).
+3. ``policy/``: that model fine-tuned on mixed-quality (prompt, response) pairs of all tasks (stage 2),
+   the default policy and the KL reference of RL.
+4. ``rewards/<task>/``: one learned reward model per task (stage 3, MSE on gold-scored texts).
+5. ``MANIFEST.json``: each file's SHA-256 and the measured quality (held-out perplexity; each reward
+   model's Spearman and pairwise accuracy against gold; the policy's mean gold score per task at
+   temperature 1).
+
+``scale`` multiplies every data and step count (tests build a miniature set with ``scale=0.01``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textenv.models import DATA_DIR
+from textenv.tasks import TASKS, get_task
+
+#: The recipe at scale 1.0. Sizes are chosen so the whole build takes about 20 minutes on 2 CPU cores.
+RECIPE: dict[str, Any] = {
+    "vocab_size": 2048,
+    "tokenizer_docs_per_task": 20_000,
+    "model": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 128},
+    "pretrain_docs_per_task": 60_000,
+    "pretrain_steps": 3000,
+    "pretrain_batch": 32,
+    "pretrain_lr": 1e-3,
+    "sft_pairs_per_task": 30_000,
+    "sft_steps": 1500,
+    "sft_batch": 32,
+    "sft_lr": 3e-4,
+    "reward_steps": None,  # None: the tuned default of build_default_reward_model
+    "eval_docs_per_task": 500,
+    "policy_eval_prompts": 256,
+}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _scaled(n: int, scale: float, minimum: int) -> int:
+    return max(minimum, int(round(n * scale)))
+
+
+def _mixed(lists: list[list[Any]], seed: int) -> list[Any]:
+    out = [x for lst in lists for x in lst]
+    order = np.random.default_rng(seed).permutation(len(out))
+    return [out[i] for i in order]
+
+
+def policy_gold_scores(model: Any, tokenizer: Any, n_prompts: int, seed: int, max_new_tokens: int | None = None
+                       ) -> dict[str, float]:
+    """Mean gold score per task of ``model`` sampling at temperature 1 on held-out prompts."""
+    import torch
+
+    out = {}
+    gen = torch.Generator().manual_seed(seed)
+    for name in TASKS:
+        task = get_task(name)
+        prompts = task.prompts(n_prompts, split="test", seed=seed + 17)
+        completions = sample_completions(model, tokenizer, prompts, max_new_tokens or task.default_max_new_tokens, gen)
+        out[name] = float(np.mean(task.gold_score(prompts, completions)))
+    return out
+
+
+def sample_completions(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+                       generator: Any, batch_size: int = 64) -> list[str]:
+    """Sample completions at temperature 1 with a KV cache (left-padded batches), decoded without specials."""
+    import torch
+    from transformers import DynamicCache
+
+    eos = tokenizer.eos_token_id
+    texts: list[str] = []
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
+        P = max(len(e) for e in enc)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (P - len(e)) + e for e in enc])
+        attn = torch.tensor([[0] * (P - len(e)) + [1] * len(e) for e in enc])
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        cache = DynamicCache()
+        done = torch.zeros(len(chunk), dtype=torch.bool)
+        outs: list[list[int]] = [[] for _ in chunk]
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                           use_cache=True).logits[:, -1]
+            last = pos[:, -1]
+            for _ in range(max_new_tokens):
+                tok = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(-1)
+                for i, t in enumerate(tok.tolist()):
+                    if not done[i]:
+                        outs[i].append(t)
+                done |= tok == eos
+                if done.all():
+                    break
+                attn = torch.cat([attn, torch.ones(len(chunk), 1, dtype=attn.dtype)], 1)
+                last = last + 1
+                logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=last[:, None],
+                               past_key_values=cache, use_cache=True).logits[:, -1]
+        texts += [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+    return texts
+
+
+def _install(src: Path, dst: Path) -> None:
+    """Move a finished directory into place, replacing ``dst`` only once ``src`` is complete."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    old = dst.parent / f".{dst.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    shutil.copytree(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _final_model_files(train_dir: Path, dst: Path) -> None:
+    """Copy the final model + tokenizer of a training run (not its checkpoints) into ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in train_dir.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            shutil.copy2(f, dst / f.name)
+
+
+def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0, scale: float = 1.0,
+                   progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """Rebuild the shipped artifacts into ``out_dir`` (default: the package's ``textenv/data``).
+
+    Returns the manifest it writes to ``out_dir/MANIFEST.json``.
+    """
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from textenv.models import tiny_gpt2_config
+    from textenv.training.lm import LMTrainConfig, finetune, pretrain
+    from textenv.training.reward import build_default_reward_model, evaluate_reward_model
+    from textenv.training.tokenizer import train_tokenizer
+
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    out = Path(out_dir) if out_dir is not None else DATA_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    R = RECIPE
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    tasks = [get_task(n) for n in TASKS]
+    manifest: dict[str, Any] = {"seed": seed, "scale": scale, "recipe": R, "artifacts": {}, "quality": {},
+                                "versions": {"torch": torch.__version__}}
+    with tempfile.TemporaryDirectory(prefix="textenv-build-") as work_s:
+        work = Path(work_s)
+        # 1. tokenizer
+        n_tok = _scaled(R["tokenizer_docs_per_task"], scale, 200)
+        tok_texts = _mixed([t.pretrain_corpus(n_tok, seed=seed + 1) for t in tasks], seed)
+        tokenizer = train_tokenizer(tok_texts, vocab_size=R["vocab_size"] if scale >= 0.1 else 512)
+        tokenizer.save_pretrained(str(work / "tokenizer"))
+        _install(work / "tokenizer", out / "tokenizer")
+        log(f"[build-defaults] tokenizer: {len(tokenizer)} tokens ({time.perf_counter() - t_start:.0f}s)")
+
+        # 2. pretraining
+        n_pre = _scaled(R["pretrain_docs_per_task"], scale, 200)
+        texts = _mixed([t.pretrain_corpus(n_pre, seed=seed + 2) for t in tasks], seed + 2)
+        n_eval = _scaled(R["eval_docs_per_task"], scale, 20)
+        eval_texts = [p + r for t in tasks for p, r in t.sft_pairs(n_eval, seed=seed + 3, split="test")]
+        cfg = tiny_gpt2_config(len(tokenizer), **R["model"], bos_token_id=tokenizer.eos_token_id,
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        model = GPT2LMHeadModel(cfg)
+        steps = _scaled(R["pretrain_steps"], scale, 4)
+        pre = pretrain(model, tokenizer, texts, work / "pretrain", LMTrainConfig(
+            steps=steps, batch_size=R["pretrain_batch"], lr=R["pretrain_lr"], warmup_steps=max(1, steps // 20),
+            max_length=R["model"]["n_positions"], eval_every=0, checkpoint_every=0, seed=seed, progress=progress),
+            eval_texts=eval_texts)
+        _final_model_files(work / "pretrain", work / "pretrained")
+        _install(work / "pretrained", out / "pretrained")
+        manifest["quality"]["pretrained"] = {"eval_loss": pre["eval_loss"], "perplexity": pre["perplexity"]}
+        log(f"[build-defaults] pretrained: perplexity {pre['perplexity']:.2f} ({time.perf_counter() - t_start:.0f}s)")
+
+        # 3. fine-tuning
+        n_sft = _scaled(R["sft_pairs_per_task"], scale, 200)
+        pairs = _mixed([t.sft_pairs(n_sft, seed=seed + 4) for t in tasks], seed + 4)
+        eval_pairs = [pr for t in tasks for pr in t.sft_pairs(n_eval, seed=seed + 5, split="test")]
+        steps = _scaled(R["sft_steps"], scale, 4)
+        sft = finetune(model, tokenizer, pairs, work / "sft", LMTrainConfig(
+            steps=steps, batch_size=R["sft_batch"], lr=R["sft_lr"], warmup_steps=max(1, steps // 20),
+            max_length=R["model"]["n_positions"], eval_every=0, checkpoint_every=0, seed=seed + 1, progress=progress),
+            eval_pairs=eval_pairs)
+        _final_model_files(work / "sft", work / "policy")
+        gold = policy_gold_scores(model, tokenizer, _scaled(R["policy_eval_prompts"], scale, 16), seed)
+        _install(work / "policy", out / "policy")
+        manifest["quality"]["policy"] = {"sft_eval_loss": sft["eval_loss"], "sft_perplexity": sft["perplexity"],
+                                         "gold_score_at_temperature_1": gold}
+        log(f"[build-defaults] policy: gold {gold} ({time.perf_counter() - t_start:.0f}s)")
+
+        # 4. reward models
+        manifest["quality"]["rewards"] = {}
+        for t in tasks:
+            rm_dir = work / "rewards" / t.name
+            steps_rm = None if scale >= 1.0 else _scaled(400, scale * 10, 4)
+            build_default_reward_model(t, rm_dir, tokenizer=tokenizer, seed=seed, steps=steps_rm, progress=progress,
+                                       n_train=None if scale >= 1.0 else _scaled(20_000, scale, 200))
+            from textenv.rewards import load_reward_model
+
+            quality = evaluate_reward_model(load_reward_model(rm_dir), t, n=_scaled(1000, scale, 64), seed=seed + 9)
+            manifest["quality"]["rewards"][t.name] = quality
+            _install(rm_dir, out / "rewards" / t.name)
+            log(f"[build-defaults] reward model {t.name}: {quality} ({time.perf_counter() - t_start:.0f}s)")
+
+    for f in sorted(out.rglob("*")):
+        if f.is_file() and f.name != "MANIFEST.json" and not any(p.startswith(".") for p in f.relative_to(out).parts):
+            manifest["artifacts"][str(f.relative_to(out))] = {"sha256": sha256(f), "bytes": f.stat().st_size}
+    manifest["total_bytes"] = sum(a["bytes"] for a in manifest["artifacts"].values())
+    manifest["build_seconds"] = round(time.perf_counter() - t_start, 1)
+    tmp = out / ".MANIFEST.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, out / "MANIFEST.json")
+    log(f"[build-defaults] done in {manifest['build_seconds']:.0f}s, {manifest['total_bytes'] / 1e6:.1f} MB")
+    return manifest
