@@ -139,8 +139,12 @@ class LMPolicy(nn.Module):
     # ------------------------------------------------------------------------------------ trunk
     def _trunk(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                position_ids: torch.Tensor, past_key_values: Any = None, use_cache: bool = False) -> Any:
-        return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                past_key_values=past_key_values, use_cache=use_cache)
+        from textenv.models import cache_kwargs
+
+        trunk = model.base_model
+        extra = cache_kwargs(trunk, past_key_values) if past_key_values is not None else {}
+        return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=use_cache, **extra)
 
     def _sample(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float() / self.temperature  # (B, V)
@@ -167,7 +171,6 @@ class LMPolicy(nn.Module):
         self._attn = query_mask.long()
         pos = positions_from_mask(self._attn)
         out = self._trunk(self.model, query_ids, self._attn, pos, self._cache, use_cache=True)
-        self._cache = out.past_key_values
         self._pos = pos[:, -1]
         return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
@@ -180,7 +183,6 @@ class LMPolicy(nn.Module):
         self._attn = torch.cat([self._attn, self._attn.new_ones(self._attn.shape[0], 1)], dim=1)
         self._pos = self._pos + 1
         out = self._trunk(self.model, tokens[:, None], self._attn, self._pos[:, None], self._cache, use_cache=True)
-        self._cache = out.past_key_values
         return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:

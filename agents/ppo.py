@@ -110,7 +110,7 @@ class PPO(Agent):
                 entropy = masked_mean(ev.entropy, m)
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
                 grad_norm = self._step(loss)
-                row = {"policy_loss": float(pg_loss), "value_loss": float(vf_loss), "entropy": float(entropy),
+                row = {"policy_loss": float(pg_loss.detach()), "value_loss": float(vf_loss.detach()), "entropy": float(entropy.detach()),
                        "approx_kl": float(stats["approx_kl"]), "clip_ratio": float(stats["clip_ratio"]),
                        "grad_norm": grad_norm}
                 for k, v in row.items():

@@ -72,7 +72,7 @@ class REINFORCE(Agent):
         seq_logprob = (ev.logprobs * batch.mask).sum(1)  # (B,) log pi(y|x)
         pg_loss = -(advantages * seq_logprob).mean()
         grad_norm = self._step(pg_loss)
-        return {"policy_loss": float(pg_loss), "entropy": float(masked_mean(ev.entropy.detach(), batch.mask)),
+        return {"policy_loss": float(pg_loss.detach()), "entropy": float(masked_mean(ev.entropy.detach(), batch.mask)),
                 "advantage_std": float(advantages.std()) if advantages.numel() > 1 else 0.0,
                 "grad_norm": grad_norm}
 

@@ -88,6 +88,8 @@ def sample_completions(model: Any, tokenizer: Any, prompts: list[str], max_new_t
     import torch
     from transformers import DynamicCache
 
+    from textenv.models import cache_kwargs
+
     eos = tokenizer.eos_token_id
     texts: list[str] = []
     model.eval()
@@ -102,8 +104,8 @@ def sample_completions(model: Any, tokenizer: Any, prompts: list[str], max_new_t
         done = torch.zeros(len(chunk), dtype=torch.bool)
         outs: list[list[int]] = [[] for _ in chunk]
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                           use_cache=True).logits[:, -1]
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                           **cache_kwargs(model, cache)).logits[:, -1]
             last = pos[:, -1]
             for _ in range(max_new_tokens):
                 tok = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(-1)
@@ -116,7 +118,7 @@ def sample_completions(model: Any, tokenizer: Any, prompts: list[str], max_new_t
                 attn = torch.cat([attn, torch.ones(len(chunk), 1, dtype=attn.dtype)], 1)
                 last = last + 1
                 logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=last[:, None],
-                               past_key_values=cache, use_cache=True).logits[:, -1]
+                               use_cache=True, **cache_kwargs(model, cache)).logits[:, -1]
         texts += [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
     return texts
 
