@@ -131,3 +131,59 @@ def collect_rollout(policy: LMPolicy, envs: TextGenVectorEnv, *, seed: int | Non
         gold_scores=torch.from_numpy(gold).float(), prompts=batch_prompts, completions=completions,
         stats={"rollout_s": rollout_s, "tokens_per_s": float(mask.sum()) / max(rollout_s, 1e-9)},
     )
+
+
+def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
+    """The field's standard rollout metrics: reward, gold_score, kl (sequence k1), completions/mean_length."""
+    from agents.core import kl_penalty
+
+    kl = kl_penalty(batch.logprobs, batch.ref_logprobs, "k1") * batch.mask  # (B, T)
+    return {
+        "reward": float(batch.scores.mean()),
+        "gold_score": float(batch.gold_scores.mean()),
+        "kl": float(kl.sum(1).mean()),
+        "completions/mean_length": float(batch.mask.sum(1).mean()),
+        "tokens_per_s": batch.stats["tokens_per_s"],
+    }
+
+
+@torch.no_grad()
+def evaluate_policy(policy: LMPolicy, envs: TextGenVectorEnv, num_episodes: int = 64, split: str = "test",
+                    seed: int = 0) -> dict[str, float]:
+    """Mean ``reward``, ``gold_score``, ``kl``, ``entropy`` and ``completions/mean_length`` of ``policy``
+    over ``num_episodes`` seeded episodes on ``split`` prompts (the same seed gives the same numbers)."""
+    from agents.core import masked_mean
+
+    if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
+        raise ValueError(f"num_episodes must be an integer >= 1, got {num_episodes!r}")
+    device = policy.device
+    rows: list[dict[str, float]] = []
+    weights: list[int] = []
+    n = k = 0
+    while n < num_episodes:
+        s = seed + 1009 * k
+        batch = collect_rollout(policy, envs, seed=s, split=split, with_values=False,
+                                generator=torch.Generator(device=device).manual_seed(s))
+        m = rollout_metrics(batch)
+        m.pop("tokens_per_s")
+        ent = policy.evaluate(batch.query_ids.to(device), batch.query_mask.to(device), batch.tokens.to(device),
+                              batch.mask.to(device)).entropy
+        m["entropy"] = float(masked_mean(ent, batch.mask.to(device)))
+        take = min(batch.scores.shape[0], num_episodes - n)
+        rows.append(m)
+        weights.append(take)
+        n += take
+        k += 1
+    total = float(sum(weights))
+    return {key: float(sum(w * r[key] for w, r in zip(weights, rows)) / total) for key in rows[0]}
+
+
+def sample_completions(policy: LMPolicy, envs: TextGenVectorEnv, n: int = 4, split: str = "test",
+                       seed: int = 0, prompts: list[str] | None = None) -> list[tuple[str, str]]:
+    """``n`` (prompt, completion) pairs sampled from ``policy`` (on ``prompts`` if given, cycled)."""
+    env = check_env(envs)
+    if prompts is not None:
+        prompts = [prompts[i % len(prompts)] for i in range(env.num_envs)]
+    batch = collect_rollout(policy, envs, seed=seed, split=split, prompts=prompts, with_values=False,
+                            with_ref=False, generator=torch.Generator(device=policy.device).manual_seed(seed))
+    return list(zip(batch.prompts, batch.completions))[:n]

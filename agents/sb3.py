@@ -22,13 +22,23 @@ How the LM maps onto SB3's actor-critic (``ActorCriticPolicy``):
   through SB3's float preprocessing.
 
 Acting (``forward`` without grad, as in SB3's rollout collection, and ``predict``) keeps a KV cache: one
-cache for the whole batch plus the observation it was built from. When every slot's new observation extends
-its previous one by exactly one token, only those B tokens go through the model; otherwise (a slot started a
-new episode, a different batch, anything else) the whole batch is recomputed from scratch and the cache is
-rebuilt. With textenv's fixed-length episodes the slots stay in step, so most steps are one-token steps.
+cache for the whole batch, plus the observation it was built from. Each call sorts the rows:
+
+- a row whose observation extends its previous one by exactly one token feeds only that token;
+- any other row (a new episode after SB3's auto-reset, or anything unexpected) feeds its whole context, and
+  its old cached columns are masked out.
+
+If every row extends, the step is one token per row ("one_token_steps"). If some do, one forward of width
+W (the longest replaced context) serves the batch ("mixed_steps"). If none do, or the dead columns would
+make the cache longer than ``2 L``, the batch is recomputed from scratch and the cache rebuilt compactly
+("full_forwards"). ``policy.cache_stats`` counts the three. Mixed steps matter because a single early EOS
+puts the slots out of step for good, and an all-or-nothing cache would then never be used again.
+Positions come from the attention mask and the cache's attention mask tracks the holes, so cached logits
+equal full-forward logits (tested to 1e-4).
+
 Training (``evaluate_actions``) runs full forwards with grad and never touches the cache. The cache is
-dropped whenever the weights may have changed: an optimizer step, ``train(True)`` (SB3 calls it at the start
-of every update), ``load_state_dict`` and device moves. If you edit the weights by hand, call
+dropped whenever the weights may have changed: an optimizer step, ``train(True)`` (SB3 calls it at the
+start of every update), ``load_state_dict`` and device moves. If you edit the weights by hand, call
 :meth:`LMActorCriticPolicy.reset_cache`.
 """
 
@@ -160,11 +170,14 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         feats = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
         return feats, (self._out_cache(out) if use_cache else None), T
 
-    def step(self, tokens: Tensor, positions: Tensor, attn_mask: Tensor, cache: Any) -> tuple[Tensor, Any]:
-        """One cached token per row: ``tokens``/``positions`` ``(B, 1)``, ``attn_mask`` ``(B, C + 1)`` over
-        the C cached columns plus the new one. Returns ``(features (B, D), updated cache)``."""
+    def step(self, tokens: Tensor, positions: Tensor, attn_mask: Tensor, cache: Any, pick: Tensor
+             ) -> tuple[Tensor, Any]:
+        """W new columns on top of C cached ones: ``tokens``/``positions`` ``(B, W)``, ``attn_mask``
+        ``(B, C + W)``; the features are taken at column ``pick`` ``(B,)`` of the new ones.
+        Returns ``(features (B, D), the updated cache)``."""
         out = self._trunk(tokens, attn_mask, positions, cache, True)
-        return out.last_hidden_state[:, -1], self._out_cache(out)
+        h = out.last_hidden_state  # (B, W, D)
+        return h[torch.arange(h.shape[0], device=h.device), pick], self._out_cache(out)
 
     def forward(self, observations: PyTorchObs) -> Tensor:
         ids, mask = _ids_and_mask(observations)
@@ -260,8 +273,8 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         self.__dict__["_model_spec"] = model
         self.lm_dropout = bool(lm_dropout)
         self._kv: _KVState | None = None
-        #: how acting forwards were served: one-token cached steps vs full recomputes
-        self.cache_stats = {"cached_steps": 0, "full_forwards": 0}
+        #: how acting forwards were served (see the module docstring)
+        self.cache_stats = {"one_token_steps": 0, "mixed_steps": 0, "full_forwards": 0}
         super().__init__(
             observation_space, action_space, lr_schedule,
             net_arch=[], ortho_init=False, use_sde=False,
@@ -339,27 +352,56 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         """Features for acting, with the batch KV cache (no grad). See the module docstring."""
         bmask = mask.bool()
         kv = self._kv
+        B, L = ids.shape
         if kv is not None and kv.ids.shape == ids.shape and kv.ids.device == ids.device:
             added = bmask & ~kv.mask  # (B, L)
             new_idx = added.long().argmax(-1)  # (B,)
-            ok = ((kv.mask & ~bmask).sum() == 0) & (added.sum(-1) == 1).all() \
-                & ((ids == kv.ids) | ~kv.mask).all() & (new_idx > kv.last).all()
-            if bool(ok.item()):
-                rows = torch.arange(ids.shape[0], device=ids.device)
-                tokens = ids[rows, new_idx][:, None]  # (B, 1)
-                positions = bmask.sum(-1, keepdim=True) - 1  # (B, 1): the new token is the last real one
-                attn = torch.cat([kv.attn, torch.ones_like(kv.attn[:, :1])], dim=-1)  # (B, C + 1)
-                try:
-                    feats, cache = self.features_extractor.step(tokens, positions, attn, kv.cache)
-                except BaseException:
-                    self.reset_cache()  # the cache may be half-updated
-                    raise
-                self._kv = _KVState(cache, ids.clone(), bmask, new_idx, attn)
-                self.cache_stats["cached_steps"] += 1
-                return feats
+            # a row extends its previous observation by exactly one token, appended after the old last one
+            match = ~(kv.mask & ~bmask).any(-1) & (added.sum(-1) == 1) & ((ids == kv.ids) | ~kv.mask).all(-1) \
+                & (new_idx > kv.last)  # (B,)
+            last = _last_index(mask)  # (B,)
+            n_match = int(match.sum().item())
+            W = 1 if n_match == B else int(last[~match].max().item()) + 1
+            C = kv.attn.shape[-1]
+            # all rows new: nothing to reuse. Too many dead columns: compact by recomputing.
+            if n_match > 0 and C + W <= self._cache_columns_limit(L):
+                return self._mixed_step(ids, mask, bmask, kv, match, new_idx, last, W)
         feats, cache, T = self.features_extractor.full(ids, mask, use_cache=True)
         self._kv = _KVState(cache, ids.clone(), bmask, _last_index(mask), mask[:, :T])
         self.cache_stats["full_forwards"] += 1
+        return feats
+
+    @staticmethod
+    def _cache_columns_limit(L: int) -> int:
+        # a mixed step appends W columns and leaves the replaced rows' old columns dead (masked out);
+        # past this many columns a full recompute is cheaper than attending over them
+        return 2 * L
+
+    def _mixed_step(self, ids: Tensor, mask: Tensor, bmask: Tensor, kv: _KVState, match: Tensor,
+                    new_idx: Tensor, last: Tensor, W: int) -> Tensor:
+        """One forward of W new columns: a matching row feeds its one new token (then padding), any other
+        row its whole context, with its old cached columns masked out. W = 1 when every row matches."""
+        B = ids.shape[0]
+        rows = torch.arange(B, device=ids.device)
+        m = match[:, None]  # (B, 1)
+        tok = ids[rows, new_idx][:, None]  # (B, 1)
+        pos_new = bmask.sum(-1, keepdim=True) - 1  # (B, 1): the new token is the last real one
+        ctx_ids, ctx_mask = ids[:, :W], mask[:, :W]  # (B, W)
+        ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)  # (B, W)
+        one_hot0 = torch.zeros_like(ctx_mask)
+        one_hot0[:, 0] = 1
+        tokens = torch.where(m, tok.expand(B, W), ctx_ids)  # (B, W)
+        positions = torch.where(m, pos_new.expand(B, W), ctx_pos)  # (B, W)
+        new_attn = torch.where(m, one_hot0, ctx_mask)  # (B, W)
+        attn = torch.cat([kv.attn * m.to(kv.attn.dtype), new_attn], dim=-1)  # (B, C + W)
+        pick = torch.where(match, 0, last)  # (B,) column of each row's features within the W new ones
+        try:
+            feats, cache = self.features_extractor.step(tokens, positions, attn, kv.cache, pick)
+        except BaseException:
+            self.reset_cache()  # the cache may be half-updated
+            raise
+        self._kv = _KVState(cache, ids.clone(), bmask, torch.where(match, new_idx, last), attn)
+        self.cache_stats["one_token_steps" if W == 1 else "mixed_steps"] += 1
         return feats
 
     def _features(self, obs: PyTorchObs, use_cache: bool) -> Tensor:

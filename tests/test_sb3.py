@@ -118,9 +118,28 @@ def test_kv_cached_steps_match_full_forwards(make_env, tiny_lm, tiny_tokenizer):
         if t == 5:
             actions[2] = eos  # slot 2 starts a new episode while the others go on: a full recompute
         obs, _, _, _ = env.step(actions)
-    # 12 steps, episodes of 4 tokens, one early end: 5 recomputes (t = 0, 4, 6, 8, 10... at most), rest cached
-    assert policy.cache_stats["cached_steps"] >= 6
-    assert policy.cache_stats["full_forwards"] + policy.cache_stats["cached_steps"] == 12
+    # episodes of 4 tokens: full forwards at t = 0 and 4 (every slot new), a mixed step at t = 6 (slot 2 new)
+    # and from then on the slots are out of step, so every 4th step is mixed; the rest are one-token steps
+    stats = policy.cache_stats
+    assert stats["full_forwards"] == 2 and stats["mixed_steps"] >= 2 and stats["one_token_steps"] >= 6, stats
+    assert sum(stats.values()) == 12
+
+
+def test_cache_stays_exact_and_bounded_when_one_slot_keeps_restarting(make_env, tiny_lm, tiny_tokenizer):
+    env = make_env(n_envs=2, seed=3, max_new_tokens=6)
+    policy = PPO(LMActorCriticPolicy, env, policy_kwargs={"model": tiny_lm}, device="cpu", seed=0).policy
+    L = env.observation_space["input_ids"].shape[0]
+    obs = env.reset()
+    for t in range(16):
+        obs_t = {k: torch.as_tensor(v) for k, v in obs.items()}
+        with torch.no_grad():
+            cached, _ = policy.logits_and_values(obs_t, use_cache=True)
+            full, _ = policy.logits_and_values(obs_t, use_cache=False)
+        torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+        assert policy._kv.attn.shape[-1] <= 2 * L
+        obs, *_ = env.step(np.array([tiny_tokenizer.eos_token_id, 5 + t]))  # slot 0 ends at once, every time
+    stats = policy.cache_stats
+    assert stats["mixed_steps"] >= 8 and stats["full_forwards"] >= 3, stats  # compactions, not just resets
 
 
 def test_cache_is_dropped_when_weights_change(make_env, tiny_lm):
@@ -147,30 +166,32 @@ def test_cache_is_dropped_when_weights_change(make_env, tiny_lm):
     assert policy.training and not policy.lm.training
 
 
-def _learn(algo, make_env, tiny_lm, **kw):
+def _learn(algo, make_env, tiny_lm, n_updates, **kw):
+    """Train on the digit task (8 envs, 2-token completions); the mean reward per rollout and the names of
+    the parameters that changed. A random policy scores about 0.15."""
     env = make_env(n_envs=8, seed=0, max_new_tokens=2)
     model = algo(LMActorCriticPolicy, env, policy_kwargs={"model": tiny_lm}, device="cpu", seed=0, **kw)
     before = snapshot(model.policy)
     rewards = RolloutRewards()
-    model.learn(total_timesteps=kw["n_steps"] * 8 * 12, callback=rewards)
+    model.learn(total_timesteps=kw["n_steps"] * 8 * n_updates, callback=rewards)
     changed = [k for k, v in model.policy.state_dict().items() if not torch.equal(v, before[k])]
     return model, rewards.means, changed
 
 
 def test_ppo_learns(make_env, tiny_lm):
-    model, means, changed = _learn(PPO, make_env, tiny_lm, n_steps=8, batch_size=32, n_epochs=4,
-                                   learning_rate=3e-3, gamma=1.0, ent_coef=0.0)
+    model, means, changed = _learn(PPO, make_env, tiny_lm, n_updates=12, n_steps=8, batch_size=32, n_epochs=4,
+                                   learning_rate=3e-3, gamma=1.0)
     assert any("lm.transformer" in k for k in changed) and any("value_net" in k for k in changed)
-    assert model.policy.cache_stats["cached_steps"] > 0
-    first, last = means[0], float(np.mean(means[-3:]))
-    assert last > first + 0.2, means
+    assert model.policy.cache_stats["one_token_steps"] > 0
+    first, last = float(np.mean(means[:2])), float(np.mean(means[-3:]))
+    assert last > first + 0.3 and last > 0.5, means
 
 
 def test_a2c_learns(make_env, tiny_lm):
-    model, means, changed = _learn(A2C, make_env, tiny_lm, n_steps=4, learning_rate=3e-3, gamma=1.0)
-    assert any("lm.transformer" in k for k in changed)
-    first, last = means[0], float(np.mean(means[-3:]))
-    assert last > first + 0.1, means
+    model, means, changed = _learn(A2C, make_env, tiny_lm, n_updates=24, n_steps=4, learning_rate=3e-3, gamma=1.0)
+    assert any("lm.transformer" in k for k in changed) and any("value_net" in k for k in changed)
+    first, last = float(np.mean(means[:3])), float(np.mean(means[-3:]))
+    assert last > first + 0.3 and last > 0.5, means
 
 
 def test_predict_single_and_batched(make_env, tiny_lm):
@@ -191,7 +212,7 @@ def test_predict_single_and_batched(make_env, tiny_lm):
     model.policy.reset_cache()
     for _ in range(2):
         obs, *_ = env.step(model.predict(obs, deterministic=True)[0])
-    assert model.policy.cache_stats["cached_steps"] >= 1
+    assert model.policy.cache_stats["one_token_steps"] >= 1
 
 
 def test_save_and_load(make_env, tiny_lm, tmp_path):

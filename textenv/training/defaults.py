@@ -154,7 +154,6 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
 
     from textenv.models import tiny_gpt2_config
     from textenv.training.lm import LMTrainConfig, finetune, pretrain
-    from textenv.training.reward import build_default_reward_model, evaluate_reward_model
     from textenv.training.tokenizer import train_tokenizer
 
     if not scale > 0:
@@ -212,13 +211,15 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
         log(f"[build-defaults] policy: gold {gold} ({time.perf_counter() - t_start:.0f}s)")
 
         # 4. reward models
+        from textenv.rewards import load_reward_model
+        from textenv.training.reward import build_default_reward_model, evaluate_reward_model
+
         manifest["quality"]["rewards"] = {}
         for t in tasks:
             rm_dir = work / "rewards" / t.name
             steps_rm = None if scale >= 1.0 else _scaled(400, scale * 10, 4)
             build_default_reward_model(t, rm_dir, tokenizer=tokenizer, seed=seed, steps=steps_rm, progress=progress,
                                        n_train=None if scale >= 1.0 else _scaled(20_000, scale, 200))
-            from textenv.rewards import load_reward_model
 
             quality = evaluate_reward_model(load_reward_model(rm_dir), t, n=_scaled(1000, scale, 64), seed=seed + 9)
             manifest["quality"]["rewards"][t.name] = quality
