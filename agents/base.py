@@ -75,14 +75,28 @@ def _atomic_dir_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves no debris; the old directory is intact
+        raise
     old = None
     if path.exists():
         old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(path, old)
+    # a kill between the two renames leaves the previous directory at `old`: see `_previous_dir`
     os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    for stale in [old, *path.parent.glob(f".{path.name}.old-*")]:
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _previous_dir(path: Path) -> Path:
+    """``path``, or, when a save was killed between its two renames, the previous directory it moved aside."""
+    if path.exists():
+        return path
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    return olds[-1] if olds else path
 
 
 class Agent(ABC):
@@ -104,6 +118,7 @@ class Agent(ABC):
     def __init__(self, env: Any = "TextGen-v0", policy: str | os.PathLike[str] | LMPolicy = "default",
                  config: AgentConfig | None = None, env_kwargs: dict[str, Any] | None = None,
                  **overrides: Any) -> None:
+        explicit_config = config is not None
         if config is None:
             config = self.Config()
         elif not isinstance(config, self.Config):
@@ -117,9 +132,18 @@ class Agent(ABC):
         if isinstance(policy, LMPolicy):
             self.policy = policy
             self.policy_source: str | None = None
+            # one sampling temperature, recorded in the config (a checkpoint rebuilds the policy from it): an
+            # explicit one is applied to the policy, otherwise the policy's own is kept
+            if explicit_config or "temperature" in overrides:
+                self.policy.temperature = float(self.config.temperature)
+            else:
+                self.config = dataclasses.replace(self.config, temperature=self.policy.temperature)
         else:
             self.policy = LMPolicy.from_pretrained(policy, temperature=self.config.temperature)
-            self.policy_source = str(policy)
+            # a directory is recorded absolute (the reference is reloaded from it); "tiny" is random, so a
+            # checkpoint stores its reference (see save)
+            self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", "tiny")
+                                  else str(policy))
         self.policy.to(self.device)
         self.env_kwargs = dict(env_kwargs or {})
         self.env_id = env if isinstance(env, str) else None
@@ -162,7 +186,7 @@ class Agent(ABC):
         """JSON-able algorithm state for checkpoints (e.g. an adaptive KL coefficient)."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore what :meth:`extra_state` returned."""
 
     # ------------------------------------------------------------------------------ rollouts
@@ -291,7 +315,7 @@ class Agent(ABC):
         def write(tmp: Path) -> None:
             tmp.mkdir(parents=True)
             self.policy.save(tmp / "policy")
-            if self.policy_source is None and self.policy.ref_model is not None:
+            if self.policy_source in (None, "tiny") and self.policy.ref_model is not None:
                 self.policy.ref_model.save_pretrained(str(tmp / "reference"))
             torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "optimizer.pt")
             (tmp / "agent.json").write_text(json.dumps(self.state(), indent=1))
@@ -304,7 +328,7 @@ class Agent(ABC):
         """Restore an agent saved by :meth:`save` (any subclass: the class is read from ``agent.json``)."""
         from agents import AGENTS
 
-        path = Path(path)
+        path = _previous_dir(Path(path))
         meta_file = path / "agent.json"
         if not meta_file.exists():
             raise ValueError(f"{str(path)!r} is not an agent checkpoint (no agent.json)")
@@ -317,17 +341,25 @@ class Agent(ABC):
             raise ValueError(f"{str(meta_file)!r} names unknown agent {meta.get('agent')!r}")
         if cls is not Agent and not issubclass(agent_cls, cls):
             raise ValueError(f"{str(path)!r} holds a {agent_cls.__name__}, not a {cls.__name__}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(agent_cls.Config)}
+        if unknown:
+            raise ValueError(f"unknown {agent_cls.Config.__name__} field(s) {sorted(unknown)}")
         config = agent_cls.Config(**{**meta["config"], **overrides})
         from textenv.models import load_causal_lm
 
         source = meta.get("policy_source")
-        ref = load_causal_lm(source) if source is not None else load_causal_lm(path / "reference")
-        policy = LMPolicy.from_pretrained(path / "policy", ref_model=ref, temperature=config.temperature)
+        ref_dir = path / "reference"
+        ref = (load_causal_lm(ref_dir) if ref_dir.is_dir() else load_causal_lm(source) if source is not None
+               else None)
+        policy = LMPolicy.from_pretrained(path / "policy", ref_model=ref, temperature=config.temperature,
+                                          with_reference=ref is not None)
         agent = agent_cls(env if env is not None else meta.get("env_id") or "TextGen-v0", policy=policy,
                           config=config, env_kwargs=meta.get("env_kwargs") or {})
         agent.policy_source = source
         opt = torch.load(path / "optimizer.pt", map_location=agent.device, weights_only=True)
         agent.optimizer.load_state_dict(opt["optimizer"])
+        for group in agent.optimizer.param_groups:  # load_state_dict restores the saved ones; overrides win
+            group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
         agent.episodes, agent.iteration = int(meta["episodes"]), int(meta["iteration"])
         agent.history = list(meta.get("history", []))
         agent.load_extra_state(meta.get("extra", {}))

@@ -89,18 +89,21 @@ class LMPolicy(nn.Module):
                         **kwargs: Any) -> LMPolicy:
         """A policy from ``"default"`` (the shipped fine-tuned LM), ``"tiny"`` or a model directory.
 
-        A directory written by :meth:`save` restores the value head too. The tokenizer defaults to the one
-        saved with the model, else the shipped one.
+        A directory written by :meth:`save` restores the value head and the sampling settings (temperature,
+        top_k, top_p) too. The tokenizer defaults to the one saved with the model, else the shipped one.
         """
         from textenv.models import load_causal_lm, load_tokenizer
 
-        model = load_causal_lm(name_or_path, tokenizer=tokenizer if tokenizer is not None else None)
         path = Path(str(name_or_path))
         if tokenizer is None:
             tokenizer = (load_tokenizer(path) if path.is_dir() and (path / "tokenizer_config.json").exists()
                          else load_tokenizer("default"))
         else:
             tokenizer = load_tokenizer(tokenizer)
+        model = load_causal_lm(name_or_path, tokenizer=tokenizer)  # "tiny" is sized for this tokenizer
+        saved = path / "policy.json"
+        if path.is_dir() and saved.exists():  # the sampling settings :meth:`save` wrote, unless given here
+            kwargs = {**json.loads(saved.read_text()), **kwargs}
         policy = cls(model, tokenizer, **kwargs)
         head = path / "value_head.safetensors"
         if path.is_dir() and head.exists():

@@ -303,7 +303,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         self.reset_cache()
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        spec = self._model_spec
+        spec: Any = self.__dict__["_model_spec"]
         if isinstance(spec, PreTrainedModel):
             spec = spec.config  # the weights travel in the state dict
         return dict(

@@ -98,6 +98,10 @@ def test_lm_head_is_the_action_net_and_nothing_is_reinitialised(make_env, tiny_l
     last = mask.sum(-1) - 1
     torch.testing.assert_close(logits, ref[torch.arange(len(ids)), last], atol=1e-4, rtol=1e-4)
     assert values.shape == (len(ids), 1)
+    # observations that went through SB3's float preprocessing are read back as the same integers
+    with torch.no_grad():
+        as_float = policy.logits_and_values({k: torch.as_tensor(v).float() for k, v in obs.items()})[0]
+    torch.testing.assert_close(as_float, logits)
 
 
 def test_kv_cached_steps_match_full_forwards(make_env, tiny_lm, tiny_tokenizer):
@@ -229,16 +233,23 @@ def test_save_and_load(make_env, tiny_lm, tmp_path):
         got = loaded.policy.logits_and_values(obs)
         fresh = LMActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0,
                                     model=str(tmp_path / "lm")).logits_and_values(obs)
-    for w, g in zip(want, got):
+    for w, g in zip(want, got, strict=True):
         torch.testing.assert_close(w, g)
     assert not torch.allclose(want[0], fresh[0])  # the trained weights, not the pretrained ones, came back
     assert loaded.policy.action_net is loaded.policy.lm.get_output_embeddings()
-    # a policy built from a model object saves its config and rebuilds from it
-    policy = PPO(LMActorCriticPolicy, env, policy_kwargs={"model": tiny_lm}, device="cpu").policy
-    policy.save(tmp_path / "policy.pt")
+    # a model object in policy_kwargs: SB3 pickles it along, and the saved weights are loaded over it
+    from_obj = PPO(LMActorCriticPolicy, env, policy_kwargs={"model": tiny_lm}, device="cpu", n_steps=4,
+                   batch_size=8, n_epochs=1, learning_rate=1e-2)
+    from_obj.learn(8)
+    from_obj.save(tmp_path / "ppo_obj.zip")
+    loaded_obj = PPO.load(tmp_path / "ppo_obj.zip", device="cpu")
+    # policy.save stores only the config of an object-built LM and rebuilds from it
+    from_obj.policy.save(tmp_path / "policy.pt")
     again = LMActorCriticPolicy.load(tmp_path / "policy.pt", device="cpu")
     with torch.no_grad():
-        torch.testing.assert_close(again.logits_and_values(obs)[0], policy.logits_and_values(obs)[0])
+        want = from_obj.policy.logits_and_values(obs)[0]
+        torch.testing.assert_close(loaded_obj.policy.logits_and_values(obs)[0], want)
+        torch.testing.assert_close(again.logits_and_values(obs)[0], want)
 
 
 def test_vocabulary_mismatch_is_an_error(make_env, tiny_tokenizer):

@@ -152,6 +152,8 @@ def _cmd_train_reward(a: argparse.Namespace) -> int:
     from textenv.training.reward import load_reward_rows, train_reward_model
 
     task = None
+    rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]] | None
     if a.task:
         task = get_task(a.task)
         if a.loss == "mse":

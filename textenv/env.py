@@ -113,8 +113,8 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
             terminate_on_eos=terminate_on_eos, split=split, prompt_truncation=prompt_truncation,
         )
         self.render_mode = render_mode
-        self.observation_space = self.setup.observation_space()
-        self.action_space = self.setup.action_space()
+        self.observation_space = self.setup.observation_space()  # type: ignore[assignment]
+        self.action_space = self.setup.action_space()  # type: ignore[assignment]
         s = self.setup
         self._V, self._eos, self._max_new = s.vocab_size, s.eos_id, s.max_new_tokens
         self._stop_on_eos, self._dense = s.terminate_on_eos, s.reward_mode == "dense"

@@ -119,7 +119,7 @@ class TextGenVectorEnv(VectorEnv):
         elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
             seeds = [int(seed) + i for i in range(N)]
         else:
-            seeds = list(seed)
+            seeds = list(seed)  # type: ignore[arg-type]
             if len(seeds) != N:
                 raise ValueError(f"seed as a list must have num_envs={N} entries, got {len(seeds)}")
         reset_mask = options.pop("reset_mask", None)
@@ -189,8 +189,8 @@ class TextGenVectorEnv(VectorEnv):
                 scores = s.score(prompts, completions)
                 if done_idx.size:
                     at_end = np.isin(scored_idx, done_idx)
-                    end_prompts = [p for p, e in zip(prompts, at_end) if e]
-                    end_completions = [c for c, e in zip(completions, at_end) if e]
+                    end_prompts = [p for p, e in zip(prompts, at_end, strict=True) if e]
+                    end_completions = [c for c, e in zip(completions, at_end, strict=True) if e]
                     gold = s.gold(end_prompts, end_completions)
             except BaseException:
                 # nothing half-written: undo this step's tokens so the batch is as before the call
@@ -258,7 +258,7 @@ class TextGenVectorEnv(VectorEnv):
                 "reward_model_score": r, "_reward_model_score": mask.copy(),
                 "gold_score": g, "_gold_score": mask.copy()}
 
-    def render(self) -> list[str] | None:
+    def render(self) -> list[str] | None:  # type: ignore[override]
         """The decoded contexts of all slots (``render_mode="ansi"``)."""
         if self.render_mode is None:
             return None
