@@ -226,7 +226,9 @@ class LMActorCriticPolicy(ActorCriticPolicy):
 
     Layout (see the module docstring): ``features_extractor.lm`` is the LM, ``action_net`` is its LM head
     (the same module), ``value_net`` is a ``Linear(D, 1)`` on the last hidden state. No pretrained weight is
-    re-initialised. ``forward`` without grad (rollout collection) and ``predict`` use a batch KV cache;
+    re-initialised. The logits are ``lm_head(last hidden state)``, which is the model's own output for GPT-2,
+    Llama, Qwen and the like; a model that post-processes its logits (soft-capping, a logit scale) is
+    sampled without that step. ``forward`` without grad (rollout collection) and ``predict`` use a batch KV cache;
     ``evaluate_actions``, ``get_distribution`` and ``predict_values`` run full forwards.
 
     Save/load: ``model.save(path)`` / ``PPO.load(path)`` work. Loading rebuilds the LM from
