@@ -12,15 +12,24 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from agents.core import kl_penalty, masked_mean
+from agents.core import KLKind
 from agents.policy import LMPolicy
-from agents.rollout import RolloutBatch, check_env, collect_rollout
+from agents.rollout import (
+    RolloutBatch,
+    check_env,
+    collect_rollout,
+    evaluate_policy,
+    rollout_metrics,
+    sample_completions,
+)
 
+if TYPE_CHECKING:
+    from textenv.vector import TextGenVectorEnv
 
 @dataclasses.dataclass
 class AgentConfig:
@@ -31,7 +40,7 @@ class AgentConfig:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     kl_coef: float = 0.05  # beta: weight of the KL to the reference
-    kl_estimator: str = "k1"  # "k1" | "k2" | "k3"
+    kl_estimator: KLKind = "k1"
     temperature: float = 1.0
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
@@ -154,17 +163,17 @@ class Agent(ABC):
             import textenv  # noqa: F401  (registers the ids)
 
             kwargs = {"tokenizer": self.policy.tokenizer, **self.env_kwargs}
-            self.envs = gym.make_vec(env, num_envs=self.rollout_size(), autoreset_mode=AutoresetMode.DISABLED,
-                                     **kwargs).unwrapped
+            self.envs: TextGenVectorEnv = gym.make_vec(  # type: ignore[assignment]
+                env, num_envs=self.rollout_size(), autoreset_mode=AutoresetMode.DISABLED, **kwargs).unwrapped
         else:
             self.envs = check_env(env)
             if self.envs.num_envs != self.rollout_size():
                 raise ValueError(f"the vector env has {self.envs.num_envs} slots but this agent's batch is "
                                  f"{self.rollout_size()} episodes (batch_size)")
-        if self.envs.single_action_space.n != self.policy.model.get_output_embeddings().weight.shape[0] and \
-                self.envs.single_action_space.n > self.policy.model.get_output_embeddings().weight.shape[0]:
-            raise ValueError(f"the env's action space has {self.envs.single_action_space.n} tokens but the "
-                             f"policy's LM head only {self.policy.model.get_output_embeddings().weight.shape[0]}")
+        n_actions = self.envs.setup.vocab_size
+        n_logits = int(self.policy.lm_head.weight.shape[0])
+        if n_actions > n_logits:
+            raise ValueError(f"the env's action space has {n_actions} tokens but the policy's LM head only {n_logits}")
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.config.learning_rate,
                                            weight_decay=self.config.weight_decay)
         self.episodes = 0
@@ -209,19 +218,9 @@ class Agent(ABC):
                                with_values=self.uses_values, generator=gen)
 
     def _to_device(self, batch: RolloutBatch) -> RolloutBatch:
-        return batch._replace(**{k: v.to(self.device) for k, v in batch._asdict().items()
-                                 if isinstance(v, torch.Tensor)})
-
-    def rollout_metrics(self, batch: RolloutBatch) -> dict[str, float]:
-        """The field's standard rollout metrics: reward, gold_score, kl, completions/mean_length."""
-        kl = kl_penalty(batch.logprobs, batch.ref_logprobs, "k1") * batch.mask  # (B, T)
-        return {
-            "reward": float(batch.scores.mean()),
-            "gold_score": float(batch.gold_scores.mean()),
-            "kl": float(kl.sum(1).mean()),
-            "completions/mean_length": float(batch.mask.sum(1).mean()),
-            "tokens_per_s": batch.stats["tokens_per_s"],
-        }
+        moved: dict[str, Any] = {k: v.to(self.device) for k, v in batch._asdict().items()
+                                 if isinstance(v, torch.Tensor)}
+        return batch._replace(**moved)
 
     # ------------------------------------------------------------------------------ the loop
     def learn(self, total_episodes: int, progress: bool = True,
@@ -239,7 +238,7 @@ class Agent(ABC):
         while self.episodes < target:
             t0 = time.perf_counter()
             batch = self.collect()
-            metrics = self.rollout_metrics(batch)
+            metrics = rollout_metrics(batch)
             self.policy.train()
             self.policy.model.eval()  # dropout off: log-probs must match those of the rollout
             metrics.update(self.update(self._to_device(batch)))
@@ -256,41 +255,17 @@ class Agent(ABC):
         bar.close()
         return self
 
-    @torch.no_grad()
     def evaluate(self, num_episodes: int = 64, split: str = "test") -> dict[str, float]:
         """Mean metrics over ``num_episodes`` sampled episodes on held-out prompts (``split="test"``).
 
         Returns ``reward``, ``gold_score``, ``kl`` (sequence KL to the reference, k1), ``entropy`` and
         ``completions/mean_length``. Sampling is seeded, so the same policy gives the same numbers.
         """
-        if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
-            raise ValueError(f"num_episodes must be an integer >= 1, got {num_episodes!r}")
-        rows: list[dict[str, float]] = []
-        weights = []
-        n, k = 0, 0
-        while n < num_episodes:
-            gen = torch.Generator(device=self.device).manual_seed(self._iteration_seed(k, 99))
-            batch = collect_rollout(self.policy, self.envs, seed=self._iteration_seed(k, 99), split=split,
-                                    with_values=False, generator=gen)
-            m = self.rollout_metrics(batch)
-            b = self._to_device(batch)
-            ent = self.policy.evaluate(b.query_ids, b.query_mask, b.tokens, b.mask).entropy
-            m["entropy"] = float(masked_mean(ent, b.mask))
-            m.pop("tokens_per_s")
-            take = min(batch.scores.shape[0], num_episodes - n)
-            rows.append(m)
-            weights.append(take)
-            n += take
-            k += 1
-        w = np.asarray(weights, dtype=np.float64) / sum(weights)
-        return {key: float(sum(wi * r[key] for wi, r in zip(w, rows))) for key in rows[0]}
+        return evaluate_policy(self.policy, self.envs, num_episodes, split=split, seed=self._iteration_seed(0, 99))
 
     def samples(self, n: int = 4, split: str = "test") -> list[tuple[str, str]]:
         """A few (prompt, completion) pairs sampled from the current policy on held-out prompts."""
-        gen = torch.Generator(device=self.device).manual_seed(self._iteration_seed(0, 7))
-        batch = collect_rollout(self.policy, self.envs, seed=self._iteration_seed(0, 7), split=split,
-                                with_values=False, with_ref=False, generator=gen)
-        return list(zip(batch.prompts, batch.completions))[:n]
+        return sample_completions(self.policy, self.envs, n, split=split, seed=self._iteration_seed(0, 7))
 
     # ------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:

@@ -14,10 +14,19 @@ from typing import Any
 import torch
 
 from agents.base import Agent, AgentConfig
-from agents.core import aggregate_loss, group_advantages, kl_penalty, masked_mean, ppo_policy_loss
+from agents.core import (
+    GroupNormalization,
+    KLKind,
+    LossMode,
+    aggregate_loss,
+    group_advantages,
+    kl_penalty,
+    masked_mean,
+    ppo_policy_loss,
+)
 from agents.rollout import RolloutBatch
 
-NORMALIZATIONS = {"grpo": "seq_mean", "dr_grpo": "constant"}
+NORMALIZATIONS: dict[str, LossMode] = {"grpo": "seq_mean", "dr_grpo": "constant"}
 
 
 @dataclasses.dataclass
@@ -26,12 +35,12 @@ class GRPOConfig(AgentConfig):
 
     learning_rate: float = 1e-4
     kl_coef: float = 0.04
-    kl_estimator: str = "k3"
+    kl_estimator: KLKind = "k3"
     group_size: int = 8
     num_iterations: int = 1  # optimisation passes over each batch (mu)
     n_minibatches: int = 1
     clip_range: float = 0.2
-    normalization: str = "grpo"
+    normalization: GroupNormalization = "grpo"
 
     def validate(self) -> None:
         super().validate()
@@ -59,6 +68,7 @@ class GRPO(Agent):
     """
 
     Config = GRPOConfig
+    config: GRPOConfig
     name = "grpo"
 
     def group_size(self) -> int:

@@ -31,6 +31,13 @@ class SequenceEval(NamedTuple):
     entropy: torch.Tensor  # (B, T)
 
 
+def _lm_head(model: nn.Module) -> nn.Linear:
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no linear LM head (get_output_embeddings() gave {head!r})")
+    return head
+
+
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0)."""
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
@@ -65,10 +72,10 @@ class LMPolicy(nn.Module):
         if top_k is not None or top_p is not None:
             warnings.warn("top_k/top_p truncate the sampling distribution: log-probs and the KL to the "
                           "reference are those of the truncated policy (biased)", stacklevel=2)
-        self.model = model
+        self.model: Any = model  # a transformers causal LM (typed loosely: any AutoModelForCausalLM)
         self.tokenizer = tokenizer
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
-        hidden = model.get_output_embeddings().weight.shape[1]
+        hidden = _lm_head(model).weight.shape[1]
         self.value_head = nn.Linear(hidden, 1)
         nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5 * 0.1)
         nn.init.zeros_(self.value_head.bias)
@@ -126,11 +133,16 @@ class LMPolicy(nn.Module):
             {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}, indent=2))
 
     @property
+    def lm_head(self) -> nn.Linear:
+        """The LM's output layer (hidden state -> vocabulary logits)."""
+        return _lm_head(self.model)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
-    def ref_model(self) -> nn.Module | None:
+    def ref_model(self) -> Any:
         return self.__dict__["ref_model"]
 
     def to(self, *args: Any, **kwargs: Any) -> LMPolicy:  # type: ignore[override]
@@ -140,7 +152,7 @@ class LMPolicy(nn.Module):
         return self
 
     # ------------------------------------------------------------------------------------ trunk
-    def _trunk(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def _trunk(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                position_ids: torch.Tensor, past_key_values: Any = None, use_cache: bool = False) -> Any:
         from textenv.models import cache_kwargs
 
@@ -189,7 +201,7 @@ class LMPolicy(nn.Module):
         return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:
-        logits = self.model.get_output_embeddings()(h)  # (B, V)
+        logits = self.lm_head(h)  # (B, V)
         actions, logprobs = self._sample(logits, generator)
         values = self.value_head(h).squeeze(-1).float() if with_values else None
         return StepOutput(actions, logprobs, values)
@@ -206,7 +218,7 @@ class LMPolicy(nn.Module):
         attn = torch.cat([query_mask.long(), torch.ones_like(tokens)], dim=1)  # (B, P+T)
         out = self._trunk(model, ids, attn, positions_from_mask(attn))
         h = out.last_hidden_state[:, P - 1:-1]  # (B, T, H): the state before each completion token
-        logits = model.get_output_embeddings()(h).float() / self.temperature  # (B, T, V)
+        logits = _lm_head(model)(h).float() / self.temperature  # (B, T, V)
         return logits, h
 
     def evaluate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,

@@ -77,6 +77,7 @@ class PPO(Agent):
     """
 
     Config = PPOConfig
+    config: PPOConfig
     name = "ppo"
     uses_values = True
 

@@ -43,6 +43,7 @@ class REINFORCE(Agent):
     """
 
     Config = REINFORCEConfig
+    config: REINFORCEConfig
     name = "reinforce"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

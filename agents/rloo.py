@@ -36,6 +36,7 @@ class RLOO(REINFORCE):
     """
 
     Config = RLOOConfig
+    config: RLOOConfig
     name = "rloo"
 
     def group_size(self) -> int:

@@ -23,6 +23,7 @@ import torch
 from agents.base import Agent
 from agents.policy import LMPolicy
 from agents.rollout import evaluate_policy, sample_completions
+from textenv.vector import TextGenVectorEnv
 
 #: Episodes of the default ``textenv train`` per agent: about 3 minutes on 2 CPU cores with the default policy.
 DEFAULT_EPISODES = {"ppo": 3072, "grpo": 3072, "reinforce": 3072, "rloo": 3072, "sb3-ppo": 1024, "sb3-a2c": 1024}
@@ -65,7 +66,8 @@ class SB3Agent:
         tok = load_tokenizer(policy if Path(policy, "tokenizer_config.json").exists() else "default")
         lm = self.model.policy.lm
         self.policy = LMPolicy(lm, tok, ref_model=copy.deepcopy(lm))
-        self.envs = gym.make_vec(env, num_envs=64, autoreset_mode=AutoresetMode.DISABLED, tokenizer=tok).unwrapped
+        self.envs: TextGenVectorEnv = gym.make_vec(  # type: ignore[assignment]
+            env, num_envs=64, autoreset_mode=AutoresetMode.DISABLED, tokenizer=tok).unwrapped
         self.episodes = 0
         self.history: list[dict[str, float]] = []
 

@@ -1,0 +1,69 @@
+"""The `textenv` command: every stage on tiny settings, and the RL commands on a tiny policy."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from textenv.cli import main
+from textenv.models import TOKENIZER_DIR
+
+needs_defaults = pytest.mark.skipif(not (TOKENIZER_DIR / "tokenizer.json").exists(),
+                                    reason="the shipped artifacts are not built")
+
+
+def test_pipeline_commands_on_user_files(tmp_path, tiny_tokenizer_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{a}+{b}={a + b}" for a in range(20) for b in range(5)))
+    lm = tmp_path / "lm"
+    assert main(["pretrain", "--out", str(lm), "--corpus", str(corpus), "--tokenizer", str(tiny_tokenizer_dir),
+                 "--steps", "4", "--batch-size", "4", "--max-length", "32", "--no-progress"]) == 0
+    AutoModelForCausalLM.from_pretrained(lm)
+    AutoTokenizer.from_pretrained(lm)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"prompt": f"{a}+1=", "response": str(a + 1)}) for a in range(50)))
+    sft = tmp_path / "sft"
+    assert main(["finetune", "--model", str(lm), "--out", str(sft), "--pairs", str(pairs), "--steps", "3",
+                 "--batch-size", "4", "--max-length", "32", "--no-progress"]) == 0
+    AutoModelForCausalLM.from_pretrained(sft)
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text("\n".join(json.dumps({"prompt": f"{a}+1=", "chosen": str(a + 1), "rejected": str(a + 2)})
+                               for a in range(60)))
+    rm = tmp_path / "rm"
+    assert main(["train-reward", "--out", str(rm), "--data", str(prefs), "--loss", "bt", "--tokenizer",
+                 str(tiny_tokenizer_dir), "--steps", "3", "--batch-size", "8", "--no-progress"]) == 0
+    assert (rm / "textenv_reward.json").exists()
+
+
+def test_bad_input_exits_with_a_message(tmp_path, capsys):
+    assert main(["finetune", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                 "--task", "arithmetic", "--steps", "1"]) == 2
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--agent", "dqn"])
+
+
+@needs_defaults
+@pytest.mark.slow
+def test_train_evaluate_sample_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--agent", "grpo", "--env", "TextGen-Arithmetic-v0", "--out", str(out), "--episodes", "32",
+            "--eval-episodes", "16", "--set", "batch_size=16", "--set", "group_size=4", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "initial" in printed and "final" in printed and "samples after" in printed
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 2 and {"reward", "gold_score", "kl", "episodes"} <= set(rows[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"initial", "final", "samples_before", "samples_after"} <= set(summary)
+    assert main(args) == 2  # a second run into the same directory is refused
+    assert main(args[:-1] + ["--episodes", "48", "--resume", "--no-progress"]) == 0
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 3
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--episodes", "8"]) == 0
+    assert "gold_score" in json.loads(capsys.readouterr().out)
+    assert main(["sample", "--checkpoint", str(out), "--prompt", "12+30=", "-n", "2"]) == 0
+    assert capsys.readouterr().out.count("12+30=") == 2
