@@ -30,7 +30,9 @@ class CallableReward:
         [2.0, 4.0]
     """
 
-    def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]], name: str | None = None) -> None:
+    def __init__(
+        self, fn: Callable[[list[str], list[str]], Sequence[float]], name: str | None = None
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"CallableReward needs a callable, got {fn!r} ({type(fn).__name__})")
         self.fn = fn
@@ -91,18 +93,27 @@ class CompositeReward:
         [1.0, 0.0]
     """
 
-    def __init__(self, components: Sequence[tuple[Callable[..., Sequence[float]], float]],
-                 name: str | None = None) -> None:
+    def __init__(
+        self, components: Sequence[tuple[Callable[..., Sequence[float]], float]], name: str | None = None
+    ) -> None:
         if isinstance(components, (str, bytes)) or not isinstance(components, Sequence) or not components:
-            raise ValueError(f"CompositeReward needs a non-empty list of (reward_model, weight), got {components!r}")
+            raise ValueError(
+                f"CompositeReward needs a non-empty list of (reward_model, weight), got {components!r}"
+            )
         checked: list[tuple[Callable[..., Sequence[float]], float]] = []
         for i, item in enumerate(components):
             if not isinstance(item, tuple) or len(item) != 2:
-                raise ValueError(f"CompositeReward component {i} must be a (reward_model, weight) tuple, got {item!r}")
+                raise ValueError(
+                    f"CompositeReward component {i} must be a (reward_model, weight) tuple, got {item!r}"
+                )
             rm, weight = item
             if not callable(rm):
                 raise ValueError(f"CompositeReward component {i} is not callable: {rm!r}")
-            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(float(weight)):
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, numbers.Real)
+                or not math.isfinite(float(weight))
+            ):
                 raise ValueError(f"CompositeReward weight {i} must be a finite number, got {weight!r}")
             checked.append((rm, float(weight)))
         self.components = checked

@@ -94,7 +94,9 @@ def check_scores(scores: Any, n: int, name: str) -> np.ndarray:
             f"expected a list, tuple or 1-D array of {n} floats"
         )
     if len(values) != n:
-        raise RewardModelError(f"reward model {name!r} returned {len(values)} scores for {n} (prompt, completion) pairs")
+        raise RewardModelError(
+            f"reward model {name!r} returned {len(values)} scores for {n} (prompt, completion) pairs"
+        )
     out = np.empty(n, dtype=np.float64)
     for i, v in enumerate(values):
         if not isinstance(v, numbers.Real):
@@ -112,7 +114,9 @@ def check_inputs(prompts: Any, completions: Any, name: str) -> tuple[list[str], 
     """``prompts`` and ``completions`` as two lists of equal length (other sequences are copied into lists)."""
     for what, value in (("prompts", prompts), ("completions", completions)):
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            raise TypeError(f"reward model {name!r}: {what} must be a list of str, got {type(value).__name__}")
+            raise TypeError(
+                f"reward model {name!r}: {what} must be a list of str, got {type(value).__name__}"
+            )
     if len(prompts) != len(completions):
         raise ValueError(
             f"reward model {name!r}: got {len(prompts)} prompts but {len(completions)} completions"

@@ -38,7 +38,9 @@ def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | 
     return min(known) if known else None
 
 
-def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None
+) -> list[list[int]]:
     """Token ids of each text, cut to ``max_length``.
 
     Tokenizers that add no special tokens (byte-level BPE, GPT-2) keep the *last* ``max_length`` tokens,
@@ -200,10 +202,15 @@ class HFClassifierReward:
         [3.1]
     """
 
-    def __init__(self, path_or_model: str | os.PathLike[str] | PreTrainedModel,
-                 tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
-                 label: int | str | None = None, batch_size: int = 64, device: str | torch.device = "cpu",
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        path_or_model: str | os.PathLike[str] | PreTrainedModel,
+        tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
+        label: int | str | None = None,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        name: str | None = None,
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.path: Path | None
@@ -217,14 +224,19 @@ class HFClassifierReward:
             raise TypeError(
                 f"path_or_model must be a directory or a PreTrainedModel, got {type(path_or_model).__name__}"
             )
-        self.name: str = name or (str(self.path) if self.path is not None else str(model.name_or_path or type(model).__name__))
+        self.name: str = name or (
+            str(self.path) if self.path is not None else str(model.name_or_path or type(model).__name__)
+        )
         if tokenizer is None:
             if self.path is None:
-                raise ValueError(f"reward model {self.name!r} was given as a model object; pass tokenizer= as well")
+                raise ValueError(
+                    f"reward model {self.name!r} was given as a model object; pass tokenizer= as well"
+                )
             tokenizer = _load_dir_tokenizer(self.path)
         self.tokenizer = _as_tokenizer(tokenizer)
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        model.to(self.device)  # type: ignore[arg-type]  # nn.Module.to, in place
+        self.model = model.eval()
         ensure_pad_token(self.tokenizer, self.model)
         self.label_index = resolve_label(self.model.config, label, f"reward model {self.name!r}")
         self.batch_size = batch_size
@@ -242,8 +254,9 @@ class HFClassifierReward:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 input_ids, attention_mask = pad_batch([ids[i] for i in idx], self.tokenizer.pad_token_id)
-                logits = self.model(input_ids=input_ids.to(self.device),
-                                    attention_mask=attention_mask.to(self.device)).logits  # (B, num_labels)
+                logits = self.model(
+                    input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+                ).logits  # (B, num_labels)
                 out[torch.as_tensor(idx)] = logits[:, self.label_index].double().cpu()
         return out.tolist()
 
@@ -271,8 +284,13 @@ class LearnedRewardModel(HFClassifierReward):
         'mse'
     """
 
-    def __init__(self, path: str | os.PathLike[str], batch_size: int = 64, device: str | torch.device = "cpu",
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        name: str | None = None,
+    ) -> None:
         p = check_model_dir(path)
         self.metadata: dict[str, Any] = read_reward_metadata(p)
         if self.metadata.get("input_format", INPUT_FORMAT) != INPUT_FORMAT:

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 _ADAPTERS = (CallableReward, GoldReward, CompositeReward, HFClassifierReward)
 
 
-def resolve_reward_model(spec: Any, task: Task | None = None, device: str | torch.device = "cpu") -> RewardModel:
+def resolve_reward_model(
+    spec: Any, task: Task | None = None, device: str | torch.device = "cpu"
+) -> RewardModel:
     """A reward model from any of the accepted forms:
 
     - ``"default"``: the task's shipped learned reward model (``textenv/data/rewards/<task.name>``);

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.models import load_tokenizer, tiny_gpt2_config
-from textenv.rewards.base import INPUT_FORMAT, REWARD_METADATA_FILE, RewardModel, check_scores, reward_name
+from textenv.rewards.base import INPUT_FORMAT, REWARD_METADATA_FILE, check_scores, reward_name
 from textenv.rewards.hf import HFClassifierReward, context_length, encode_texts, pad_batch
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ DEFAULT_MODEL_KWARGS: dict[str, Any] = {"n_layer": 2, "n_embd": 128, "n_head": 4
 DEFAULT_BUILD: dict[str, Any] = {
     "n_train": 20000,  # scored texts generated for training
     "n_eval": 1000,  # held-out ("test" split) scored texts for the metrics
-    "prefix_fraction": 0.25,  # share of training completions cut at a random word (dense rewards score prefixes)
-    "steps": 1500,
+    "perturb": {"prefix": 0.2, "shuffle": 0.1, "repeat": 0.1},  # shares of perturbed training rows
+    "steps": 1000,  # ~3 epochs; held-out sentiment Spearman ~0.99 (0.9 is reached well before)
     "batch_size": 64,
     "lr": 1e-3,
     "warmup_fraction": 0.05,
@@ -134,7 +134,9 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
     return float((dx * dy).sum() / denominator) if denominator > 0 else float("nan")
 
 
-def pairwise_accuracy(chosen_scores: Sequence[float] | np.ndarray, rejected_scores: Sequence[float] | np.ndarray) -> float:
+def pairwise_accuracy(
+    chosen_scores: Sequence[float] | np.ndarray, rejected_scores: Sequence[float] | np.ndarray
+) -> float:
     """Share of pairs where the chosen text scores higher; a tie counts one half (so a constant model gets 0.5).
 
     Example:
@@ -144,7 +146,9 @@ def pairwise_accuracy(chosen_scores: Sequence[float] | np.ndarray, rejected_scor
     c = np.asarray(chosen_scores, dtype=np.float64)
     r = np.asarray(rejected_scores, dtype=np.float64)
     if c.shape != r.shape or c.size == 0:
-        raise ValueError(f"pairwise_accuracy needs two non-empty arrays of one shape, got {c.shape} and {r.shape}")
+        raise ValueError(
+            f"pairwise_accuracy needs two non-empty arrays of one shape, got {c.shape} and {r.shape}"
+        )
     return float(np.mean((c > r) + 0.5 * (c == r)))
 
 
@@ -229,8 +233,11 @@ def _bt_texts(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------------------- model
-def build_reward_model(tokenizer: PreTrainedTokenizerBase, base: str | os.PathLike[str] | None = None,
-                       model_kwargs: dict[str, Any] | None = None) -> PreTrainedModel:
+def build_reward_model(
+    tokenizer: PreTrainedTokenizerBase,
+    base: str | os.PathLike[str] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> PreTrainedModel:
     """A fresh one-logit ``GPT2ForSequenceClassification`` sized for ``tokenizer`` (``model_kwargs``
     override :data:`DEFAULT_MODEL_KWARGS`), or the causal LM in ``base`` with a new scalar head."""
     from transformers import AutoModelForSequenceClassification, GPT2ForSequenceClassification
@@ -239,20 +246,30 @@ def build_reward_model(tokenizer: PreTrainedTokenizerBase, base: str | os.PathLi
 
     if base is None:
         kwargs = {**DEFAULT_MODEL_KWARGS, **(model_kwargs or {})}
-        cfg = tiny_gpt2_config(len(tokenizer), num_labels=1, pad_token_id=tokenizer.pad_token_id,
-                               bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs)
+        cfg = tiny_gpt2_config(
+            len(tokenizer),
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **kwargs,
+        )
         model = GPT2ForSequenceClassification(cfg)
     else:
         if model_kwargs:
-            raise ValueError(f"model_kwargs only apply to a model built from scratch, got {model_kwargs!r} with base={str(base)!r}")
+            raise ValueError(
+                f"model_kwargs only apply to a model built from scratch, got {model_kwargs!r} with base={str(base)!r}"
+            )
         if not (Path(base) / "config.json").is_file():
             raise ModelLoadError(f"base model directory {str(base)!r} does not exist or has no config.json")
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, dtype=torch.float32)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(base), num_labels=1, dtype=torch.float32
+            )
         except Exception as exc:
             raise ModelLoadError(f"could not load base model {str(base)!r} for a reward head: {exc}") from exc
         model.config.pad_token_id = tokenizer.pad_token_id
-    vocab = model.get_input_embeddings().num_embeddings
+    vocab = int(model.config.vocab_size)
     if len(tokenizer) > vocab:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has only {vocab}")
     model.config.id2label, model.config.label2id = {0: "reward"}, {"reward": 0}
@@ -260,13 +277,24 @@ def build_reward_model(tokenizer: PreTrainedTokenizerBase, base: str | os.PathLi
 
 
 # ---------------------------------------------------------------------------- training
-def train_reward_model(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], loss: str = "mse",
-                       tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase = "default",
-                       base: str | os.PathLike[str] | None = None, steps: int = 1000, batch_size: int = 32,
-                       lr: float = 5e-4, seed: int = 0, eval_rows: Sequence[dict[str, Any]] | None = None,
-                       model_kwargs: dict[str, Any] | None = None, progress: bool = True,
-                       task: Task | str | None = None, warmup_fraction: float = 0.05, weight_decay: float = 0.01,
-                       device: str | torch.device = "cpu") -> dict[str, Any]:
+def train_reward_model(
+    rows: Sequence[dict[str, Any]],
+    out_dir: str | os.PathLike[str],
+    loss: str = "mse",
+    tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase = "default",
+    base: str | os.PathLike[str] | None = None,
+    steps: int = 1000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    eval_rows: Sequence[dict[str, Any]] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    task: Task | str | None = None,
+    warmup_fraction: float = 0.05,
+    weight_decay: float = 0.01,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """Train a reward model on ``rows`` and save it atomically to ``out_dir``; returns the metrics.
 
     Args:
@@ -295,12 +323,13 @@ def train_reward_model(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLik
         >>> train_reward_model(rows, "runs/rm", steps=100)["train/loss"]  # doctest: +SKIP
     """
     _check_loss(loss)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not isinstance(lr, numbers.Real) or not lr > 0 or not math.isfinite(lr):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    steps, batch_size = int(steps), int(batch_size)
     if not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
     rows = check_reward_rows(rows, loss, "rows")
@@ -325,7 +354,9 @@ def train_reward_model(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLik
         ids_chosen = encode_texts(tok, chosen, max_length)
         ids_rejected = encode_texts(tok, rejected, max_length)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(lr), betas=(0.9, 0.95), weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(lr), betas=(0.9, 0.95), weight_decay=weight_decay
+    )
     warmup_steps = max(1, round(warmup_fraction * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup_steps))
     order = rng.permutation(len(rows))
@@ -340,12 +371,16 @@ def train_reward_model(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLik
         cursor += batch_size
         if loss == "mse":
             input_ids, attention_mask = pad_batch([ids[i] for i in idx], tok.pad_token_id)  # (B, T)
-            rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, 0]  # (B,)
+            rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[
+                :, 0
+            ]  # (B,)
             step_loss = mse_loss(rewards, targets[idx].to(device))
         else:
             seqs = [ids_chosen[i] for i in idx] + [ids_rejected[i] for i in idx]
             input_ids, attention_mask = pad_batch(seqs, tok.pad_token_id)  # (2B, T)
-            rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, 0]  # (2B,)
+            rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[
+                :, 0
+            ]  # (2B,)
             step_loss = bradley_terry_loss(rewards[: len(idx)], rewards[len(idx) :])
         optimizer.zero_grad(set_to_none=True)
         step_loss.backward()
@@ -367,7 +402,9 @@ def train_reward_model(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLik
         "train_rows": len(rows),
         "time_s": round(time.perf_counter() - start, 2),
     }
-    scorer = HFClassifierReward(model, tokenizer=tok, device=device, name=f"reward model being trained for {str(out)!r}")
+    scorer = HFClassifierReward(
+        model, tokenizer=tok, device=device, name=f"reward model being trained for {str(out)!r}"
+    )
     if eval_rows is not None:
         metrics.update(_eval_metrics(scorer, eval_rows, loss))
     task_name = task if isinstance(task, str) or task is None else task.name
@@ -387,21 +424,31 @@ def train_reward_model(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLik
         "lr": float(lr),
         "seed": seed,
         "base": None if base is None else str(base),
-        "tokenizer": tokenizer if isinstance(tokenizer, str) else str(getattr(tok, "name_or_path", "") or "custom"),
-        "metrics": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()},
+        "tokenizer": tokenizer
+        if isinstance(tokenizer, str)
+        else str(getattr(tok, "name_or_path", "") or "custom"),
+        "metrics": {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
+        },
     }
     _save_atomically(model, tok, metadata, out)
     return metrics
 
 
-def _eval_metrics(scorer: HFClassifierReward, eval_rows: Sequence[dict[str, Any]], loss: str) -> dict[str, float]:
+def _eval_metrics(
+    scorer: HFClassifierReward, eval_rows: Sequence[dict[str, Any]], loss: str
+) -> dict[str, float]:
     if loss == "mse":
         texts, targets = _mse_texts(eval_rows)
         predictions = np.asarray(scorer.score_texts(texts))
-        return {"eval/spearman": spearman(predictions, targets),
-                "eval/mse": float(np.mean((predictions - np.asarray(targets)) ** 2))}
+        return {
+            "eval/spearman": spearman(predictions, targets),
+            "eval/mse": float(np.mean((predictions - np.asarray(targets)) ** 2)),
+        }
     chosen, rejected = _bt_texts(eval_rows)
-    return {"eval/pairwise_accuracy": pairwise_accuracy(scorer.score_texts(chosen), scorer.score_texts(rejected))}
+    return {
+        "eval/pairwise_accuracy": pairwise_accuracy(scorer.score_texts(chosen), scorer.score_texts(rejected))
+    }
 
 
 def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
@@ -426,8 +473,9 @@ def _check_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, metadata: dict[str, Any],
-                     out: Path) -> None:
+def _save_atomically(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, metadata: dict[str, Any], out: Path
+) -> None:
     """Write everything into a temporary directory beside ``out``, then swap it in by renames, so a reader
     never sees a half-written model and a crash leaves the previous one in place."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -449,7 +497,7 @@ def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 
 # ---------------------------------------------------------------------------- evaluation against gold
-def evaluate_reward_model(reward_model: RewardModel | Any, task: Task, n: int = 512, seed: int = 0) -> dict[str, float]:
+def evaluate_reward_model(reward_model: Any, task: Task, n: int = 512, seed: int = 0) -> dict[str, float]:
     """How well ``reward_model`` agrees with ``task``'s gold scorer on held-out (``split="test"``) data.
 
     Returns:
@@ -471,35 +519,82 @@ def evaluate_reward_model(reward_model: RewardModel | Any, task: Task, n: int = 
     pair_prompts = [r["prompt"] for r in pairs]
     chosen = check_scores(rm(pair_prompts, [r["chosen"] for r in pairs]), n, name)
     rejected = check_scores(rm(pair_prompts, [r["rejected"] for r in pairs]), n, name)
-    return {"spearman": spearman(predictions, [float(r["score"]) for r in rows]),  # type: ignore[arg-type]
-            "pairwise_accuracy": pairwise_accuracy(chosen, rejected)}
+    return {
+        "spearman": spearman(predictions, [float(r["score"]) for r in rows]),  # type: ignore[arg-type]
+        "pairwise_accuracy": pairwise_accuracy(chosen, rejected),
+    }
 
 
 # ---------------------------------------------------------------------------- shipped defaults
-def default_reward_rows(task: Task, n: int, seed: int = 0, prefix_fraction: float = 0.0) -> list[dict[str, Any]]:
-    """``n`` gold-scored training rows; a ``prefix_fraction`` of completions are cut after a random word and
-    rescored, so the model also knows partial completions (the env's dense reward scores every prefix)."""
+def perturb_completion(completion: str, rng: np.random.Generator, kind: str) -> str:
+    """A task-agnostic variant of ``completion`` (split on spaces):
+
+    - ``"prefix"``: cut after a random word (the env's dense reward scores every prefix);
+    - ``"shuffle"``: the words in random order (word salad, as an untrained policy writes);
+    - ``"repeat"``: one word repeated 2-6 extra times in place (the classic reward hack).
+
+    Example:
+        >>> perturb_completion(" a fine film.", np.random.default_rng(0), "repeat")
+        ' a fine film. film. film. film. film. film.'
+    """
+    words = completion.split(" ")
+    if kind == "prefix":
+        return " ".join(words[: int(rng.integers(0, len(words)))])
+    lead = words[:1] if words and words[0] == "" else []  # keep a leading space where there was one
+    body = words[len(lead) :]
+    if not body:
+        return completion
+    if kind == "shuffle":
+        body = [body[i] for i in rng.permutation(len(body))]
+    elif kind == "repeat":
+        i = int(rng.integers(0, len(body)))
+        body = body[: i + 1] + [body[i]] * int(rng.integers(2, 7)) + body[i + 1 :]
+    else:
+        raise ValueError(f"kind must be 'prefix', 'shuffle' or 'repeat', got {kind!r}")
+    return " ".join(lead + body)
+
+
+def default_reward_rows(
+    task: Task, n: int, seed: int = 0, perturb: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """``n`` gold-scored training rows from ``task.scored_texts``, a share of them perturbed and rescored.
+
+    ``perturb`` maps a :func:`perturb_completion` kind to the share of rows that get it (e.g.
+    ``{"prefix": 0.2, "shuffle": 0.1, "repeat": 0.1}``), so the reward model has seen partial completions,
+    word salad and repetition (what an RL policy writes on its way) with their true gold scores.
+    """
     rows = task.scored_texts(n, seed=seed, split="train")
+    perturb = perturb or {}
+    if sum(perturb.values()) > 1.0 or any(v < 0 for v in perturb.values()):
+        raise ValueError(f"perturb shares must be >= 0 and sum to at most 1, got {perturb!r}")
     rng = np.random.default_rng(seed + 1)
-    cut = [i for i in range(n) if rng.uniform() < prefix_fraction]
-    if not cut:
+    kinds, shares = list(perturb), np.array(list(perturb.values()), dtype=np.float64)
+    bounds = np.cumsum(shares)
+    picked: list[int] = []
+    completions: list[str] = []
+    for i, u in enumerate(rng.uniform(size=n)):
+        k = int(np.searchsorted(bounds, u, side="right"))
+        if k < len(kinds):
+            picked.append(i)
+            completions.append(perturb_completion(str(rows[i]["completion"]), rng, kinds[k]))
+    if not picked:
         return rows
-    prompts = [str(rows[i]["prompt"]) for i in cut]
-    completions = []
-    for i in cut:
-        words = str(rows[i]["completion"]).split(" ")
-        keep = int(rng.integers(0, len(words))) if len(words) > 1 else 0
-        completions.append(" ".join(words[:keep]))
-    scores = check_scores(task.gold_score(prompts, completions), len(cut), f"gold:{task.name}")
-    for i, prompt, completion, score in zip(cut, prompts, completions, scores, strict=True):
+    prompts = [str(rows[i]["prompt"]) for i in picked]
+    scores = check_scores(task.gold_score(prompts, completions), len(picked), f"gold:{task.name}")
+    for i, prompt, completion, score in zip(picked, prompts, completions, scores, strict=True):
         rows[i] = {"prompt": prompt, "completion": completion, "score": float(score)}
     return rows
 
 
-def build_default_reward_model(task: Task, out_dir: str | os.PathLike[str],
-                               tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase = "default",
-                               seed: int = 0, steps: int | None = None, progress: bool = True,
-                               n_train: int | None = None) -> dict[str, Any]:
+def build_default_reward_model(
+    task: Task,
+    out_dir: str | os.PathLike[str],
+    tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase = "default",
+    seed: int = 0,
+    steps: int | None = None,
+    progress: bool = True,
+    n_train: int | None = None,
+) -> dict[str, Any]:
     """Train and save the shipped reward model of ``task`` (MSE on gold-scored texts, :data:`DEFAULT_BUILD`).
 
     ``steps`` and ``n_train`` override the tuned step count and training-set size (tests use a handful).
@@ -507,9 +602,20 @@ def build_default_reward_model(task: Task, out_dir: str | os.PathLike[str],
     :func:`train_reward_model`, including ``gold/spearman`` on held-out texts.
     """
     cfg = DEFAULT_BUILD
-    rows = default_reward_rows(task, n_train or cfg["n_train"], seed=seed, prefix_fraction=cfg["prefix_fraction"])
+    rows = default_reward_rows(task, n_train or cfg["n_train"], seed=seed, perturb=cfg["perturb"])
     eval_rows = task.scored_texts(cfg["n_eval"], seed=seed + 1, split="test")
-    return train_reward_model(rows, out_dir, loss="mse", tokenizer=tokenizer, steps=steps or cfg["steps"],
-                              batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed, eval_rows=eval_rows,
-                              model_kwargs=dict(DEFAULT_MODEL_KWARGS), progress=progress, task=task,
-                              warmup_fraction=cfg["warmup_fraction"])
+    return train_reward_model(
+        rows,
+        out_dir,
+        loss="mse",
+        tokenizer=tokenizer,
+        steps=steps or cfg["steps"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        seed=seed,
+        eval_rows=eval_rows,
+        model_kwargs=dict(DEFAULT_MODEL_KWARGS),
+        progress=progress,
+        task=task,
+        warmup_fraction=cfg["warmup_fraction"],
+    )
