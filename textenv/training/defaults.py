@@ -40,6 +40,7 @@ RECIPE: dict[str, Any] = {
     "pretrain_batch": 32,
     "pretrain_lr": 1e-3,
     "sft_pairs_per_task": 30_000,
+    "sft_task_weight": {"sentiment": 1, "arithmetic": 2, "keywords": 1},  # arithmetic is the hardest to learn
     "sft_steps": 1500,
     "sft_batch": 32,
     "sft_lr": 3e-4,
@@ -196,7 +197,7 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
 
         # 3. fine-tuning
         n_sft = _scaled(R["sft_pairs_per_task"], scale, 200)
-        pairs = _mixed([t.sft_pairs(n_sft, seed=seed + 4) for t in tasks], seed + 4)
+        pairs = _mixed([t.sft_pairs(n_sft * R["sft_task_weight"][t.name], seed=seed + 4) for t in tasks], seed + 4)
         eval_pairs = [pr for t in tasks for pr in t.sft_pairs(n_eval, seed=seed + 5, split="test")]
         steps = _scaled(R["sft_steps"], scale, 4)
         sft = finetune(model, tokenizer, pairs, work / "sft", LMTrainConfig(

@@ -58,6 +58,15 @@ DEFAULT_BUILD: dict[str, Any] = {
     "lr": 1e-3,
     "warmup_fraction": 0.05,
 }
+#: Per-task changes to :data:`DEFAULT_BUILD`, for tasks a small model learns slowly (held-out gold Spearman /
+#: pairwise accuracy measured at the shared defaults -> with these):
+#: arithmetic must add (the BPE merges digits into 2-digit tokens: a 100 x 100 lookup), 0.52 / 0.79 at 1500
+#: steps -> 0.79 / 0.92; keywords must match prompt words in the completion, 0.60 / 0.73 -> 0.68 / 0.79.
+#: ``reward_model="gold"`` gives their exact reward.
+TASK_BUILD: dict[str, dict[str, Any]] = {
+    "arithmetic": {"steps": 4000, "n_train": 60000},
+    "keywords": {"steps": 3000, "n_train": 60000},
+}
 _FORMAT_VERSION = 1
 
 
@@ -595,13 +604,13 @@ def build_default_reward_model(
     progress: bool = True,
     n_train: int | None = None,
 ) -> dict[str, Any]:
-    """Train and save the shipped reward model of ``task`` (MSE on gold-scored texts, :data:`DEFAULT_BUILD`).
+    """Train and save the shipped reward model of ``task``: MSE on gold-scored texts with
+    :data:`DEFAULT_BUILD` (updated with ``TASK_BUILD[task.name]``) and :data:`DEFAULT_MODEL_KWARGS`.
 
     ``steps`` and ``n_train`` override the tuned step count and training-set size (tests use a handful).
-    Returns the metrics of
-    :func:`train_reward_model`, including ``gold/spearman`` on held-out texts.
+    Returns the metrics of :func:`train_reward_model`, including ``gold/spearman`` on held-out texts.
     """
-    cfg = DEFAULT_BUILD
+    cfg = {**DEFAULT_BUILD, **TASK_BUILD.get(task.name, {})}
     rows = default_reward_rows(task, n_train or cfg["n_train"], seed=seed, perturb=cfg["perturb"])
     eval_rows = task.scored_texts(cfg["n_eval"], seed=seed + 1, split="test")
     return train_reward_model(

@@ -9,10 +9,13 @@ from transformers import PreTrainedTokenizerFast
 from textenv.models import EOS_TOKEN, PAD_TOKEN
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2,
+                    split_digits: bool = True) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``texts``, with ``<|endoftext|>`` as eos and ``<|pad|>`` as pad.
 
     The 256 byte symbols are always in the vocabulary, so any text encodes (no unknown token).
+    ``split_digits`` keeps every digit its own token (as LLaMA does), so numbers are written digit by
+    digit and arithmetic is learnable by a small model instead of a lookup over number tokens.
 
     Example:
         >>> tok = train_tokenizer(["Review: a fine film."] * 50, vocab_size=300)
@@ -24,7 +27,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
