@@ -1,0 +1,770 @@
+"""Learning benchmark: every agent on every built-in task, from the shipped default policy, on CPU.
+
+Each agent (REINFORCE, PPO, GRPO, RLOO, stable-baselines3 PPO and A2C, and TRL's ``GRPOTrainer`` as a peer
+when ``trl`` imports) trains the shipped fine-tuned policy (``policy="default"``) against the task's shipped
+learned reward model (``reward_model="default"``) for the same budget of episodes, for several seeds. What
+is recorded per run:
+
+- **held-out evaluation** of the initial and the final policy on 128 ``test``-split prompts, as
+  ``agent.evaluate(128)`` computes it but with one evaluation seed per benchmark seed shared by all agents
+  (see :func:`evaluate`): reward-model score, gold score, KL to the initial policy, entropy, mean
+  completion length;
+- **curves** against episodes and wall time, from ``agent.history`` (the training batches): reward-model
+  score, gold score, sequence KL to the reference and entropy. The SB3 agents log neither KL nor entropy,
+  so for them both are computed at the end of a rollout (about 16 times per run) on up to 64 steps of
+  SB3's rollout buffer (k1 KL of the sampled token under the policy vs the initial LM, times steps per
+  episode; the policy's entropy); that time is excluded from their wall time. TRL logs a per-token KL, multiplied here by the
+  mean completion length so that every curve shows a per-sequence KL;
+- **cost**: training wall time (evaluations excluded) and peak RSS. Every (agent, task, seed) runs in its
+  own fresh Python process, so ``peak_rss_mb`` is that process's ``ru_maxrss`` (imports, models, reward
+  model and training together; ``rss_start_mb`` is the same figure right after the imports).
+
+Outputs (``--out``, default ``benchmarks/results``): ``learning-cpu.json`` (config, budget, versions,
+every run with its curves, per (task, agent) summary), ``learning.md`` (the table), ``learning-<task>.png``
+(proxy reward and gold score against episodes, mean over seeds with a min/max band) and
+``learning-gold-vs-reward.png`` (gold against proxy reward, where reward hacking shows as a curve that
+moves right without moving up).
+
+Usage::
+
+    python -m benchmarks.learning                      # the full run (all agents, tasks, 3 seeds)
+    python -m benchmarks.learning --quick --agents reinforce --envs TextGen-Arithmetic-v0 --out /tmp/lb
+    python -m benchmarks.learning --report-only        # rebuild the table and plots from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Hyperparameters per agent. Every agent runs its own defaults (the Config dataclasses in ``agents/``,
+#: ``agents.run.SB3Agent``'s SB3 settings) except what is listed here; nothing has been tuned for this
+#: benchmark. ``trl-grpo`` is set to what our GRPO uses by default, so the two rows compare the
+#: implementations rather than TRL's defaults (learning rate 1e-6, beta 0, "dapo" loss), which are made for
+#: billion-parameter models.
+HYPERPARAMS: dict[str, dict[str, Any]] = {
+    "reinforce": {},
+    "ppo": {},
+    "grpo": {},
+    "rloo": {},
+    "sb3-ppo": {},
+    "sb3-a2c": {},
+    "trl-grpo": {"per_device_train_batch_size": 64, "num_generations": 8, "learning_rate": 1e-4, "beta": 0.04,
+                 "epsilon": 0.2, "loss_type": "grpo", "scale_rewards": "group", "num_iterations": 1,
+                 "temperature": 1.0, "lr_scheduler_type": "constant", "optim": "adamw_torch",
+                 "weight_decay": 0.0, "max_grad_norm": 1.0},
+}
+#: ``--quick``: episodes per rollout of our agents and TRL (so that a few iterations fit in a few episodes).
+QUICK_BATCH = 16
+
+AGENTS = ("reinforce", "ppo", "grpo", "rloo", "sb3-ppo", "sb3-a2c", "trl-grpo")
+ENVS = ("TextGen-Sentiment-v0", "TextGen-Arithmetic-v0", "TextGen-Keywords-v0")
+#: Episodes per run: what fits the whole sweep in ~25 min on the 2 shared CPU cores it was measured on.
+DEFAULT_EPISODES = 512
+DEFAULT_EVAL_EPISODES = 128
+JSON_NAME = "learning-cpu.json"
+MD_NAME = "learning.md"
+#: Steps of SB3's rollout buffer on which KL and entropy are computed after each rollout.
+SB3_STAT_STEPS = 64
+#: ... at about this many points of a run.
+SB3_STAT_POINTS = 16
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ============================================================================================ one run
+def maxrss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (``ru_maxrss`` is KiB on Linux)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 / 1024 if sys.platform == "darwin" else r / 1024
+
+
+def trl_status() -> dict[str, Any]:
+    """Whether TRL's GRPOTrainer can run here, and its version (or why not)."""
+    try:
+        import trl
+        from trl import GRPOConfig, GRPOTrainer  # noqa: F401
+    except Exception as exc:  # any import failure (missing, or broken against this transformers) skips it
+        return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
+    return {"available": True, "version": trl.__version__}
+
+
+class TRLGRPOAgent:
+    """TRL's ``GRPOTrainer`` behind the agents' interface (``learn``, ``evaluate``, ``history``).
+
+    Generation and the update are TRL's own; the reward functions are the env's reward model and, with
+    weight 0 (logged, not optimised), the task's gold scorer. Evaluation samples the trained model through
+    the same seeded textenv rollouts as :class:`agents.run.SB3Agent`, with the initial LM as the reference.
+    """
+
+    name = "trl-grpo"
+
+    def __init__(self, env_id: str, policy: str = "default", reward_model: Any = "default", seed: int = 0,
+                 **overrides: Any) -> None:
+        import gymnasium as gym
+        from gymnasium.vector import AutoresetMode
+        from trl import GRPOConfig
+
+        import textenv
+        from agents.policy import LMPolicy
+        from textenv.models import POLICY_DIR, load_causal_lm, load_tokenizer
+        from textenv.rewards.resolve import resolve_reward_model
+        from textenv.tasks import get_task
+
+        self.task = get_task(textenv.ENV_IDS[env_id])
+        self.seed = seed
+        if str(policy) == "default":
+            path = POLICY_DIR
+        elif str(policy) == "tiny":  # TRL reloads its KL reference from the model's path: give it one
+            self._tmp = tempfile.TemporaryDirectory()
+            path = Path(self._tmp.name)
+            load_causal_lm("tiny").save_pretrained(str(path))
+        else:
+            path = Path(policy)
+        self.path = path
+        self.tokenizer = load_tokenizer(path if (path / "tokenizer_config.json").exists() else "default")
+        self.envs = gym.make_vec(env_id, num_envs=64, autoreset_mode=AutoresetMode.DISABLED,
+                                 tokenizer=self.tokenizer, reward_model=reward_model).unwrapped
+        rm = resolve_reward_model(reward_model, self.task)
+
+        def reward_model_score(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+            return [float(x) for x in rm(list(prompts), list(completions))]
+
+        def gold(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+            return [float(x) for x in self.task.gold_score(list(prompts), list(completions))]
+
+        self.reward_funcs = [reward_model_score, gold]
+        self.kwargs = {**HYPERPARAMS["trl-grpo"], **overrides}
+        self.batch = int(self.kwargs["per_device_train_batch_size"])
+        self._out = tempfile.TemporaryDirectory()
+        self.args_cls = GRPOConfig
+        self.model = load_causal_lm(path)
+        self.policy = LMPolicy(self.model, self.tokenizer, ref_model=load_causal_lm(path))
+        self.episodes = 0
+        self.history: list[dict[str, float]] = []
+
+    def learn(self, total_episodes: int, progress: bool = True,
+              callback: Callable[[Any, dict[str, float]], Any] | None = None) -> TRLGRPOAgent:
+        from datasets import Dataset
+        from transformers import TrainerCallback
+        from trl import GRPOTrainer
+
+        agent = self
+        steps = math.ceil(total_episodes / self.batch)
+        n_prompts = steps * self.batch // int(self.kwargs["num_generations"])
+        prompts = self.task.prompts(n_prompts + 8, split="train", seed=self.seed)
+        args = self.args_cls(output_dir=self._out.name, use_cpu=True, max_steps=steps, logging_steps=1,
+                             report_to="none", save_strategy="no", disable_tqdm=not progress, seed=self.seed,
+                             bf16=False, max_completion_length=self.envs.setup.max_new_tokens,
+                             reward_weights=[1.0, 0.0], **self.kwargs)
+
+        class _Track(TrainerCallback):
+            def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+                       **kw: Any) -> None:
+                if not logs or "rewards/reward_model_score/mean" not in logs:
+                    return
+                agent.episodes = state.global_step * agent.batch
+                length = float(logs.get("completions/mean_length", float("nan")))
+                m = {"reward": float(logs["rewards/reward_model_score/mean"]),
+                     "gold_score": float(logs["rewards/gold/mean"]),
+                     "kl": float(logs.get("kl", float("nan"))) * length,  # TRL's is per token
+                     "entropy": float(logs.get("entropy", float("nan"))),
+                     "completions/mean_length": length,
+                     "episodes": float(agent.episodes), "iteration": float(state.global_step),
+                     "time_s": float(logs.get("step_time", float("nan")))}
+                agent.history.append(m)
+                if callback is not None:
+                    callback(agent, m)
+
+        trainer = GRPOTrainer(model=self.model, reward_funcs=self.reward_funcs, args=args,
+                              train_dataset=Dataset.from_dict({"prompt": prompts}),
+                              processing_class=self.tokenizer, callbacks=[_Track()])
+        trainer.train()
+        self.policy.model = trainer.model
+        return self
+
+    def evaluate(self, num_episodes: int = 64, split: str = "test") -> dict[str, float]:
+        from agents.rollout import evaluate_policy
+        from agents.run import EVAL_SEED
+
+        return evaluate_policy(self.policy, self.envs, num_episodes, split=split, seed=EVAL_SEED)
+
+
+def make_agent(name: str, env_id: str, policy: str, reward_model: str, seed: int,
+               overrides: dict[str, Any]) -> Any:
+    """Build agent ``name`` on ``env_id`` with this benchmark's settings."""
+    if name.startswith("sb3-"):
+        from agents.run import SB3Agent
+
+        if reward_model != "default":
+            # SB3Agent builds its envs with the env's default reward model and takes no env kwargs
+            raise ValueError(f"the SB3 rows need reward_model='default', got {reward_model!r}")
+        return SB3Agent(name.split("-", 1)[1], env_id, policy, seed=seed, device="cpu", **overrides)
+    if name == "trl-grpo":
+        return TRLGRPOAgent(env_id, policy, reward_model, seed=seed, **overrides)
+    from agents import get_agent_class
+
+    return get_agent_class(name)(env_id, policy=policy, seed=seed, device="cpu",
+                                 env_kwargs={"reward_model": reward_model}, **overrides)
+
+
+def evaluate(agent: Any, num_episodes: int, seed: int) -> dict[str, float]:
+    """``agent.evaluate(num_episodes)`` on held-out prompts, with the same evaluation seed for every agent.
+
+    This is what every agent's ``evaluate`` computes (:func:`agents.rollout.evaluate_policy`, which
+    ``SB3Agent.evaluate`` calls), but the agents seed it differently (ours from ``config.seed``, SB3's with a
+    constant): here seed ``s`` of every agent samples the same test prompts with the same random stream,
+    so initial figures are identical across agents and final ones differ only through the policy.
+    """
+    from agents.rollout import evaluate_policy
+    from agents.run import EVAL_SEED
+
+    if hasattr(agent, "model") and hasattr(agent.model, "policy"):  # SB3: dropout off, as SB3Agent does
+        agent.model.policy.set_training_mode(False)
+    return evaluate_policy(agent.policy, agent.envs, num_episodes, split="test", seed=EVAL_SEED + 1000 * seed)
+
+
+def sb3_rollout_stats(agent: Any, seed: int, max_steps: int = SB3_STAT_STEPS) -> dict[str, float]:
+    """Sequence KL (k1) to the initial LM and the policy's entropy on up to ``max_steps`` steps of SB3's
+    rollout buffer (the rollout just collected, before SB3 trains on it)."""
+    import torch
+
+    buf = agent.model.rollout_buffer
+    ids = np.asarray(buf.observations["input_ids"]).reshape(-1, buf.observations["input_ids"].shape[-1])
+    mask = np.asarray(buf.observations["attention_mask"]).reshape(ids.shape)
+    actions = np.asarray(buf.actions).reshape(-1)
+    n_episodes = max(float(np.asarray(buf.episode_starts).sum()), 1.0)
+    steps_per_episode = ids.shape[0] / n_episodes
+    pick = np.random.default_rng(seed).permutation(ids.shape[0])[:max_steps]
+    ids_t = torch.as_tensor(np.rint(ids[pick])).long()  # (B, L), right-padded
+    mask_t = torch.as_tensor(np.rint(mask[pick])).long()  # (B, L)
+    act = torch.as_tensor(np.rint(actions[pick])).long()  # (B,)
+    last = mask_t.sum(1) - 1  # (B,)
+    positions = (mask_t.cumsum(1) - 1).clamp(min=0)
+    rows = torch.arange(ids_t.shape[0])
+
+    def next_logp(model: Any) -> torch.Tensor:
+        logits = model(input_ids=ids_t, attention_mask=mask_t, position_ids=positions).logits  # (B, L, V)
+        return torch.log_softmax(logits[rows, last].float(), -1)  # (B, V)
+
+    with torch.no_grad():
+        logp, ref_logp = next_logp(agent.policy.model), next_logp(agent.policy.ref_model)
+    k1 = (logp[rows, act] - ref_logp[rows, act]).mean()
+    entropy = -(logp.exp() * logp).sum(-1).mean()
+    return {"kl": float(k1) * steps_per_episode, "entropy": float(entropy)}
+
+
+def _import_all(agent: str) -> None:
+    """Import what a run needs before anything is timed or measured (transformers imports lazily, and that
+    costs seconds on a loaded machine)."""
+    from transformers import GPT2LMHeadModel  # noqa: F401
+
+    import agents  # noqa: F401
+    import agents.run  # noqa: F401
+    import textenv.env  # noqa: F401
+    import textenv.models  # noqa: F401
+    import textenv.vector  # noqa: F401
+
+    if agent.startswith("sb3-"):
+        import agents.sb3  # noqa: F401
+    if agent == "trl-grpo":
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
+
+
+def run_one(spec: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Train one (agent, env, seed) from scratch and return its record."""
+    import torch
+
+    name = spec["agent"]
+    rss_before = maxrss_mb()
+    t_start = time.perf_counter()
+    agent = make_agent(name, spec["env"], spec["policy"], spec["reward_model"], seed, spec["overrides"])
+    build_s = time.perf_counter() - t_start
+    t = time.perf_counter()
+    initial = evaluate(agent, int(spec["eval_episodes"]), seed)
+    eval_s = time.perf_counter() - t
+    stamps: list[dict[str, float]] = []
+    overhead = 0.0
+    next_stat = [0.0]
+    t_learn = time.perf_counter()
+
+    def on_iteration(ag: Any, metrics: dict[str, float]) -> None:
+        nonlocal overhead
+        now = time.perf_counter()
+        stamp = {"wall_s": now - t_learn - overhead}
+        # SB3 logs neither KL nor entropy: computed here (not counted as training time) about SB3_STAT_POINTS
+        # times per run, not after every rollout (A2C's are a few episodes each)
+        if name.startswith("sb3-") and ag.episodes >= next_stat[0]:
+            stamp.update(sb3_rollout_stats(ag, seed * 7919 + len(stamps)))
+            next_stat[0] = ag.episodes + int(spec["episodes"]) / SB3_STAT_POINTS
+            overhead += time.perf_counter() - now
+        stamps.append(stamp)
+
+    torch.manual_seed(seed)
+    agent.learn(int(spec["episodes"]), progress=False, callback=on_iteration)
+    train_s = time.perf_counter() - t_learn - overhead
+    t = time.perf_counter()
+    final = evaluate(agent, int(spec["eval_episodes"]), seed)
+    eval_s += time.perf_counter() - t
+    keys = ("reward", "gold_score", "kl", "entropy", "completions/mean_length")
+    curve = []
+    for row, stamp in zip(agent.history, stamps):
+        point = {"episodes": float(row["episodes"]), "wall_s": stamp["wall_s"]}
+        for k in keys:
+            v = stamp.get(k, row.get(k, float("nan")))
+            point[k] = float(v) if v is not None else float("nan")
+        curve.append(point)
+    return {"agent": name, "env": spec["env"], "seed": seed, "status": "ok",
+            "episodes": int(getattr(agent, "episodes", spec["episodes"])), "iterations": len(agent.history),
+            "initial": initial, "final": final, "curve": curve,
+            "train_s": train_s, "eval_s": eval_s, "build_s": build_s, "total_s": time.perf_counter() - t_start,
+            "stats_overhead_s": overhead, "peak_rss_mb": maxrss_mb(), "peak_rss_before_mb": rss_before}
+
+
+def _worker_main(spec_path: str, result_dir: str) -> int:
+    """Run every seed of one (agent, env) in this process; each seed's record is written when it ends."""
+    import gc
+
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(int(spec["threads"]))
+    _import_all(spec["agent"])
+    rss_imports = maxrss_mb()
+    for seed in spec["seeds"]:
+        record = {**run_one(spec, seed), "rss_after_imports_mb": rss_imports}
+        Path(result_dir, f"seed{seed}.json").write_text(json.dumps(_finite(record)))
+        gc.collect()
+    return 0
+
+
+def _finite(x: Any) -> Any:
+    """JSON without NaN/inf (strict parsers reject them): non-finite floats become None."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _relative_cost(spec: dict[str, Any]) -> float:
+    """A rough relative cost of a row (measured on 2 CPU cores), to schedule the longest rows first."""
+    per_token = {"sb3-ppo": 3.5, "sb3-a2c": 2.0, "ppo": 1.0, "trl-grpo": 0.9}.get(spec["agent"], 0.5)
+    import textenv
+    from textenv.tasks import get_task
+
+    tokens = get_task(textenv.ENV_IDS[spec["env"]]).default_max_new_tokens
+    return len(spec["seeds"]) * spec["episodes"] * per_token * tokens
+
+
+def run_in_subprocess(spec: dict[str, Any], workdir: Path, timeout: float | None = None) -> list[dict[str, Any]]:
+    """Run the seeds of one (agent, env) in a fresh interpreter (its own peak RSS; no state shared with
+    other rows). Seeds that did not finish come back as ``status: "error"`` records."""
+    tag = f"{spec['agent']}-{spec['env']}"
+    result_dir, spec_path, log_path = workdir / tag, workdir / f"{tag}.spec.json", workdir / f"{tag}.log"
+    result_dir.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec))
+    threads = str(spec["threads"])
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    t = time.perf_counter()
+    try:
+        with open(log_path, "w") as log:
+            rc: int | str = subprocess.run(
+                [sys.executable, "-m", "benchmarks.learning", "--worker", str(spec_path), str(result_dir)],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = f"timeout after {timeout} s"
+    records = []
+    tail = log_path.read_text()[-3000:] if log_path.exists() else ""
+    for seed in spec["seeds"]:
+        f = result_dir / f"seed{seed}.json"
+        if f.exists():
+            records.append(json.loads(f.read_text()))
+        else:
+            records.append({"agent": spec["agent"], "env": spec["env"], "seed": seed, "status": "error",
+                            "error": f"exit {rc}: {tail}", "process_s": time.perf_counter() - t})
+    return records
+
+
+# ============================================================================================ the sweep
+def versions() -> dict[str, str]:
+    import gymnasium
+    import stable_baselines3
+    import torch
+    import transformers
+
+    import textenv
+
+    v = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+         "gymnasium": gymnasium.__version__, "stable_baselines3": stable_baselines3.__version__,
+         "numpy": np.__version__, "textenv": textenv.__version__}
+    try:
+        v["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                         timeout=10).stdout.strip()
+    except Exception:
+        pass
+    return v
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except Exception:
+        model = platform.processor()
+    return {"cpu": model, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def defaults_manifest() -> dict[str, Any] | None:
+    from textenv.models import DATA_DIR
+
+    path = DATA_DIR / "MANIFEST.json"
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    return {k: m[k] for k in ("seed", "scale", "quality") if k in m}
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (env, agent): mean, std, min, max over seeds of the headline figures."""
+    out = []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["env"], r["agent"]), []).append(r)
+    for (env, agent), rs in groups.items():
+        ok = [r for r in rs if r.get("status") == "ok"]
+        row: dict[str, Any] = {"env": env, "agent": agent, "runs": len(rs), "ok": len(ok)}
+        if ok:
+            fields = {
+                "reward_initial": [r["initial"]["reward"] for r in ok],
+                "reward_final": [r["final"]["reward"] for r in ok],
+                "gold_initial": [r["initial"]["gold_score"] for r in ok],
+                "gold_final": [r["final"]["gold_score"] for r in ok],
+                "kl_final": [r["final"]["kl"] for r in ok],
+                "entropy_final": [r["final"]["entropy"] for r in ok],
+                "length_final": [r["final"]["completions/mean_length"] for r in ok],
+                "train_s": [r["train_s"] for r in ok],
+                "peak_rss_mb": [r["peak_rss_mb"] for r in ok],
+            }
+            for k, vals in fields.items():
+                a = np.asarray([np.nan if v is None else v for v in vals], dtype=np.float64)
+                std = float(np.nanstd(a, ddof=1)) if np.isfinite(a).sum() > 1 else 0.0  # sample std over seeds
+                row[k] = {"mean": float(np.nanmean(a)), "std": std, "min": float(np.nanmin(a)),
+                          "max": float(np.nanmax(a))}
+            row["seeds_reward_up"] = sum(r["final"]["reward"] > r["initial"]["reward"] for r in ok)
+            row["seeds_gold_up"] = sum(r["final"]["gold_score"] > r["initial"]["gold_score"] for r in ok)
+            row["improved"] = bool(row["reward_final"]["mean"] > row["reward_initial"]["mean"]
+                                   and row["gold_final"]["mean"] > row["gold_initial"]["mean"])
+        else:
+            row["improved"] = False
+        out.append(row)
+    return out
+
+
+def _pm(s: dict[str, float] | None, fmt: str = ".3f") -> str:
+    if not s:
+        return "n/a"
+    return f"{s['mean']:{fmt}} ± {s['std']:{fmt}}"
+
+
+def write_markdown(path: Path, result: dict[str, Any]) -> None:
+    cfg, budget = result["config"], result["budget"]
+    lines = [
+        "# Learning benchmark (CPU)",
+        "",
+        f"Every agent trains the shipped default policy (`policy={cfg['policy']!r}`) against the task's shipped "
+        f"learned reward model (`reward_model={cfg['reward_model']!r}`) for **{cfg['episodes']} episodes** per "
+        f"run, {len(cfg['seeds'])} seed(s) ({', '.join(map(str, cfg['seeds']))}); initial and final policies "
+        f"are evaluated on {cfg['eval_episodes']} held-out (`test`) prompts. Cells are mean ± std over seeds.",
+        "",
+        f"Budget per run: {cfg['episodes']} episodes, {budget['threads_per_run']} CPU thread(s), "
+        f"{budget['parallel_runs']} run(s) at a time on {budget['machine']['cpu_count']} cores "
+        f"({budget['machine']['cpu']}); the whole sweep took {budget['sweep_wall_s'] / 60:.1f} min. "
+        "`train s` is the training wall time (evaluations excluded); `peak RSS` is the row's own process "
+        "(each (task, agent) row is a fresh Python process running its seeds in turn).",
+        "",
+        f"Command: `{result.get('command', 'python -m benchmarks.learning')}`",
+        "",
+        "| task | agent | reward (initial → final) | gold (initial → final) | final KL | mean length | "
+        "train s | peak RSS MB | up (reward / gold) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["summary"]:
+        task = row["env"].removeprefix("TextGen-").removesuffix("-v0")
+        if not row["ok"]:
+            lines.append(f"| {task} | {row['agent']} | failed | | | | | | 0/{row['runs']} |")
+            continue
+        mark = "" if row["improved"] else " **no**"
+        lines.append(
+            f"| {task} | {row['agent']} | {_pm(row['reward_initial'])} → {_pm(row['reward_final'])} | "
+            f"{_pm(row['gold_initial'])} → {_pm(row['gold_final'])} | {_pm(row['kl_final'], '.2f')} | "
+            f"{_pm(row['length_final'], '.1f')} | {_pm(row['train_s'], '.0f')} | {_pm(row['peak_rss_mb'], '.0f')} | "
+            f"{row['seeds_reward_up']}/{row['ok']} / {row['seeds_gold_up']}/{row['ok']}{mark} |")
+    failed = [r for r in result["runs"] if r.get("status") != "ok"]
+    not_up = [r for r in result["summary"] if r["ok"] and not r["improved"]]
+    lines += ["", "`up`: seeds whose final policy beats the initial one on held-out prompts (reward / gold); "
+              "**no** marks a row whose mean reward or mean gold score did not rise."]
+    if not_up:
+        lines += ["", "Rows that did not raise both the mean reward and the mean gold score: "
+                  + ", ".join(f"{r['agent']} on {r['env']}" for r in not_up) + "."]
+    if failed:
+        lines += ["", "Failed runs: " + ", ".join(f"{r['agent']} on {r['env']} seed {r['seed']}" for r in failed)
+                  + " (the error is in the JSON)."]
+    trl = result.get("trl", {})
+    if not trl.get("available", False):
+        lines += ["", f"TRL GRPOTrainer: skipped ({trl.get('reason', 'not requested')})."]
+    plots = result.get("plots", [])
+    if plots:
+        lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in plots) + "."]
+    lines += ["", f"Raw data, curves, hyperparameters and versions: [{JSON_NAME}]({JSON_NAME}).", ""]
+    path.write_text("\n".join(lines))
+
+
+# ============================================================================================ plots
+def _curves_on_grid(runs: list[dict[str, Any]], key: str, grid: np.ndarray) -> np.ndarray | None:
+    """Each run's curve of ``key``, lightly smoothed, interpolated on ``grid`` (episodes): ``(S, G)``."""
+    ys = []
+    for r in runs:
+        pts = [(p["episodes"], p[key]) for p in r.get("curve", []) if p.get(key) is not None]
+        if not pts:
+            continue
+        x, y = np.asarray(pts, dtype=np.float64).T
+        k = max(1, len(y) // 10) | 1  # centred running mean over ~10% of the points (odd window)
+        if k > 1:
+            y = np.convolve(np.pad(y, (k // 2, k // 2), mode="edge"), np.ones(k) / k, mode="valid")
+        ys.append(np.interp(grid, x, y))
+    return np.asarray(ys) if ys else None
+
+
+def write_plots(out: Path, result: dict[str, Any]) -> list[str]:
+    """``learning-<task>.png`` per task and ``learning-gold-vs-reward.png``; returns the file names."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    runs = [r for r in result["runs"] if r.get("status") == "ok"]
+    envs = [e for e in result["config"]["envs"] if any(r["env"] == e for r in runs)]
+    agents = [a for a in result["config"]["agents"] if any(r["agent"] == a for r in runs)]
+    colors = {a: plt.get_cmap("tab10")(i) for i, a in enumerate(AGENTS)}
+    files = []
+
+    def env_grid(env: str) -> np.ndarray:  # from the first logged batch: nothing is drawn before data exists
+        firsts = [r["curve"][0]["episodes"] for r in runs if r["env"] == env and r.get("curve")]
+        return np.linspace(min(firsts, default=0.0), result["config"]["episodes"], 65)
+
+    for env in envs:
+        grid = env_grid(env)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, key, label in ((axes[0], "reward", "reward-model score (proxy)"), (axes[1], "gold_score", "gold score")):
+            for agent in agents:
+                rs = [r for r in runs if r["env"] == env and r["agent"] == agent]
+                ys = _curves_on_grid(rs, key, grid)
+                if ys is None:
+                    continue
+                ax.plot(grid, ys.mean(0), color=colors[agent], label=agent)
+                ax.fill_between(grid, ys.min(0), ys.max(0), color=colors[agent], alpha=0.15, linewidth=0)
+                fin = [r["final"][key] for r in rs]
+                ax.errorbar([grid[-1] * 1.03], [np.mean(fin)], yerr=[[np.mean(fin) - min(fin)], [max(fin) - np.mean(fin)]],
+                            fmt="o", color=colors[agent], ms=4, capsize=2)
+            init = [r["initial"][key] for r in runs if r["env"] == env]
+            ax.axhline(float(np.mean(init)), color="grey", ls="--", lw=1, label="initial policy (held-out)")
+            ax.set_xlabel("episodes")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{env}: training batches (mean over seeds, min/max band, smoothed);\n"
+                     "dots: final policy on held-out prompts (mean, min/max over seeds)", fontsize=9)
+        fig.tight_layout()
+        name = f"learning-{env.removeprefix('TextGen-').removesuffix('-v0').lower()}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        files.append(name)
+    if envs:
+        fig, axes = plt.subplots(1, len(envs), figsize=(max(4.6 * len(envs), 9.0), 4.2), squeeze=False)
+        for ax, env in zip(axes[0], envs):
+            grid = env_grid(env)
+            for agent in agents:
+                rs = [r for r in runs if r["env"] == env and r["agent"] == agent]
+                xs, ys = _curves_on_grid(rs, "reward", grid), _curves_on_grid(rs, "gold_score", grid)
+                if xs is not None and ys is not None:
+                    ax.plot(xs.mean(0), ys.mean(0), color=colors[agent], alpha=0.35, lw=1)
+                for r in rs:
+                    ax.annotate("", xy=(r["final"]["reward"], r["final"]["gold_score"]),
+                                xytext=(r["initial"]["reward"], r["initial"]["gold_score"]),
+                                arrowprops={"arrowstyle": "->", "color": colors[agent], "lw": 1})
+                ax.scatter([r["final"]["reward"] for r in rs], [r["final"]["gold_score"] for r in rs],
+                           color=colors[agent], s=14, label=agent, zorder=3)
+            init = [r for r in runs if r["env"] == env]
+            ax.scatter([r["initial"]["reward"] for r in init], [r["initial"]["gold_score"] for r in init],
+                       facecolors="none", edgecolors="black", s=20, label="initial", zorder=3)
+            ax.set_title(env, fontsize=9)
+            ax.set_xlabel("reward-model score (proxy)")
+            ax.set_ylabel("gold score")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle("gold vs proxy reward: arrows go from the initial to the final policy (held-out, per seed);\n"
+                     "faint lines: training batches (mean over seeds). Right without up = reward hacking", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "learning-gold-vs-reward.png", dpi=100)
+        plt.close(fig)
+        files.append("learning-gold-vs-reward.png")
+    return files
+
+
+def write_report(out: Path, result: dict[str, Any]) -> None:
+    result["summary"] = summarize(result["runs"])
+    result["plots"] = write_plots(out, result)
+    tmp = out / f".{JSON_NAME}.tmp"
+    tmp.write_text(json.dumps(_finite(result), indent=1) + "\n")
+    os.replace(tmp, out / JSON_NAME)
+    write_markdown(out / MD_NAME, result)
+
+
+# ============================================================================================ main
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--episodes", type=int, default=None, help=f"episodes per run (default {DEFAULT_EPISODES}; "
+                   "--quick: 32)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default 3; --quick: 1)")
+    p.add_argument("--agents", default=",".join(AGENTS), help="comma-separated, from " + ", ".join(AGENTS))
+    p.add_argument("--envs", default=",".join(ENVS), help="comma-separated env ids")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 32 episodes, batch 16, 16 eval episodes, 1 seed")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--policy", default="default", help="'default', 'tiny' or a model directory")
+    p.add_argument("--reward-model", default="default", help="'default', 'gold' or a reward-model directory")
+    p.add_argument("--eval-episodes", type=int, default=None, help=f"default {DEFAULT_EVAL_EPISODES} (--quick: 16)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each its own process)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a row's process is killed")
+    p.add_argument("--report-only", action="store_true", help="rebuild table and plots from the JSON in --out")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    a = parse_args(argv)
+    out = Path(a.out)
+    if a.report_only:
+        result = json.loads((out / JSON_NAME).read_text())
+        write_report(out, result)
+        return result
+    agents_ = [s.strip() for s in a.agents.split(",") if s.strip()]
+    envs = [s.strip() for s in a.envs.split(",") if s.strip()]
+    for name in agents_:
+        if name not in AGENTS:
+            raise ValueError(f"unknown agent {name!r}; choose from {', '.join(AGENTS)}")
+    import textenv
+
+    for env in envs:
+        if env not in textenv.ENV_IDS:
+            raise ValueError(f"unknown env {env!r}; choose from {', '.join(textenv.ENV_IDS)}")
+    episodes = a.episodes if a.episodes is not None else (32 if a.quick else DEFAULT_EPISODES)
+    n_seeds = a.seeds if a.seeds is not None else (1 if a.quick else 3)
+    eval_episodes = a.eval_episodes if a.eval_episodes is not None else (16 if a.quick else DEFAULT_EVAL_EPISODES)
+    for flag, v in (("--episodes", episodes), ("--seeds", n_seeds), ("--eval-episodes", eval_episodes),
+                    ("--jobs", a.jobs), ("--threads", a.threads)):
+        if v < 1:
+            raise ValueError(f"{flag} must be >= 1, got {v}")
+    trl = trl_status()
+    if "trl-grpo" in agents_ and not trl["available"]:
+        print(f"skipping trl-grpo: {trl['reason']}")
+        agents_.remove("trl-grpo")
+    overrides: dict[str, dict[str, Any]] = {name: dict(HYPERPARAMS[name]) for name in agents_}
+    if a.quick:
+        for name in ("reinforce", "ppo", "grpo", "rloo"):
+            if name in overrides:
+                overrides[name]["batch_size"] = QUICK_BATCH
+        if "trl-grpo" in overrides:
+            overrides["trl-grpo"]["per_device_train_batch_size"] = QUICK_BATCH
+    seeds = list(range(n_seeds))
+    # one process per (agent, env) row, its seeds in sequence: the imports (seconds each) are paid once per row
+    specs = [{"agent": ag, "env": env, "seeds": seeds, "episodes": episodes, "eval_episodes": eval_episodes,
+              "policy": a.policy, "reward_model": a.reward_model, "threads": a.threads, "overrides": overrides[ag]}
+             for env in envs for ag in agents_]
+    result: dict[str, Any] = {
+        "benchmark": "learning",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["python -m benchmarks.learning", *(argv if argv is not None else sys.argv[1:])]),
+        "config": {"episodes": episodes, "seeds": seeds, "agents": agents_, "envs": envs, "policy": a.policy,
+                   "reward_model": a.reward_model, "eval_episodes": eval_episodes, "eval_split": "test",
+                   "quick": a.quick, "hyperparams": overrides,
+                   "curves": "per training iteration, from agent.history; x = episodes and wall_s (training "
+                             "time so far, evaluations excluded)",
+                   "peak_rss": "each (agent, env) row runs in its own Python subprocess, its seeds one after "
+                               "the other (agent freed between seeds); a run's peak_rss_mb is that process's "
+                               "ru_maxrss (RUSAGE_SELF) at the end of the run, i.e. the peak over this seed and "
+                               "the row's earlier seeds; rss_after_imports_mb is the same figure after the "
+                               "imports, before any model is loaded"},
+        "budget": {"episodes_per_run": episodes, "eval_episodes_per_evaluation": eval_episodes,
+                   "threads_per_run": a.threads, "parallel_runs": a.jobs, "machine": machine(), "device": "cpu"},
+        "versions": {**versions(), **({"trl": trl["version"]} if trl["available"] else {})},
+        "defaults_manifest": defaults_manifest(),
+        "trl": trl,
+        "runs": [],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    lock = threading.Lock()
+    finished: list[dict[str, Any]] = []
+    n_runs = len(specs) * len(seeds)
+    with tempfile.TemporaryDirectory(prefix="textenv-learning-") as tmp:
+        def one(spec: dict[str, Any]) -> list[dict[str, Any]]:
+            records = run_in_subprocess(spec, Path(tmp), a.timeout)
+            with lock:
+                for r in records:
+                    r["hyperparams"] = spec["overrides"]
+                    finished.append(r)
+                    head = f"[{len(finished)}/{n_runs} {time.perf_counter() - t0:5.0f}s] {r['agent']:<9} {r['env']:<22} seed {r['seed']}"
+                    if r["status"] == "ok":
+                        i, f = r["initial"], r["final"]
+                        print(f"{head}: reward {i['reward']:.3f} -> {f['reward']:.3f}, gold {i['gold_score']:.3f} -> "
+                              f"{f['gold_score']:.3f}, kl {f['kl']:.2f}, train {r['train_s']:.0f}s, "
+                              f"rss {r['peak_rss_mb']:.0f} MB", flush=True)
+                    else:
+                        print(f"{head} FAILED: {r['error'][-800:]}", flush=True)
+            return records
+
+        # longest rows first, so that parallel jobs end together; the JSON keeps the canonical order
+        order = sorted(range(len(specs)), key=lambda i: _relative_cost(specs[i]), reverse=True)
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            done = dict(zip(order, pool.map(one, [specs[i] for i in order])))
+        for i in range(len(specs)):
+            result["runs"].extend(done[i])
+    result["budget"]["sweep_wall_s"] = time.perf_counter() - t0
+    result["budget"]["machine"]["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    ok = [r for r in result["runs"] if r.get("status") == "ok"]
+    if ok:
+        result["budget"]["train_s_per_run_mean"] = float(np.mean([r["train_s"] for r in ok]))
+        result["budget"]["total_s_per_run_mean"] = float(np.mean([r["total_s"] for r in ok]))
+    write_report(out, result)
+    print(f"wrote {out / JSON_NAME}, {out / MD_NAME} and {len(result['plots'])} plot(s) "
+          f"in {result['budget']['sweep_wall_s'] / 60:.1f} min")
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":  # one row, started by run_in_subprocess
+        sys.exit(_worker_main(sys.argv[2], sys.argv[3]))
+    main()

@@ -1,0 +1,94 @@
+"""Smoke tests of the benchmark scripts: they run in their smallest mode and write the JSON they promise.
+
+No assertion on any time: a benchmark measures, a test checks that it runs and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+# --threads 1: on a busy 2-core machine two torch threads make tiny ops 10-100x slower
+def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_env_step_smallest(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))  # benchmarks/ is not an installed package
+    from benchmarks import env_step
+
+    r = env_step.measure(**{**env_step.SMOKE, "num_envs": 4})
+    for key in ("env_step_us", "env_reset_us", "env_step_us_incl_reset", "vector_env_step_us_per_env",
+                "vector_env_batched_step_us", "vector_reset_cold_us_per_env"):
+        assert _positive(r[key]), (key, r[key])
+    assert set(r["vector_breakdown"]) == {"plain", "end", "reset"}
+    assert r["config"]["num_envs"] == 4 and r["config"]["repeats"] == 1
+    json.dumps(r)  # serialisable as it is
+
+
+def test_env_step_cli_writes_json(tmp_path):
+    out = tmp_path / "env_step.json"
+    proc = _run("benchmarks.env_step", "--smoke", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert _positive(r["env_step_us"]) and _positive(r["vector_env_step_us_per_env"])
+    assert "single env" in proc.stdout
+
+
+def _check_throughput_json(r: dict) -> None:
+    for key in ("rollout_vs_kv_limit", "train_vs_limit", "ppo_train_vs_limit", "env_step_us",
+                "vector_env_step_us_per_env", "peak_rss_mib_process"):
+        assert _positive(r[key]), (key, r[key])
+    assert "grpo_vs_trl_grpo" in r
+    if r["grpo_vs_trl_grpo"] is None:
+        assert isinstance(r["grpo_vs_trl_grpo_reason"], str) and r["grpo_vs_trl_grpo_reason"]
+    else:
+        assert _positive(r["grpo_vs_trl_grpo"])
+    for name in ("kv_limit", "train_limit", "rollout", "ppo_iteration", "grpo_iteration"):
+        row = r["rows"][name]
+        assert _positive(row["tokens_per_s"]) and _positive(row["seconds"]), name
+        assert _positive(row["peak_rss_mib"]), name
+    model = r["config"]["model"]
+    assert _positive(model["parameters"]) and model["n_layer"] >= 1
+    for key in ("batch", "prompt_tokens", "new_tokens", "group_size"):
+        assert _positive(r["config"][key]), key
+    assert r["versions"]["torch"] and r["versions"]["transformers"]
+
+
+def test_throughput_smoke_without_trl(tmp_path):
+    out = tmp_path / "throughput.json"
+    proc = _run("benchmarks.throughput", "--smoke", "--no-trl", "--threads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    _check_throughput_json(r)
+    assert r["grpo_vs_trl_grpo"] is None and "no-trl" in r["grpo_vs_trl_grpo_reason"]
+    assert "rollout_vs_kv_limit" in proc.stdout
+
+
+@pytest.mark.slow
+def test_throughput_smoke_with_trl(tmp_path):
+    pytest.importorskip("trl")
+    out = tmp_path / "throughput.json"
+    proc = _run("benchmarks.throughput", "--smoke", "--threads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    _check_throughput_json(r)
+    # TRL present: either a ratio, or the reason it could not run (e.g. an incompatible transformers)
+    assert r["grpo_vs_trl_grpo"] is not None or r["grpo_vs_trl_grpo_reason"]
+    if r["grpo_vs_trl_grpo"] is not None:
+        assert _positive(r["rows"]["trl_grpo"]["tokens_per_s"])

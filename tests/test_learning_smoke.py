@@ -1,0 +1,99 @@
+"""The learning benchmark (``benchmarks/learning.py``) end to end on a tiny setting: it runs, and writes the
+JSON, the Markdown table and the plots with the expected keys. No figure is asserted (a benchmark measures)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import learning
+from textenv.models import DATA_DIR
+
+needs_defaults = pytest.mark.skipif(not (DATA_DIR / "MANIFEST.json").exists(),
+                                    reason="the shipped defaults are not built (textenv build-defaults)")
+
+RUN_KEYS = {"agent", "env", "seed", "status", "episodes", "initial", "final", "curve", "train_s", "eval_s",
+            "peak_rss_mb", "rss_after_imports_mb", "hyperparams"}
+EVAL_KEYS = {"reward", "gold_score", "kl", "entropy", "completions/mean_length"}
+CURVE_KEYS = {"episodes", "wall_s", "reward", "gold_score", "kl", "entropy", "completions/mean_length"}
+
+
+def _check_outputs(out, agents, env):
+    data = json.loads((out / learning.JSON_NAME).read_text())
+    assert {"config", "budget", "versions", "runs", "summary", "trl", "plots"} <= set(data)
+    assert {"episodes", "seeds", "agents", "envs", "policy", "reward_model", "eval_episodes",
+            "hyperparams"} <= set(data["config"])
+    assert {"episodes_per_run", "threads_per_run", "parallel_runs", "machine", "sweep_wall_s"} <= set(data["budget"])
+    assert {"torch", "transformers", "gymnasium", "stable_baselines3"} <= set(data["versions"])
+    assert [(r["agent"], r["env"]) for r in data["runs"]] == [(a, env) for a in agents]
+    for run in data["runs"]:
+        assert run["status"] == "ok", run.get("error")
+        assert RUN_KEYS <= set(run)
+        assert EVAL_KEYS <= set(run["initial"]) and EVAL_KEYS <= set(run["final"])
+        assert run["curve"] and all(CURVE_KEYS <= set(p) for p in run["curve"])
+        assert run["episodes"] >= 16 and run["peak_rss_mb"] > 0
+    assert [(s["env"], s["agent"]) for s in data["summary"]] == [(env, a) for a in agents]
+    assert all({"reward_initial", "reward_final", "gold_initial", "gold_final", "kl_final", "length_final",
+                "train_s", "peak_rss_mb", "improved"} <= set(s) for s in data["summary"])
+    for name in data["plots"]:
+        assert (out / name).stat().st_size > 0
+    md = (out / learning.MD_NAME).read_text()
+    assert "| task | agent | reward (initial → final) | gold (initial → final) | final KL |" in md
+    for a in agents:
+        assert f"| {a} |" in md
+    return data
+
+
+@needs_defaults
+def test_quick_run_writes_json_md_and_plots(tmp_path):
+    out = tmp_path / "results"
+    learning.main(["--quick", "--agents", "reinforce", "--envs", "TextGen-Arithmetic-v0", "--seeds", "1",
+                   "--episodes", "16", "--eval-episodes", "16", "--policy", "tiny", "--out", str(out)])
+    data = _check_outputs(out, ["reinforce"], "TextGen-Arithmetic-v0")
+    assert data["config"]["quick"] is True
+    assert data["config"]["hyperparams"]["reinforce"]["batch_size"] == learning.QUICK_BATCH
+    assert "learning-arithmetic.png" in data["plots"] and "learning-gold-vs-reward.png" in data["plots"]
+    # the report is rebuilt from the JSON alone
+    (out / learning.MD_NAME).unlink()
+    learning.main(["--report-only", "--out", str(out)])
+    assert (out / learning.MD_NAME).exists()
+
+
+@pytest.mark.slow
+@needs_defaults
+def test_quick_run_sb3_and_trl_rows(tmp_path):
+    agents = ["sb3-a2c"] + (["trl-grpo"] if learning.trl_status()["available"] else [])
+    out = tmp_path / "results"
+    # SB3 logs at the end of a rollout: A2C's (16 steps x 8 envs) holds 32 arithmetic episodes
+    learning.main(["--quick", "--agents", ",".join(agents), "--envs", "TextGen-Arithmetic-v0", "--seeds", "1",
+                   "--episodes", "64", "--eval-episodes", "16", "--policy", "tiny", "--out", str(out)])
+    data = _check_outputs(out, agents, "TextGen-Arithmetic-v0")
+    sb3 = data["runs"][0]
+    # SB3 logs no KL: the benchmark computes it on the rollout buffer
+    assert any(p["kl"] is not None for p in sb3["curve"])
+
+
+def test_unknown_agent_or_env_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown agent 'dqn'"):
+        learning.main(["--agents", "dqn", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="unknown env 'CartPole-v1'"):
+        learning.main(["--envs", "CartPole-v1", "--out", str(tmp_path)])
+
+
+def test_summary_marks_rows_that_do_not_improve():
+    def run(agent, seed, r0, r1, g0, g1):
+        ev = {"kl": 1.0, "entropy": 2.0, "completions/mean_length": 5.0}
+        return {"agent": agent, "env": "E", "seed": seed, "status": "ok",
+                "initial": {"reward": r0, "gold_score": g0, **ev}, "final": {"reward": r1, "gold_score": g1, **ev},
+                "train_s": 10.0, "peak_rss_mb": 500.0}
+
+    runs = [run("a", 0, 0.1, 0.5, 0.2, 0.4), run("a", 1, 0.1, 0.3, 0.2, 0.1),
+            run("b", 0, 0.1, 0.9, 0.5, 0.2),  # reward up, gold down: reward hacking
+            {"agent": "c", "env": "E", "seed": 0, "status": "error", "error": "boom"}]
+    rows = {r["agent"]: r for r in learning.summarize(runs)}
+    assert rows["a"]["improved"] and rows["a"]["seeds_reward_up"] == 2 and rows["a"]["seeds_gold_up"] == 1
+    assert rows["a"]["reward_final"]["mean"] == pytest.approx(0.4)
+    assert rows["a"]["reward_final"]["std"] == pytest.approx(0.1 * 2 ** 0.5)  # sample std (ddof=1)
+    assert not rows["b"]["improved"]
+    assert rows["c"]["ok"] == 0 and not rows["c"]["improved"]
