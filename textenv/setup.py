@@ -79,6 +79,7 @@ class EnvSetup:
     eos_id: int = 0
     pad_id: int = 0
     _prompt_cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _fast: Any = field(default=None, repr=False)
 
     @property
     def max_length(self) -> int:
@@ -108,7 +109,7 @@ class EnvSetup:
             return ids
         if not isinstance(prompt, str):
             raise ValueError(f"a prompt must be a str, got {prompt!r}")
-        full = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full = self._encode(prompt)
         if len(full) > self.max_prompt_tokens:
             if self.prompt_truncation == "error":
                 raise ValueError(
@@ -122,8 +123,23 @@ class EnvSetup:
             self._prompt_cache[prompt] = ids
         return ids
 
+    def _encode(self, text: str) -> list[int]:
+        if self._fast is not None:
+            return list(self._fast.encode(text, add_special_tokens=False).ids)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def decode(self, ids: np.ndarray) -> str:
+        """Text of token ids, special tokens skipped (the Rust tokenizer directly when that is exact)."""
+        if self._fast is not None:
+            return self._fast.decode(ids.tolist(), skip_special_tokens=True)
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def __post_init__(self) -> None:
+        # The Rust backend of a fast tokenizer, used directly for speed when the Python wrapper adds nothing
+        # (no clean-up of tokenization spaces); otherwise None and the wrapper is used.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self._fast = backend if backend is not None and not getattr(
+            self.tokenizer, "clean_up_tokenization_spaces", False) else None
 
     def score(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         """Reward-model scores, checked: one finite float per pair (float64 array)."""
