@@ -64,7 +64,7 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "rloo": {},
     "sb3-ppo": {},
     "sb3-a2c": {},
-    "trl-grpo": {"per_device_train_batch_size": 64, "num_generations": 8, "learning_rate": 1e-4, "beta": 0.04,
+    "trl-grpo": {"per_device_train_batch_size": 64, "num_generations": 8, "learning_rate": 5e-4, "beta": 0.04,
                  "epsilon": 0.2, "loss_type": "grpo", "scale_rewards": "group", "num_iterations": 1,
                  "temperature": 1.0, "lr_scheduler_type": "constant", "optim": "adamw_torch",
                  "weight_decay": 0.0, "max_grad_norm": 1.0},

@@ -28,6 +28,16 @@ The reward model is a cheap callable (share of "e" in the completion) for ours a
 batch 64, 8 prompt tokens, 32 new tokens, group size 8 (float32); GPU (when CUDA is present), GPT-2-small
 body 12 x 768 in bf16, batch 256, 32 prompt tokens, 64 new tokens.
 
+Memory, per row: ``peak_rss_mib`` is the high-water RSS during the row's first run (sampled every 5 ms),
+``rss_growth_mib`` that minus the RSS just before it, ``ru_maxrss_mib`` the process's peak
+(``resource.getrusage``) after it. One process runs every row (TRL's first), so a later row reuses memory an
+earlier one freed: read the growth as an order of magnitude. On GPU, ``peak_gpu_mib``
+(``torch.cuda.max_memory_allocated`` during the first run) is exact per row.
+
+Threads: ``--threads`` (default 2, the machine's cores). On a shared machine whose cores are busy, two torch
+threads make every small op wait for a descheduled thread (runs 3-100x slower and erratic); measure with
+``--threads 1`` there. ``load_average`` in the JSON says how busy the machine was.
+
 Writes ``benchmarks/results/throughput-<device>.json`` (or ``--json PATH``).
 
 Usage::
@@ -635,8 +645,10 @@ def versions() -> dict[str, str]:
 
 def run_benchmark(quick: bool = False, smoke: bool = False, device: str | None = None, reward_model: str = "cheap",
                   use_trl: bool = True, rounds: int | None = None, json_path: Path | None = None,
-                  do_profile: bool = False, env_step_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+                  do_profile: bool = False, env_step_kwargs: dict[str, Any] | None = None,
+                  note: str | None = None) -> dict[str, Any]:
     """Build, run and report one configuration; returns (and writes) the JSON result."""
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = pick_config(dev, quick, smoke)
     if rounds is not None:
@@ -672,7 +684,8 @@ def run_benchmark(quick: bool = False, smoke: bool = False, device: str | None =
         "peak_rss_mib_process": ru_maxrss_bytes() / 2**20,
         "versions": versions(),
         "wall_s": time.perf_counter() - t_start,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": {"start": load_start, "end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "note": note,
     }
     print(report(result))
     path = json_path if json_path is not None else RESULTS_DIR / f"throughput-{dev.type}.json"
@@ -727,13 +740,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/throughput-<device>.json")
     parser.add_argument("--profile", action="store_true", help="cProfile one rollout and one GRPO iteration")
     parser.add_argument("--threads", type=int, default=BENCH_THREADS, help="torch threads (default 2)")
+    parser.add_argument("--note", default=None, help="a remark stored in the JSON (e.g. why --threads 1)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     return run_benchmark(quick=args.quick, smoke=args.smoke, device=args.device, reward_model=args.reward_model,
-                         use_trl=not args.no_trl, rounds=args.rounds, json_path=args.json, do_profile=args.profile)
+                         use_trl=not args.no_trl, rounds=args.rounds, json_path=args.json, do_profile=args.profile,
+                         note=args.note)
 
 
 if __name__ == "__main__":

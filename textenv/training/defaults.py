@@ -220,6 +220,7 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
             rm_dir = work / "rewards" / t.name
             steps_rm = None if scale >= 1.0 else _scaled(400, scale * 10, 4)
             build_default_reward_model(t, rm_dir, tokenizer=tokenizer, seed=seed, steps=steps_rm, progress=progress,
+                                       pretrained=out / "pretrained",
                                        n_train=None if scale >= 1.0 else _scaled(20_000, scale, 200))
 
             quality = evaluate_reward_model(load_reward_model(rm_dir), t, n=_scaled(1000, scale, 64), seed=seed + 9)

@@ -64,7 +64,9 @@ DEFAULT_BUILD: dict[str, Any] = {
 #: steps -> 0.79 / 0.92; keywords must match prompt words in the completion, 0.60 / 0.73 -> 0.68 / 0.79.
 #: ``reward_model="gold"`` gives their exact reward.
 TASK_BUILD: dict[str, dict[str, Any]] = {
-    "arithmetic": {"steps": 4000, "n_train": 60000},
+    # arithmetic starts from the pretrained LM, which already adds a little: a 2-layer model from scratch
+    # reaches only 0.57 Spearman with the digit-split tokenizer, and RL then hacks it
+    "arithmetic": {"steps": 3000, "n_train": 60000, "init_from_pretrained": True, "lr": 5e-4},
     "keywords": {"steps": 3000, "n_train": 60000},
 }
 _FORMAT_VERSION = 1
@@ -603,16 +605,23 @@ def build_default_reward_model(
     steps: int | None = None,
     progress: bool = True,
     n_train: int | None = None,
+    pretrained: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train and save the shipped reward model of ``task``: MSE on gold-scored texts with
     :data:`DEFAULT_BUILD` (updated with ``TASK_BUILD[task.name]``) and :data:`DEFAULT_MODEL_KWARGS`.
 
     ``steps`` and ``n_train`` override the tuned step count and training-set size (tests use a handful).
+    ``pretrained`` is the pretrained causal-LM directory that tasks with ``init_from_pretrained`` start from.
     Returns the metrics of :func:`train_reward_model`, including ``gold/spearman`` on held-out texts.
     """
     cfg = {**DEFAULT_BUILD, **TASK_BUILD.get(task.name, {})}
     rows = default_reward_rows(task, n_train or cfg["n_train"], seed=seed, perturb=cfg["perturb"])
     eval_rows = task.scored_texts(cfg["n_eval"], seed=seed + 1, split="test")
+    base = None
+    if cfg.get("init_from_pretrained"):
+        if pretrained is None:
+            raise ValueError(f"the {task.name} reward model starts from the pretrained LM: pass pretrained=<dir>")
+        base = pretrained
     return train_reward_model(
         rows,
         out_dir,
@@ -623,7 +632,8 @@ def build_default_reward_model(
         lr=cfg["lr"],
         seed=seed,
         eval_rows=eval_rows,
-        model_kwargs=dict(DEFAULT_MODEL_KWARGS),
+        base=base,
+        model_kwargs=None if base is not None else dict(DEFAULT_MODEL_KWARGS),
         progress=progress,
         task=task,
         warmup_fraction=cfg["warmup_fraction"],
