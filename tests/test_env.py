@@ -341,3 +341,14 @@ def test_vector_bad_actions(make_vec):
     with pytest.raises(ValueError, match="float"):
         envs.step(np.array([1.0, 2.0]))
     envs.step(np.array([1, 2]))  # still usable
+
+
+def test_fast_decode_matches_the_tokenizer(make):
+    env = make()
+    tok = env.tokenizer
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ids = rng.integers(0, len(tok), size=int(rng.integers(0, 12)))
+        assert env.setup.decode(ids) == tok.decode(ids, skip_special_tokens=True)
+    for text in ["Review: The film was great.", "12+30=42", "Use: river, lamp ->"]:
+        assert env.setup.encode_prompt(text).tolist() == tok(text, add_special_tokens=False)["input_ids"]

@@ -181,3 +181,29 @@ def test_save_and_from_pretrained(tiny_tokenizer, tiny_lm, tmp_path):
     before, after = policy.state_dict(), loaded.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sample_categorical_follows_the_distribution_and_skips_zero_probability():
+    from agents.policy import sample_categorical
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2])
+    logp = probs.log().expand(20000, 4)  # (B, V), log 0 = -inf
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_categorical(logp, gen)
+    freq = torch.bincount(draws, minlength=4).float() / draws.numel()
+    assert freq[1] == 0
+    assert torch.allclose(freq, probs, atol=0.015)
+    again = sample_categorical(logp, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)  # seeded
+
+
+def test_fused_activations_compute_the_same_function(tiny_lm):
+    import copy
+
+    from agents.policy import fuse_activations
+
+    fused = fuse_activations(copy.deepcopy(tiny_lm))
+    assert not any(type(m).__name__ == "NewGELUActivation" for m in fused.modules())
+    ids = torch.randint(0, tiny_lm.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(input_ids=ids).logits, tiny_lm(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
