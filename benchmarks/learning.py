@@ -54,9 +54,10 @@ import numpy as np
 
 #: Hyperparameters per agent. Every agent runs its own defaults (the Config dataclasses in ``agents/``,
 #: ``agents.run.SB3Agent``'s SB3 settings) except what is listed here; nothing has been tuned for this
-#: benchmark. ``trl-grpo`` is set to what our GRPO uses by default, so the two rows compare the
-#: implementations rather than TRL's defaults (learning rate 1e-6, beta 0, "dapo" loss), which are made for
-#: billion-parameter models.
+#: benchmark. ``trl-grpo`` runs what our GRPO runs by default (batch, group size, learning rate, KL
+#: coefficient, clip range: read from ``agents.grpo.GRPOConfig`` at run time, see :func:`trl_grpo_settings`),
+#: so that the two rows compare implementations rather than TRL's defaults (learning rate 1e-6, beta 0,
+#: "dapo" loss), which are made for billion-parameter models.
 HYPERPARAMS: dict[str, dict[str, Any]] = {
     "reinforce": {},
     "ppo": {},
@@ -64,10 +65,9 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "rloo": {},
     "sb3-ppo": {},
     "sb3-a2c": {},
-    "trl-grpo": {"per_device_train_batch_size": 64, "num_generations": 8, "learning_rate": 5e-4, "beta": 0.04,
-                 "epsilon": 0.2, "loss_type": "grpo", "scale_rewards": "group", "num_iterations": 1,
-                 "temperature": 1.0, "lr_scheduler_type": "constant", "optim": "adamw_torch",
-                 "weight_decay": 0.0, "max_grad_norm": 1.0},
+    "trl-grpo": {"loss_type": "grpo", "scale_rewards": "group", "num_iterations": 1, "temperature": 1.0,
+                 "lr_scheduler_type": "constant", "optim": "adamw_torch", "weight_decay": 0.0,
+                 "max_grad_norm": 1.0},
 }
 #: ``--quick``: episodes per rollout of our agents and TRL (so that a few iterations fit in a few episodes).
 QUICK_BATCH = 16
@@ -101,6 +101,16 @@ def trl_status() -> dict[str, Any]:
     except Exception as exc:  # any import failure (missing, or broken against this transformers) skips it
         return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
     return {"available": True, "version": trl.__version__}
+
+
+def trl_grpo_settings() -> dict[str, Any]:
+    """TRL ``GRPOConfig`` fields that mirror our GRPO's defaults, then :data:`HYPERPARAMS` ``["trl-grpo"]``."""
+    from agents.grpo import GRPOConfig
+
+    ours = GRPOConfig()
+    mirrored = {"per_device_train_batch_size": ours.batch_size, "num_generations": ours.group_size,
+                "learning_rate": ours.learning_rate, "beta": ours.kl_coef, "epsilon": ours.clip_range}
+    return {**mirrored, **HYPERPARAMS["trl-grpo"]}
 
 
 class TRLGRPOAgent:
@@ -148,7 +158,7 @@ class TRLGRPOAgent:
             return [float(x) for x in self.task.gold_score(list(prompts), list(completions))]
 
         self.reward_funcs = [reward_model_score, gold]
-        self.kwargs = {**HYPERPARAMS["trl-grpo"], **overrides}
+        self.kwargs = {**trl_grpo_settings(), **overrides}
         self.batch = int(self.kwargs["per_device_train_batch_size"])
         self._out = tempfile.TemporaryDirectory()
         self.args_cls = GRPOConfig
@@ -220,6 +230,17 @@ def make_agent(name: str, env_id: str, policy: str, reward_model: str, seed: int
 
     return get_agent_class(name)(env_id, policy=policy, seed=seed, device="cpu",
                                  env_kwargs={"reward_model": reward_model}, **overrides)
+
+
+def agent_config(agent: Any) -> dict[str, Any]:
+    """The settings a run actually used (defaults and overrides), JSON-able."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(getattr(agent, "config", None)):
+        cfg = dataclasses.asdict(agent.config)
+    else:
+        cfg = dict(getattr(agent, "kwargs", {}))
+    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v) for k, v in cfg.items()}
 
 
 def evaluate(agent: Any, num_episodes: int, seed: int) -> dict[str, float]:
@@ -329,7 +350,7 @@ def run_one(spec: dict[str, Any], seed: int) -> dict[str, Any]:
             v = stamp.get(k, row.get(k, float("nan")))
             point[k] = float(v) if v is not None else float("nan")
         curve.append(point)
-    return {"agent": name, "env": spec["env"], "seed": seed, "status": "ok",
+    return {"agent": name, "env": spec["env"], "seed": seed, "status": "ok", "agent_config": agent_config(agent),
             "episodes": int(getattr(agent, "episodes", spec["episodes"])), "iterations": len(agent.history),
             "initial": initial, "final": final, "curve": curve,
             "train_s": train_s, "eval_s": eval_s, "build_s": build_s, "total_s": time.perf_counter() - t_start,
@@ -436,13 +457,17 @@ def machine() -> dict[str, Any]:
 
 
 def defaults_manifest() -> dict[str, Any] | None:
+    """What identifies the shipped defaults the runs used: the manifest's hash, seed, scale and quality."""
+    import hashlib
+
     from textenv.models import DATA_DIR
 
     path = DATA_DIR / "MANIFEST.json"
     if not path.exists():
         return None
-    m = json.loads(path.read_text())
-    return {k: m[k] for k in ("seed", "scale", "quality") if k in m}
+    raw = path.read_bytes()
+    m = json.loads(raw)
+    return {"sha256": hashlib.sha256(raw).hexdigest(), **{k: m[k] for k in ("seed", "scale", "quality") if k in m}}
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -524,6 +549,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     not_up = [r for r in result["summary"] if r["ok"] and not r["improved"]]
     lines += ["", "`up`: seeds whose final policy beats the initial one on held-out prompts (reward / gold); "
               "**no** marks a row whose mean reward or mean gold score did not rise."]
+    if "changed_during_run" in result:
+        lines += ["", "**Warning: the shipped defaults or the code changed while this sweep ran; rows are not "
+                  "comparable.**"]
     if not_up:
         lines += ["", "Rows that did not raise both the mean reward and the mean gold score: "
                   + ", ".join(f"{r['agent']} on {r['env']}" for r in not_up) + "."]
@@ -753,6 +781,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for i in range(len(specs)):
             result["runs"].extend(done[i])
     result["budget"]["sweep_wall_s"] = time.perf_counter() - t0
+    end_state = {"defaults": defaults_manifest(), "git_commit": versions().get("git_commit")}
+    if end_state["defaults"] != result["defaults_manifest"] or end_state["git_commit"] != result["versions"].get(
+            "git_commit"):
+        # the rows would mix two sets of artifacts or two versions of the code: say so loudly
+        result["changed_during_run"] = end_state
+        print("WARNING: the shipped defaults or the git commit changed during the sweep; the rows are not "
+              "comparable, run it again", flush=True)
     result["budget"]["machine"]["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     ok = [r for r in result["runs"] if r.get("status") == "ok"]
     if ok:

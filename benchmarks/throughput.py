@@ -9,7 +9,7 @@ within a round).
 Rows (tokens/s are completion tokens per second of wall time):
 
 - ``kv_limit``: the limit of generation, a bare Hugging Face KV-cache decode loop (left-padded prompts,
-  ``model(input_ids=next, cache=DynamicCache, attention_mask, position_ids)`` and multinomial sampling,
+  ``model(input_ids=next, cache=DynamicCache, attention_mask, position_ids)`` with the policy's kernels,
   no env, no Python per slot).
 - ``train_limit``: ``kv_limit`` plus one forward-backward-AdamW step (policy-gradient loss on the
   completion tokens, gradient clipping) over the same sequences.
@@ -193,12 +193,14 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def kv_decode(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, new_tokens: int,
               generator: torch.Generator) -> torch.Tensor:
-    """The bare KV-cache decode loop: prefill, then one token per step with multinomial sampling.
+    """The bare KV-cache decode loop: prefill, then one token per step, sampled with the same sampler as
+    the policy (:func:`agents.policy.sample_categorical`: inverse CDF on CPU, multinomial on GPU).
 
     Returns the sampled tokens ``(B, new_tokens)``.
     """
     from transformers import DynamicCache
 
+    from agents.policy import sample_categorical
     from textenv.models import cache_kwargs
 
     cache = DynamicCache()
@@ -210,8 +212,8 @@ def kv_decode(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n
     ones = attn.new_ones(attn.shape[0], 1)
     tokens = []
     for t in range(new_tokens):
-        probs = torch.softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
-        nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+        nxt = sample_categorical(logp, generator)[:, None]  # (B, 1)
         tokens.append(nxt)
         if t == new_tokens - 1:
             break
@@ -355,8 +357,12 @@ class Bench:
 
     # -------------------------------------------------------------------- rows
     def _build_limit(self) -> None:
+        from agents.policy import fuse_activations
+
         cfg, dev = self.cfg, self.device
-        model = load_model(self.model_dir, dev, self.dtype)
+        # the limit gets the same kernels as our policy (fused GELU, inverse-CDF sampling on CPU), so the
+        # ratios measure what the env and the agents add, not which sampler or activation each side uses
+        model = fuse_activations(load_model(self.model_dir, dev, self.dtype))
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
         backend = self.tok.backend_tokenizer
         enc = [backend.encode(p, add_special_tokens=False).ids for p in self.prompts]
@@ -574,7 +580,7 @@ class Bench:
                     "all_seconds": seconds, "peak_rss_mib": row.peak_rss_mib, "rss_growth_mib": row.rss_growth_mib,
                     "ru_maxrss_mib": row.ru_maxrss_mib, "peak_gpu_mib": row.peak_gpu_mib}
 
-        rows["kv_limit"] = row_json("kv_limit", decode, limit, "bare HF KV-cache decode loop + multinomial sampling")
+        rows["kv_limit"] = row_json("kv_limit", decode, limit, "bare HF KV-cache decode loop (fused GELU, the policy's sampler)")
         rows["train_limit"] = row_json("train_limit", limit.seconds, limit,
                                        "kv_limit + one forward-backward-AdamW step over the same sequences")
         rows["train_limit"]["train_step_seconds"] = med(train)
