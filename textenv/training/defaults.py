@@ -144,6 +144,18 @@ def _final_model_files(train_dir: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Fill in each artifact's SHA-256 and size, and write ``out/MANIFEST.json`` atomically."""
+    manifest["artifacts"] = {}
+    for f in sorted(out.rglob("*")):
+        if f.is_file() and f.name != "MANIFEST.json" and not any(p.startswith(".") for p in f.relative_to(out).parts):
+            manifest["artifacts"][str(f.relative_to(out))] = {"sha256": sha256(f), "bytes": f.stat().st_size}
+    manifest["total_bytes"] = sum(a["bytes"] for a in manifest["artifacts"].values())
+    tmp = out / ".MANIFEST.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, out / "MANIFEST.json")
+
+
 def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0, scale: float = 1.0,
                    progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Rebuild the shipped artifacts into ``out_dir`` (default: the package's ``textenv/data``).
@@ -228,13 +240,7 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
             _install(rm_dir, out / "rewards" / t.name)
             log(f"[build-defaults] reward model {t.name}: {quality} ({time.perf_counter() - t_start:.0f}s)")
 
-    for f in sorted(out.rglob("*")):
-        if f.is_file() and f.name != "MANIFEST.json" and not any(p.startswith(".") for p in f.relative_to(out).parts):
-            manifest["artifacts"][str(f.relative_to(out))] = {"sha256": sha256(f), "bytes": f.stat().st_size}
-    manifest["total_bytes"] = sum(a["bytes"] for a in manifest["artifacts"].values())
     manifest["build_seconds"] = round(time.perf_counter() - t_start, 1)
-    tmp = out / ".MANIFEST.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, out / "MANIFEST.json")
+    write_manifest(out, manifest)
     log(f"[build-defaults] done in {manifest['build_seconds']:.0f}s, {manifest['total_bytes'] / 1e6:.1f} MB")
     return manifest
