@@ -48,13 +48,22 @@ class AgentConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def check_ints(self, *names: str, minimum: int = 1) -> None:
+        """Raise ``ValueError`` naming the first of ``names`` that is not an integer >= ``minimum``."""
+        for name in names:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+    def check_group_size(self, group_size: int) -> None:
+        """``group_size`` completions per prompt: at least 2, and dividing ``batch_size``."""
+        self.check_ints("group_size", minimum=2)
+        if self.batch_size % group_size:
+            raise ValueError(f"group_size {group_size} does not divide batch_size {self.batch_size}")
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        positive_ints = ("batch_size",)
-        for name in positive_ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        self.check_ints("batch_size")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         for name in ("max_grad_norm", "temperature"):

@@ -44,14 +44,8 @@ class GRPOConfig(AgentConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("group_size", "num_iterations", "n_minibatches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2, got {self.group_size}")
-        if self.batch_size % self.group_size:
-            raise ValueError(f"group_size {self.group_size} does not divide batch_size {self.batch_size}")
+        self.check_ints("num_iterations", "n_minibatches")
+        self.check_group_size(self.group_size)
         if self.n_minibatches > self.batch_size:
             raise ValueError(f"n_minibatches {self.n_minibatches} exceeds batch_size {self.batch_size}")
         if not 0 < self.clip_range < 1:

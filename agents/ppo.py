@@ -48,10 +48,7 @@ class PPOConfig(AgentConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("n_epochs", "n_minibatches", "kl_horizon"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        self.check_ints("n_epochs", "n_minibatches", "kl_horizon")
         if self.n_minibatches > self.batch_size:
             raise ValueError(f"n_minibatches {self.n_minibatches} exceeds batch_size {self.batch_size}")
         if not 0 < self.clip_range < 1:

@@ -22,10 +22,7 @@ class RLOOConfig(REINFORCEConfig):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
-            raise ValueError(f"group_size must be an integer >= 2, got {self.group_size!r}")
-        if self.batch_size % self.group_size:
-            raise ValueError(f"group_size {self.group_size} does not divide batch_size {self.batch_size}")
+        self.check_group_size(self.group_size)
 
 
 class RLOO(REINFORCE):

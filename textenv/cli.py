@@ -18,7 +18,9 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def _add_common_lm(p: argparse.ArgumentParser) -> None:
@@ -103,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hold_out(items: list[T]) -> tuple[list[T], list[T]]:
+    """(train, held-out): the first 2% (at least one item) held out for the perplexity."""
+    n_eval = max(1, len(items) // 50)
+    return items[n_eval:] or items, items[:n_eval]
+
+
 def _cmd_pretrain(a: argparse.Namespace) -> int:
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.tasks import get_task
@@ -114,9 +122,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
         texts = task.pretrain_corpus(a.docs, seed=a.seed)
         eval_texts = [p + r for p, r in task.sft_pairs(max(20, a.docs // 50), seed=a.seed + 1, split="test")]
     else:
-        texts = load_text_corpus(a.corpus)
-        n_eval = max(1, len(texts) // 50)
-        texts, eval_texts = texts[n_eval:] or texts, texts[:n_eval]
+        texts, eval_texts = _hold_out(load_text_corpus(a.corpus))
     model = load_causal_lm(a.model, tokenizer=tok)
     cfg = LMTrainConfig(steps=a.steps or 1000, batch_size=a.batch_size, lr=a.lr or 1e-3, max_length=a.max_length,
                         seed=a.seed, progress=not a.no_progress)
@@ -136,9 +142,7 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
         pairs = task.sft_pairs(a.pairs_count, seed=a.seed)
         eval_pairs = task.sft_pairs(max(20, a.pairs_count // 50), seed=a.seed + 1, split="test")
     else:
-        pairs = load_pairs_jsonl(a.pairs)
-        n_eval = max(1, len(pairs) // 50)
-        pairs, eval_pairs = pairs[n_eval:] or pairs, pairs[:n_eval]
+        pairs, eval_pairs = _hold_out(load_pairs_jsonl(a.pairs))
     model = load_causal_lm(a.model, tokenizer=tok)
     cfg = LMTrainConfig(steps=a.steps or 500, batch_size=a.batch_size, lr=a.lr or 3e-4, max_length=a.max_length,
                         seed=a.seed, progress=not a.no_progress)
