@@ -456,6 +456,18 @@ def machine() -> dict[str, Any]:
             "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
+def code_fingerprint() -> str:
+    """sha256 of the code a run executes (``agents/``, ``textenv/`` sources, this script): a commit that
+    touches only docs or other benchmarks leaves it unchanged."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted([*REPO.glob("agents/**/*.py"), *REPO.glob("textenv/**/*.py"), Path(__file__).resolve()])
+    for f in files:
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def defaults_manifest() -> dict[str, Any] | None:
     """What identifies the shipped defaults the runs used: the manifest's hash, seed, scale and quality."""
     import hashlib
@@ -524,7 +536,10 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "",
         f"Budget per run: {cfg['episodes']} episodes, {budget['threads_per_run']} CPU thread(s), "
         f"{budget['parallel_runs']} run(s) at a time on {budget['machine']['cpu_count']} cores "
-        f"({budget['machine']['cpu']}); the whole sweep took {budget['sweep_wall_s'] / 60:.1f} min. "
+        f"({budget['machine']['cpu']}); the whole sweep took {budget['sweep_wall_s'] / 60:.1f} min"
+        + (f" (in two goes: {result['resumed_from']['reused_runs']} runs kept from a first sweep of "
+           f"{budget['previous_sweeps_wall_s'] / 60:.1f} min that was interrupted)" if "resumed_from" in result else "")
+        + ". "
         "`train s` is the training wall time (evaluations excluded); `peak RSS` is the row's own process "
         "(each (task, agent) row is a fresh Python process running its seeds in turn).",
         "",
@@ -550,8 +565,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     lines += ["", "`up`: seeds whose final policy beats the initial one on held-out prompts (reward / gold); "
               "**no** marks a row whose mean reward or mean gold score did not rise."]
     if "changed_during_run" in result:
-        lines += ["", "**Warning: the shipped defaults or the code changed while this sweep ran; rows are not "
-                  "comparable.**"]
+        lines += ["", "**Warning: the shipped defaults or the code (agents/, textenv/, this script) changed "
+                  "while this sweep ran; rows are not comparable.**"]
     if not_up:
         lines += ["", "Rows that did not raise both the mean reward and the mean gold score: "
                   + ", ".join(f"{r['agent']} on {r['env']}" for r in not_up) + "."]
@@ -672,6 +687,28 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
 
 
 # ============================================================================================ main
+def _resumable_runs(out: Path, result: dict[str, Any]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """``--resume``: the finished runs of the sweep in ``out`` when it had the same settings and defaults."""
+    path = out / JSON_NAME
+    if not path.exists():
+        return {}
+    prev = json.loads(path.read_text())
+    keys = ("episodes", "policy", "reward_model", "eval_episodes", "quick", "hyperparams")
+    differ = [k for k in keys if prev.get("config", {}).get(k) != result["config"][k]]
+    if differ:
+        raise ValueError(f"--resume: {str(path)!r} was run with other {', '.join(differ)}; drop --resume")
+    if (prev.get("defaults_manifest") or {}).get("sha256") != (result["defaults_manifest"] or {}).get("sha256"):
+        raise ValueError(f"--resume: the shipped defaults changed since {str(path)!r} was written; drop --resume")
+    if prev.get("code_sha256") != result["code_sha256"]:
+        raise ValueError(f"--resume: the code (agents/, textenv/, this script) changed since {str(path)!r} was "
+                         "written; drop --resume")
+    runs = {(r["agent"], r["env"], r["seed"]): r for r in prev.get("runs", []) if r.get("status") == "ok"}
+    result["resumed_from"] = {"created": prev.get("created"), "git_commit": prev.get("versions", {}).get("git_commit"),
+                              "reused_runs": len(runs), "sweep_wall_s": prev.get("budget", {}).get("sweep_wall_s")}
+    result["budget"]["previous_sweeps_wall_s"] = float(prev.get("budget", {}).get("sweep_wall_s") or 0.0)
+    return runs
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--episodes", type=int, default=None, help=f"episodes per run (default {DEFAULT_EPISODES}; "
@@ -687,6 +724,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each its own process)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a row's process is killed")
+    p.add_argument("--resume", action="store_true", help="keep the finished runs of the JSON in --out (same "
+                   "settings and defaults) and run only the missing or failed ones")
     p.add_argument("--report-only", action="store_true", help="rebuild table and plots from the JSON in --out")
     return p.parse_args(argv)
 
@@ -749,14 +788,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    "threads_per_run": a.threads, "parallel_runs": a.jobs, "machine": machine(), "device": "cpu"},
         "versions": {**versions(), **({"trl": trl["version"]} if trl["available"] else {})},
         "defaults_manifest": defaults_manifest(),
+        "code_sha256": code_fingerprint(),
         "trl": trl,
         "runs": [],
     }
+    reused = _resumable_runs(out, result) if a.resume else {}
+    for spec in specs:  # what a resumed sweep already has is not run again
+        spec["seeds"] = [s for s in spec["seeds"] if (spec["agent"], spec["env"], s) not in reused]
+    todo = [spec for spec in specs if spec["seeds"]]
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     lock = threading.Lock()
     finished: list[dict[str, Any]] = []
-    n_runs = len(specs) * len(seeds)
+    n_runs = sum(len(spec["seeds"]) for spec in todo)
     with tempfile.TemporaryDirectory(prefix="textenv-learning-") as tmp:
         def one(spec: dict[str, Any]) -> list[dict[str, Any]]:
             records = run_in_subprocess(spec, Path(tmp), a.timeout)
@@ -775,18 +819,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return records
 
         # longest rows first, so that parallel jobs end together; the JSON keeps the canonical order
-        order = sorted(range(len(specs)), key=lambda i: _relative_cost(specs[i]), reverse=True)
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-            done = dict(zip(order, pool.map(one, [specs[i] for i in order])))
-        for i in range(len(specs)):
-            result["runs"].extend(done[i])
-    result["budget"]["sweep_wall_s"] = time.perf_counter() - t0
-    end_state = {"defaults": defaults_manifest(), "git_commit": versions().get("git_commit")}
-    if end_state["defaults"] != result["defaults_manifest"] or end_state["git_commit"] != result["versions"].get(
-            "git_commit"):
+            new_runs = [r for records in pool.map(one, sorted(todo, key=_relative_cost, reverse=True))
+                        for r in records]
+    by_key = {**reused, **{(r["agent"], r["env"], r["seed"]): r for r in new_runs}}
+    result["runs"] = [by_key[(ag, env, s)] for env in envs for ag in agents_ for s in seeds]
+    result["budget"]["sweep_wall_s"] = time.perf_counter() - t0 + result["budget"].get("previous_sweeps_wall_s", 0.0)
+    end_state = {"defaults": defaults_manifest(), "code_sha256": code_fingerprint()}
+    if end_state["defaults"] != result["defaults_manifest"] or end_state["code_sha256"] != result["code_sha256"]:
         # the rows would mix two sets of artifacts or two versions of the code: say so loudly
         result["changed_during_run"] = end_state
-        print("WARNING: the shipped defaults or the git commit changed during the sweep; the rows are not "
+        print("WARNING: the shipped defaults or the code changed during the sweep; the rows are not "
               "comparable, run it again", flush=True)
     result["budget"]["machine"]["load_avg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     ok = [r for r in result["runs"] if r.get("status") == "ok"]

@@ -54,6 +54,14 @@ def test_quick_run_writes_json_md_and_plots(tmp_path):
     assert data["config"]["quick"] is True
     assert data["config"]["hyperparams"]["reinforce"]["batch_size"] == learning.QUICK_BATCH
     assert "learning-arithmetic.png" in data["plots"] and "learning-gold-vs-reward.png" in data["plots"]
+    # --resume keeps the finished runs: nothing is run again
+    again = learning.main(["--quick", "--agents", "reinforce", "--envs", "TextGen-Arithmetic-v0", "--seeds", "1",
+                           "--episodes", "16", "--eval-episodes", "16", "--policy", "tiny", "--out", str(out),
+                           "--resume"])
+    assert again["runs"] == data["runs"] and again["resumed_from"]["reused_runs"] == 1
+    with pytest.raises(ValueError, match="other episodes"):  # other settings are not mixed in
+        learning.main(["--quick", "--agents", "reinforce", "--envs", "TextGen-Arithmetic-v0", "--episodes", "24",
+                       "--policy", "tiny", "--out", str(out), "--resume"])
     # the report is rebuilt from the JSON alone
     (out / learning.MD_NAME).unlink()
     learning.main(["--report-only", "--out", str(out)])
