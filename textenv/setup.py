@@ -7,7 +7,6 @@ cannot drift apart.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from textenv.jsonl import read_jsonl
 from textenv.tasks import Task, get_task
 from textenv.tasks.base import check_split
 
@@ -33,16 +33,10 @@ def load_prompts(prompts: str | os.PathLike[str] | Sequence[str]) -> list[str]:
             raise ValueError(f"prompts file {str(prompts)!r} does not exist")
         if path.suffix == ".jsonl":
             out = []
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    prompt = row["prompt"]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object with a \"prompt\" key ({exc})") from exc
+            for lineno, row in read_jsonl(path):
+                prompt = row.get("prompt")
                 if not isinstance(prompt, str):
-                    raise ValueError(f"{path}:{lineno}: \"prompt\" must be a string, got {prompt!r}")
+                    raise ValueError(f"{path}:{lineno}: expected a string \"prompt\", got {prompt!r}")
                 out.append(prompt)
         elif path.suffix == ".txt":
             out = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
+from textenv.jsonl import read_jsonl
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -164,7 +166,7 @@ def load_text_corpus(path: str | os.PathLike[str]) -> list[str]:
         with p.open(encoding="utf-8") as f:
             texts = [line.rstrip("\r\n") for line in f if line.strip()]
     elif p.suffix == ".jsonl":
-        for lineno, row in _jsonl_rows(p):
+        for lineno, row in read_jsonl(p):
             text = row.get("text")
             if not isinstance(text, str):
                 raise ValueError(f"{p}:{lineno}: expected a string field 'text', got {text!r:.80}")
@@ -187,7 +189,7 @@ def load_pairs_jsonl(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     if not p.is_file():
         raise FileNotFoundError(f"pairs file {str(path)!r} does not exist or is not a file")
     pairs: list[tuple[str, str]] = []
-    for lineno, row in _jsonl_rows(p):
+    for lineno, row in read_jsonl(p):
         prompt, response = row.get("prompt"), row.get("response")
         if not isinstance(prompt, str) or not isinstance(response, str):
             raise ValueError(f"{p}:{lineno}: expected string fields 'prompt' and 'response', "
@@ -196,22 +198,6 @@ def load_pairs_jsonl(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     if not pairs:
         raise ValueError(f"pairs file {str(path)!r} holds no rows")
     return pairs
-
-
-def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
-    return rows
 
 
 class _Example(NamedTuple):

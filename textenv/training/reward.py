@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from textenv.jsonl import read_jsonl
 from textenv.models import load_tokenizer, tiny_gpt2_config
 from textenv.rewards.base import INPUT_FORMAT, REWARD_METADATA_FILE, check_scores, reward_name
 from textenv.rewards.hf import HFClassifierReward, context_length, encode_texts, pad_batch
@@ -217,18 +218,11 @@ def load_reward_rows(path: str | os.PathLike[str], loss: str) -> list[dict[str, 
     _check_loss(loss)
     file = Path(path)
     rows: list[dict[str, Any]] = []
-    with file.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{file}:{lineno}: not valid JSON ({exc})") from exc
-            error = _row_error(row, loss)
-            if error is not None:
-                raise ValueError(f"{file}:{lineno}: not a valid {loss} row: {error}")
-            rows.append(row)
+    for lineno, row in read_jsonl(file):
+        error = _row_error(row, loss)
+        if error is not None:
+            raise ValueError(f"{file}:{lineno}: not a valid {loss} row: {error}")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{file} holds no rows")
     return rows
