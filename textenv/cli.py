@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default: the package's textenv/data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="multiply data and steps (small: a quick check)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads; bytes are reproducible for a fixed count (the shipped set: see MANIFEST.json)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("train", help="RL: train the LM policy in a TextGen env (the main job)")
@@ -180,6 +182,12 @@ def _cmd_train_reward(a: argparse.Namespace) -> int:
 def _cmd_build_defaults(a: argparse.Namespace) -> int:
     from textenv.training.defaults import build_defaults
 
+    if a.threads is not None:
+        if a.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {a.threads}")
+        import torch
+
+        torch.set_num_threads(a.threads)
     m = build_defaults(a.out, seed=a.seed, scale=a.scale, progress=not a.no_progress)
     print(json.dumps(m["quality"], indent=2))
     return 0

@@ -178,7 +178,7 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
     torch.manual_seed(seed)
     tasks = [get_task(n) for n in TASKS]
     manifest: dict[str, Any] = {"seed": seed, "scale": scale, "recipe": R, "artifacts": {}, "quality": {},
-                                "versions": {"torch": torch.__version__}}
+                                "versions": {"torch": torch.__version__}, "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="textenv-build-") as work_s:
         work = Path(work_s)
         # 1. tokenizer
