@@ -55,9 +55,10 @@ class AgentConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
 
-    def check_group_size(self, group_size: int) -> None:
-        """``group_size`` completions per prompt: at least 2, and dividing ``batch_size``."""
+    def check_group_size(self) -> None:
+        """The config's ``group_size`` completions per prompt: at least 2, and dividing ``batch_size``."""
         self.check_ints("group_size", minimum=2)
+        group_size = getattr(self, "group_size")  # noqa: B009 (declared by the subclasses that group)
         if self.batch_size % group_size:
             raise ValueError(f"group_size {group_size} does not divide batch_size {self.batch_size}")
 
@@ -194,7 +195,8 @@ class Agent(ABC):
         return self.config.batch_size
 
     def group_size(self) -> int:
-        return 1
+        """Completions per prompt in one rollout: the config's ``group_size`` where it has one, else 1."""
+        return int(getattr(self.config, "group_size", 1))
 
     @abstractmethod
     def update(self, batch: RolloutBatch) -> dict[str, float]:

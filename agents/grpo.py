@@ -45,7 +45,7 @@ class GRPOConfig(AgentConfig):
     def validate(self) -> None:
         super().validate()
         self.check_ints("num_iterations", "n_minibatches")
-        self.check_group_size(self.group_size)
+        self.check_group_size()
         if self.n_minibatches > self.batch_size:
             raise ValueError(f"n_minibatches {self.n_minibatches} exceeds batch_size {self.batch_size}")
         if not 0 < self.clip_range < 1:
@@ -64,9 +64,6 @@ class GRPO(Agent):
     Config = GRPOConfig
     config: GRPOConfig
     name = "grpo"
-
-    def group_size(self) -> int:
-        return self.config.group_size
 
     def loss(self, batch: RolloutBatch, advantages: torch.Tensor, idx: torch.Tensor
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -22,7 +22,7 @@ class RLOOConfig(REINFORCEConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.check_group_size(self.group_size)
+        self.check_group_size()
 
 
 class RLOO(REINFORCE):
@@ -35,9 +35,6 @@ class RLOO(REINFORCE):
     Config = RLOOConfig
     config: RLOOConfig
     name = "rloo"
-
-    def group_size(self) -> int:
-        return self.config.group_size
 
     def advantages(self, returns: torch.Tensor) -> torch.Tensor:
         return rloo_advantages(returns, self.config.group_size)

@@ -44,6 +44,9 @@ class Task(ABC):
     default_max_prompt_tokens: int = 16
     default_max_new_tokens: int = 16
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
     @abstractmethod
     def generate_prompt(self, rng: np.random.Generator) -> str:
         """One prompt from the task's unlimited source, before any split filtering."""

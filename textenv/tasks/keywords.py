@@ -123,9 +123,6 @@ class KeywordsTask(Task):
     default_max_prompt_tokens = 16
     default_max_new_tokens = 20
 
-    def __repr__(self) -> str:
-        return "KeywordsTask()"
-
     def generate_prompt(self, rng: np.random.Generator) -> str:
         """``"Use: a, b, c ->"`` with three distinct vocabulary words (one ``rng.random(3)`` draw)."""
         u = rng.random(3)

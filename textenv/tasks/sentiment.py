@@ -353,9 +353,6 @@ class SentimentTask(Task):
     default_max_prompt_tokens = 16
     default_max_new_tokens = 24
 
-    def __repr__(self) -> str:
-        return "SentimentTask()"
-
     def generate_prompt(self, rng: np.random.Generator) -> str:
         """A review opening from the prompt grammar (one ``rng.random(4)`` draw)."""
         u = rng.random(4)
