@@ -266,13 +266,15 @@ class Agent(ABC):
         bar.close()
         return self
 
-    def evaluate(self, num_episodes: int = 64, split: str = "test") -> dict[str, float]:
+    def evaluate(self, num_episodes: int = 64, split: str = "test", seed: int | None = None) -> dict[str, float]:
         """Mean metrics over ``num_episodes`` sampled episodes on held-out prompts (``split="test"``).
 
         Returns ``reward``, ``gold_score``, ``kl`` (sequence KL to the reference, k1), ``entropy`` and
-        ``completions/mean_length``. Sampling is seeded, so the same policy gives the same numbers.
+        ``completions/mean_length``. Sampling is seeded (by default from ``config.seed``), so the same policy
+        gives the same numbers; pass ``seed`` to evaluate several agents on the same prompts and random stream.
         """
-        return evaluate_policy(self.policy, self.envs, num_episodes, split=split, seed=self._iteration_seed(0, 99))
+        seed = self._iteration_seed(0, 99) if seed is None else seed
+        return evaluate_policy(self.policy, self.envs, num_episodes, split=split, seed=seed)
 
     def samples(self, n: int = 4, split: str = "test") -> list[tuple[str, str]]:
         """A few (prompt, completion) pairs sampled from the current policy on held-out prompts."""

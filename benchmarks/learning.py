@@ -207,11 +207,12 @@ class TRLGRPOAgent:
         self.policy.model = trainer.model
         return self
 
-    def evaluate(self, num_episodes: int = 64, split: str = "test") -> dict[str, float]:
+    def evaluate(self, num_episodes: int = 64, split: str = "test", seed: int | None = None) -> dict[str, float]:
         from agents.rollout import evaluate_policy
         from agents.run import EVAL_SEED
 
-        return evaluate_policy(self.policy, self.envs, num_episodes, split=split, seed=EVAL_SEED)
+        return evaluate_policy(self.policy, self.envs, num_episodes, split=split,
+                               seed=EVAL_SEED if seed is None else seed)
 
 
 def make_agent(name: str, env_id: str, policy: str, reward_model: str, seed: int,
@@ -220,10 +221,8 @@ def make_agent(name: str, env_id: str, policy: str, reward_model: str, seed: int
     if name.startswith("sb3-"):
         from agents.run import SB3Agent
 
-        if reward_model != "default":
-            # SB3Agent builds its envs with the env's default reward model and takes no env kwargs
-            raise ValueError(f"the SB3 rows need reward_model='default', got {reward_model!r}")
-        return SB3Agent(name.split("-", 1)[1], env_id, policy, seed=seed, device="cpu", **overrides)
+        return SB3Agent(name.split("-", 1)[1], env_id, policy, seed=seed, device="cpu",
+                        env_kwargs={"reward_model": reward_model}, **overrides)
     if name == "trl-grpo":
         return TRLGRPOAgent(env_id, policy, reward_model, seed=seed, **overrides)
     from agents import get_agent_class
@@ -244,19 +243,12 @@ def agent_config(agent: Any) -> dict[str, Any]:
 
 
 def evaluate(agent: Any, num_episodes: int, seed: int) -> dict[str, float]:
-    """``agent.evaluate(num_episodes)`` on held-out prompts, with the same evaluation seed for every agent.
-
-    This is what every agent's ``evaluate`` computes (:func:`agents.rollout.evaluate_policy`, which
-    ``SB3Agent.evaluate`` calls), but the agents seed it differently (ours from ``config.seed``, SB3's with a
-    constant): here seed ``s`` of every agent samples the same test prompts with the same random stream,
-    so initial figures are identical across agents and final ones differ only through the policy.
-    """
-    from agents.rollout import evaluate_policy
+    """``agent.evaluate(num_episodes, seed=...)`` on held-out prompts, with one evaluation seed per benchmark
+    seed shared by every agent: seed ``s`` of every agent samples the same test prompts with the same random
+    stream, so initial figures are identical across agents and final ones differ only through the policy."""
     from agents.run import EVAL_SEED
 
-    if hasattr(agent, "model") and hasattr(agent.model, "policy"):  # SB3: dropout off, as SB3Agent does
-        agent.model.policy.set_training_mode(False)
-    return evaluate_policy(agent.policy, agent.envs, num_episodes, split="test", seed=EVAL_SEED + 1000 * seed)
+    return dict(agent.evaluate(num_episodes, split="test", seed=EVAL_SEED + 1000 * seed))
 
 
 def sb3_rollout_stats(agent: Any, seed: int, max_steps: int = SB3_STAT_STEPS) -> dict[str, float]:

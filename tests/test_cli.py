@@ -67,3 +67,18 @@ def test_train_evaluate_sample_and_resume(tmp_path, capsys):
     assert "gold_score" in json.loads(capsys.readouterr().out)
     assert main(["sample", "--checkpoint", str(out), "--prompt", "12+30=", "-n", "2"]) == 0
     assert capsys.readouterr().out.count("12+30=") == 2
+
+
+def test_train_sb3_with_the_gold_reward(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--agent", "sb3-a2c", "--env", "TextGen-Arithmetic-v0", "--reward-model", "gold",
+                 "--out", str(out), "--episodes", "16", "--eval-episodes", "8", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for when in ("initial", "final"):
+        assert summary[when]["reward"] == summary[when]["gold_score"]  # the reward model is the gold scorer
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert rows and all(r["reward"] == r["gold_score"] for r in rows)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out), "--episodes", "8"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["reward"] == again["gold_score"]  # the checkpoint remembers its env kwargs

@@ -14,6 +14,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import textenv  # noqa: F401  (registers the ids)
+from agents.run import SB3Agent
 from agents.sb3 import LMActorCriticPolicy, make_sb3_env
 
 PROMPTS = ["7+8=", "the film was", "Review: the plot was really quite", "12+30="]  # different lengths
@@ -102,6 +103,25 @@ def test_lm_head_is_the_action_net_and_nothing_is_reinitialised(make_env, tiny_l
     with torch.no_grad():
         as_float = policy.logits_and_values({k: torch.as_tensor(v).float() for k, v in obs.items()})[0]
     torch.testing.assert_close(as_float, logits)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_value_loss_reaches_the_trunk_only_when_not_detached(make_env, tiny_lm, detach):
+    model = A2C(LMActorCriticPolicy, make_env(), policy_kwargs={"model": tiny_lm, "detach_value": detach},
+                device="cpu", seed=0)
+    policy = model.policy
+    assert policy.detach_value is detach
+    obs = {k: torch.as_tensor(v) for k, v in make_env().reset().items()}
+    _, values = policy.logits_and_values(obs)
+    assert float(values.detach().abs().max()) < 0.5  # a small fresh head: first advantages are about the returns
+    (values ** 2).sum().backward()
+    trunk_grad = sum(float(p.grad.abs().sum()) for p in tiny_lm.transformer.parameters() if p.grad is not None)
+    assert policy.value_net.weight.grad is not None and float(policy.value_net.weight.grad.abs().sum()) > 0
+    assert (trunk_grad == 0.0) is detach, trunk_grad
+    policy.zero_grad(set_to_none=True)
+    policy.predict_values(obs).sum().backward()  # SB3's bootstrap path reads the same head
+    trunk_grad = sum(float(p.grad.abs().sum()) for p in tiny_lm.transformer.parameters() if p.grad is not None)
+    assert (trunk_grad == 0.0) is detach
 
 
 def test_kv_cached_steps_match_full_forwards(make_env, tiny_lm, tiny_tokenizer):
@@ -260,3 +280,39 @@ def test_vocabulary_mismatch_is_an_error(make_env, tiny_tokenizer):
     lm = GPT2LMHeadModel(tiny_gpt2_config(len(tiny_tokenizer) + 5, n_layer=1, n_embd=32, n_head=2))
     with pytest.raises(ValueError, match="vocabulary"):
         PPO(LMActorCriticPolicy, make_env(), policy_kwargs={"model": lm}, device="cpu")
+
+
+@pytest.mark.parametrize("algo", ["a2c", "ppo"])
+def test_sb3_agent_trains_whole_rollouts_with_env_kwargs_and_round_trips(algo, tmp_path, tiny_lm, tiny_tokenizer):
+    lm_dir = tmp_path / "lm"
+    tiny_lm.save_pretrained(lm_dir)
+    tiny_tokenizer.save_pretrained(lm_dir)
+    sets = {"n_steps": 4, "learning_rate": 1e-3} | ({"batch_size": 16, "n_epochs": 1} if algo == "ppo" else {})
+    agent = SB3Agent(algo, "TextGen-Arithmetic-v0", str(lm_dir), seed=0, device="cpu", n_envs=4,
+                     env_kwargs={"reward_model": "gold", "max_new_tokens": 2}, **sets)
+    sb3_envs = agent.model.get_env().envs
+    assert all(e.unwrapped.setup.max_new_tokens == 2 for e in sb3_envs) and agent.envs.setup.max_new_tokens == 2
+    assert len(agent.envs.setup.tokenizer) == len(tiny_tokenizer)  # the policy's tokenizer, not the default
+    before = agent.evaluate(8, seed=3)
+    assert agent.evaluate(8, seed=3) == before  # seeded
+    seen: list[dict[str, float]] = []
+    agent.learn(10, progress=False, callback=lambda ag, m: seen.append(m))
+    assert agent.episodes >= 10 and seen == agent.history
+    # whole rollouts only: every env step SB3 collected was trained on, and a second learn continues
+    rollout = 4 * 4
+    assert agent.model.num_timesteps == rollout * len(agent.history)
+    agent.learn(5, progress=False)
+    assert agent.model.num_timesteps == rollout * len(agent.history) and agent.episodes >= 15
+    row = agent.history[-1]
+    want = {"reward", "gold_score", "completions/mean_length", "entropy", "value_loss", "tokens_per_s", "episodes"}
+    assert want <= set(row), row
+    assert 0 < row["completions/mean_length"] <= 2 and row["entropy"] > 0
+    assert row["reward"] == row["gold_score"]  # reward_model="gold" reached the envs
+    after = agent.evaluate(8, seed=3)
+    agent.save(tmp_path / "ckpt")
+    loaded = SB3Agent.load(tmp_path / "ckpt")
+    assert loaded.env_kwargs == {"reward_model": "gold", "max_new_tokens": 2}
+    assert loaded.episodes == agent.episodes and loaded.history == agent.history
+    assert loaded.evaluate(8, seed=3) == after
+    with pytest.raises(ValueError, match="total_episodes"):
+        agent.learn(0)

@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="TextGen-v0", help=f"one of {sorted(ENV_IDS)} or any registered TextGen id")
     p.add_argument("--episodes", type=int, default=None, help="episodes to train (default: the agent's budget)")
     p.add_argument("--policy", default="default", help="'default', 'tiny' or an HF causal-LM directory")
+    p.add_argument("--reward-model", default="default",
+                   help="'default' (the task's shipped model), 'gold', a reward-model directory or an HF id")
     p.add_argument("--out", default=None, help="run directory (default: runs/<agent>-<env>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--seed", type=int, default=0)
