@@ -105,3 +105,12 @@ def test_summary_marks_rows_that_do_not_improve():
     assert rows["a"]["reward_final"]["std"] == pytest.approx(0.1 * 2 ** 0.5)  # sample std (ddof=1)
     assert not rows["b"]["improved"]
     assert rows["c"]["ok"] == 0 and not rows["c"]["improved"]
+
+
+def test_run_budget_is_per_task_unless_a_flag_sets_it():
+    assert learning.run_budget("TextGen-Arithmetic-v0") == (learning.TASK_BUDGET["TextGen-Arithmetic-v0"]["episodes"],
+                                                            learning.TASK_BUDGET["TextGen-Arithmetic-v0"]["eval_episodes"])
+    assert learning.run_budget("TextGen-Arithmetic-v0") != learning.run_budget("TextGen-Sentiment-v0")
+    assert learning.run_budget("TextGen-Arithmetic-v0", episodes=64)[0] == 64
+    assert learning.run_budget("TextGen-Keywords-v0", eval_episodes=8, quick=True) == (32, 8)
+    assert learning.run_budget("TextGen-v0") == (learning.DEFAULT_EPISODES, learning.DEFAULT_EVAL_EPISODES)
