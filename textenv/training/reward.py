@@ -66,8 +66,11 @@ DEFAULT_BUILD: dict[str, Any] = {
 #: ``reward_model="gold"`` gives their exact reward.
 TASK_BUILD: dict[str, dict[str, Any]] = {
     # arithmetic starts from the pretrained LM, which already adds a little: a 2-layer model from scratch
-    # reaches only 0.57 Spearman with the digit-split tokenizer, and RL then hacks it
-    "arithmetic": {"steps": 3000, "n_train": 60000, "init_from_pretrained": True, "lr": 5e-4},
+    # reaches only 0.57 Spearman with the digit-split tokenizer, and RL then hacks it. 9,000 steps on 180,000
+    # rows (against 3,000 on 60,000): Spearman 0.73 -> 0.80, pairwise 0.94 -> 0.96, and the exact sum is the
+    # reward model's favourite of the 199 answers 0..198 for 38% of prompts, against 22% (it mostly knows
+    # the tens digit; the units digit is what it learns slowly). lr 1e-3 did worse (0.74 / 0.94).
+    "arithmetic": {"steps": 9000, "n_train": 180000, "init_from_pretrained": True, "lr": 5e-4},
     "keywords": {"steps": 3000, "n_train": 60000},
 }
 _FORMAT_VERSION = 1
