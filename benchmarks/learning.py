@@ -80,7 +80,7 @@ ENVS = ("TextGen-Sentiment-v0", "TextGen-Arithmetic-v0", "TextGen-Keywords-v0")
 #: it gets more episodes, and enough evaluation episodes that a 1-2 point change in gold is resolved.
 TASK_BUDGET: dict[str, dict[str, int]] = {
     "TextGen-Sentiment-v0": {"episodes": 512, "eval_episodes": 128},
-    "TextGen-Arithmetic-v0": {"episodes": 4096, "eval_episodes": 1024},
+    "TextGen-Arithmetic-v0": {"episodes": 8192, "eval_episodes": 1024},
     "TextGen-Keywords-v0": {"episodes": 512, "eval_episodes": 128},
 }
 #: ... for an env id not in TASK_BUDGET
@@ -702,8 +702,13 @@ def _resumable_runs(out: Path, result: dict[str, Any]) -> dict[tuple[str, str, i
     if not path.exists():
         return {}
     prev = json.loads(path.read_text())
-    keys = ("episodes", "policy", "reward_model", "eval_episodes", "quick", "hyperparams")
-    differ = [k for k in keys if prev.get("config", {}).get(k) != result["config"][k]]
+    keys = ("policy", "reward_model", "quick", "hyperparams")
+    prev_cfg, cfg = prev.get("config", {}), result["config"]
+    differ = [k for k in keys if prev_cfg.get(k) != cfg[k]]
+    for k in ("episodes", "eval_episodes"):  # per task: only the tasks both sweeps have must agree
+        common = set(prev_cfg.get("envs", [])) & set(cfg["envs"])
+        if k not in prev_cfg or any(per_env(prev_cfg[k], env) != per_env(cfg[k], env) for env in common):
+            differ.append(k)
     if differ:
         raise ValueError(f"--resume: {str(path)!r} was run with other {', '.join(differ)}; drop --resume")
     if (prev.get("defaults_manifest") or {}).get("sha256") != (result["defaults_manifest"] or {}).get("sha256"):
