@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 KLKind = Literal["k1", "k2", "k3"]
-GroupNormalization = Literal["grpo", "dr_grpo"]
+GroupNormalization = Literal["grpo", "dr_grpo", "batch_std"]
 LossMode = Literal["token_mean", "seq_mean", "constant"]
 Dim = int | tuple[int, ...] | None
 
@@ -313,9 +313,14 @@ def _dr_grpo_advantages(r: Tensor, eps: float) -> Tensor:
     return r - r.mean(dim=1, keepdim=True)
 
 
+def _batch_std_advantages(r: Tensor, eps: float) -> Tensor:
+    return (r - r.mean(dim=1, keepdim=True)) / (r.std() + eps)
+
+
 _GROUP_NORMALIZATIONS: dict[str, Callable[[Tensor, float], Tensor]] = {
     "grpo": _grpo_advantages,
     "dr_grpo": _dr_grpo_advantages,
+    "batch_std": _batch_std_advantages,
 }
 
 
@@ -329,6 +334,10 @@ def group_advantages(
       needs G >= 2. A group of equal rewards gets A = 0.
     - ``"dr_grpo"`` (Liu et al. 2025, "Understanding R1-Zero-Like Training", Dr. GRPO): A_i = r_i - mean_g r,
       no std division (removes the difficulty bias).
+    - ``"batch_std"`` (TRL's ``scale_rewards="batch"``; the group mean and batch std of Liu et al. 2025,
+      "Tricks or Traps? A Deep Dive into RL for LLM Reasoning"): A_i = (r_i - mean_g r) / (std_batch r + eps),
+      the unbiased std of all B rewards. A group whose rewards differ only by a learned reward model's noise
+      keeps small advantages instead of being scaled up to unit std as ``"grpo"`` does.
 
     Returns (B,).
     """

@@ -1,7 +1,8 @@
 """GRPO: group-relative policy optimisation (Shao et al. 2024, DeepSeekMath), critic-free.
 
 Each prompt gets ``group_size`` completions; a completion's advantage is its score relative to its group
-(``normalization="grpo"``: (r - mean) / std; ``"dr_grpo"``: r - mean, Liu et al. 2025). The loss is PPO's
+(``normalization="grpo"``: (r - mean) / std; ``"dr_grpo"``: r - mean, Liu et al. 2025; ``"batch_std"``:
+(r - group mean) / batch std, TRL's ``scale_rewards="batch"``). The loss is PPO's
 clipped surrogate plus ``kl_coef`` times the k3 KL to the reference, per token, aggregated per sequence
 (``grpo``) or over a constant number of tokens (``dr_grpo``).
 """
@@ -26,14 +27,18 @@ from agents.core import (
 )
 from agents.rollout import RolloutBatch
 
-NORMALIZATIONS: dict[str, LossMode] = {"grpo": "seq_mean", "dr_grpo": "constant"}
+#: normalization -> how the per-token loss is aggregated (Dr. GRPO also drops the per-sequence length mean)
+NORMALIZATIONS: dict[str, LossMode] = {"grpo": "seq_mean", "dr_grpo": "constant", "batch_std": "seq_mean"}
 
 
 @dataclasses.dataclass
 class GRPOConfig(AgentConfig):
     """GRPO hyperparameters (TRL's names where they exist: ``num_iterations``, ``epsilon`` is ``clip_range``)."""
 
-    learning_rate: float = 2e-4  # one gradient step per batch, so above PPO's; 5e-4 collapsed arithmetic (measured)
+    # measured on the learning benchmark: at 2e-4 (REINFORCE's and RLOO's) GRPO drifted on arithmetic (KL up to
+    # 4.8, gold down on 2 of 3 seeds, and likewise TRL's GRPOTrainer at 2e-4), at 1e-4 it raised gold on 3 of 3;
+    # its unit-std group advantages weight groups that differ only by reward-model noise as much as the rest
+    learning_rate: float = 1e-4
     kl_coef: float = 0.04
     kl_estimator: KLKind = "k3"
     group_size: int = 8

@@ -215,6 +215,10 @@ def test_group_advantages_g3_grpo_and_dr_grpo():
     #          1 / 1.732151 = 0.577317, 2 / 1.732151 = 1.154634
     close(group_advantages(rewards, 3, "grpo"), [-0.99990, 0.0, 0.99990, -0.577317, -0.577317, 1.154634])
     close(group_advantages(rewards, 3, "dr_grpo"), [-1.0, 0.0, 1.0, -1.0, -1.0, 2.0])
+    # batch_std: the same deviations from the group means, over the std of all six rewards: batch mean 3.5,
+    # squared deviations 12.25 + 6.25 + 2.25 + 2.25 + 2.25 + 20.25 = 45.5, var = 45.5 / 5 = 9.1,
+    # std 3.016621 -> A = dev / 3.016721; 1 / 3.016721 = 0.331485
+    close(group_advantages(rewards, 3, "batch_std"), [-0.331485, 0.0, 0.331485, -0.331485, -0.331485, 0.662970])
 
 
 def test_group_advantages_errors():
