@@ -50,7 +50,8 @@ class SB3Agent:
             16 (A2C); SB3's own defaults for the rest.
 
     ``learn(n)`` runs whole SB3 iterations (collect one rollout, then update on it) until at least ``n``
-    episodes have finished, so every collected step is trained on and ``learn`` can be called again. A
+    episodes have finished, so every collected step is trained on and ``learn`` can be called again;
+    ``callback(agent, metrics)`` runs after each iteration, and returning ``False`` stops early. A
     history row per iteration holds ``reward``, ``gold_score`` and ``completions/mean_length`` of the
     episodes that finished in the rollout, the update's ``entropy``, ``value_loss`` (and PPO's
     ``approx_kl`` and ``clip_ratio``), and ``tokens_per_s`` (env steps per second, collection and update).
@@ -133,8 +134,8 @@ class SB3Agent:
                       "time_s": elapsed, "tokens_per_s": steps_per_rollout / elapsed})
             self.history.append(m)
             bar.set_postfix(reward=f"{m['reward']:.3f}", gold=f"{m['gold_score']:.3f}")
-            if callback is not None:
-                callback(self, m)
+            if callback is not None and callback(self, m) is False:  # as Agent.learn: False stops early
+                break
         bar.close()
         return self
 

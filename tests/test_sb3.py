@@ -314,5 +314,8 @@ def test_sb3_agent_trains_whole_rollouts_with_env_kwargs_and_round_trips(algo, t
     assert loaded.env_kwargs == {"reward_model": "gold", "max_new_tokens": 2}
     assert loaded.episodes == agent.episodes and loaded.history == agent.history
     assert loaded.evaluate(8, seed=3) == after
+    n = len(agent.history)
+    agent.learn(1000, progress=False, callback=lambda ag, m: False)  # False stops after one iteration
+    assert len(agent.history) == n + 1
     with pytest.raises(ValueError, match="total_episodes"):
         agent.learn(0)
