@@ -71,6 +71,16 @@ def fuse_activations(model: nn.Module) -> nn.Module:
     return model
 
 
+def new_value_head(hidden: int, device: torch.device | str | None = None) -> nn.Linear:
+    """A fresh scalar value head ``Linear(hidden, 1)``, initialised small (std ``0.1 / sqrt(hidden + 1)``,
+    zero bias), so that its first values are about 0 rather than a random projection of the LM's large
+    hidden states, and the first advantages are about the returns."""
+    head = nn.Linear(hidden, 1, device=device)
+    nn.init.normal_(head.weight, std=1.0 / (hidden + 1) ** 0.5 * 0.1)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0)."""
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
@@ -109,9 +119,7 @@ class LMPolicy(nn.Module):
         self.tokenizer = tokenizer
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
         hidden = _lm_head(model).weight.shape[1]
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5 * 0.1)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head = new_value_head(hidden)
         if ref_model is None and with_reference:
             ref_model = copy.deepcopy(model)
         if ref_model is not None:

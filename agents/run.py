@@ -262,17 +262,24 @@ def _print_samples(title: str, samples: list[tuple[str, str]]) -> None:
         print(f"  {p!r} -> {c!r}")
 
 
-def _make_agent(a: Any) -> Agent | SB3Agent:
+def make_agent(name: str, env: str = "TextGen-v0", policy: str = "default", seed: int = 0, device: str = "auto",
+               env_kwargs: dict[str, Any] | None = None, **overrides: Any) -> Agent | SB3Agent:
+    """The agent ``name`` (``ppo``, ``grpo``, ``reinforce``, ``rloo``, ``sb3-ppo`` or ``sb3-a2c``) on ``env``,
+    as ``textenv train --agent name`` builds it; ``overrides`` are config fields (or SB3 arguments)."""
     from agents import get_agent_class
+
+    if name.startswith("sb3-"):
+        return SB3Agent(name.split("-", 1)[1], env, policy, seed=seed, device=device, env_kwargs=env_kwargs,
+                        **overrides)
+    return get_agent_class(name)(env, policy=policy, seed=seed, device=device, env_kwargs=env_kwargs, **overrides)
+
+
+def _make_agent(a: Any) -> Agent | SB3Agent:
     from textenv.cli import _parse_sets
 
-    sets = _parse_sets(a.set)
     env_kwargs = {} if a.reward_model == "default" else {"reward_model": a.reward_model}
-    if a.agent.startswith("sb3-"):
-        return SB3Agent(a.agent.split("-", 1)[1], a.env, a.policy, seed=a.seed, device=a.device,
-                        env_kwargs=env_kwargs, **sets)
-    cls = get_agent_class(a.agent)
-    return cls(a.env, policy=a.policy, seed=a.seed, device=a.device, env_kwargs=env_kwargs, **sets)
+    return make_agent(a.agent, a.env, a.policy, seed=a.seed, device=a.device, env_kwargs=env_kwargs,
+                      **_parse_sets(a.set))
 
 
 def train_command(a: Any) -> int:

@@ -17,8 +17,8 @@ How the LM maps onto SB3's actor-critic (``ActorCriticPolicy``):
   at the last non-pad position, shape ``(B, D)``.
 - ``action_net`` *is* the LM head (``model.get_output_embeddings()``, the same module, tied weights kept), so
   the action distribution is SB3's ``CategoricalDistribution`` over the LM's next-token logits (temperature 1).
-- ``value_net`` is a fresh ``Linear(D, 1)`` on the same features, initialised small (std ``0.1 / sqrt(D)``,
-  zero bias, as :class:`agents.policy.LMPolicy`'s value head) so that the first advantages are the returns
+- ``value_net`` is a fresh ``Linear(D, 1)`` on the same features, initialised small
+  (:func:`agents.policy.new_value_head`, as :class:`agents.policy.LMPolicy`'s value head) so that the first advantages are the returns
   rather than a random projection of the LM's large hidden states. By default it reads *detached* features
   (``detach_value=True``): the value loss trains the head only, and the LM trunk is moved by the policy
   gradient alone. With one optimizer and a shared trunk, a fresh critic's regression error otherwise flows
@@ -66,6 +66,8 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
+
+from agents.policy import new_value_head
 
 __all__ = ["LM_LEARNING_RATE", "LMActorCriticPolicy", "LMFeaturesExtractor", "make_sb3_env"]
 
@@ -306,9 +308,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         self.mlp_extractor = MlpExtractor(self.features_dim, net_arch=[], activation_fn=self.activation_fn,
                                           device=self.device)
         self.action_net = self.features_extractor.lm.get_output_embeddings()
-        self.value_net = nn.Linear(self.features_dim, 1, device=self.device)
-        nn.init.normal_(self.value_net.weight, std=0.1 / (self.features_dim + 1) ** 0.5)
-        nn.init.zeros_(self.value_net.bias)
+        self.value_net = new_value_head(self.features_dim, device=self.device)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
         self.optimizer.register_step_post_hook(self._after_optimizer_step)
 

@@ -227,18 +227,13 @@ class TRLGRPOAgent:
 
 def make_agent(name: str, env_id: str, policy: str, reward_model: str, seed: int,
                overrides: dict[str, Any]) -> Any:
-    """Build agent ``name`` on ``env_id`` with this benchmark's settings."""
-    if name.startswith("sb3-"):
-        from agents.run import SB3Agent
-
-        return SB3Agent(name.split("-", 1)[1], env_id, policy, seed=seed, device="cpu",
-                        env_kwargs={"reward_model": reward_model}, **overrides)
+    """Build agent ``name`` on ``env_id`` with this benchmark's settings (on CPU; TRL's GRPO as a peer)."""
     if name == "trl-grpo":
         return TRLGRPOAgent(env_id, policy, reward_model, seed=seed, **overrides)
-    from agents import get_agent_class
+    from agents.run import make_agent as make_our_agent
 
-    return get_agent_class(name)(env_id, policy=policy, seed=seed, device="cpu",
-                                 env_kwargs={"reward_model": reward_model}, **overrides)
+    return make_our_agent(name, env_id, policy, seed=seed, device="cpu", env_kwargs={"reward_model": reward_model},
+                          **overrides)
 
 
 def agent_config(agent: Any) -> dict[str, Any]:
