@@ -16,20 +16,11 @@ from agents.base import Agent, AgentConfig
 from agents.grpo import GRPO, GRPOConfig
 from agents.policy import LMPolicy
 from agents.ppo import PPO, PPOConfig
+from agents.registry import AGENTS, get_agent_class, make_agent
 from agents.reinforce import REINFORCE, REINFORCEConfig
 from agents.rloo import RLOO, RLOOConfig
 from agents.rollout import RolloutBatch, collect_rollout
 
-AGENTS: dict[str, type[Agent]] = {"reinforce": REINFORCE, "ppo": PPO, "grpo": GRPO, "rloo": RLOO}
-
-
-def get_agent_class(name: str) -> type[Agent]:
-    """The agent class for ``name`` (``"ppo"``, ``"grpo"``, ``"reinforce"``, ``"rloo"``)."""
-    try:
-        return AGENTS[name.lower()]
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown agent {name!r}; choose one of {sorted(AGENTS)}") from None
-
-
 __all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "Agent", "AgentConfig", "GRPOConfig", "LMPolicy",
-           "PPOConfig", "REINFORCEConfig", "RLOOConfig", "RolloutBatch", "collect_rollout", "get_agent_class"]
+           "PPOConfig", "REINFORCEConfig", "RLOOConfig", "RolloutBatch", "collect_rollout", "get_agent_class",
+           "make_agent"]

@@ -314,7 +314,7 @@ class Agent(ABC):
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Any = None, **overrides: Any) -> Agent:
         """Restore an agent saved by :meth:`save` (any subclass: the class is read from ``agent.json``)."""
-        from agents import AGENTS
+        from agents.registry import AGENTS
 
         path = _previous_dir(Path(path))
         meta_file = path / "agent.json"

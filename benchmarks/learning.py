@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 #: Hyperparameters per agent. Every agent runs its own defaults (the Config dataclasses in ``agents/``,
-#: ``agents.run.SB3Agent``'s SB3 settings) except what is listed here; nothing has been tuned for this
+#: ``agents.sb3_agent.SB3Agent``'s SB3 settings) except what is listed here; nothing has been tuned for this
 #: benchmark. ``trl-grpo`` runs what our GRPO runs by default (batch, group size, learning rate, KL
 #: coefficient, clip range: read from ``agents.grpo.GRPOConfig`` at run time, see :func:`trl_grpo_settings`),
 #: so that the two rows compare implementations rather than TRL's defaults (learning rate 1e-6, beta 0,
@@ -128,7 +128,7 @@ class TRLGRPOAgent:
 
     Generation and the update are TRL's own; the reward functions are the env's reward model and, with
     weight 0 (logged, not optimised), the task's gold scorer. Evaluation samples the trained model through
-    the same seeded textenv rollouts as :class:`agents.run.SB3Agent`, with the initial LM as the reference.
+    the same seeded textenv rollouts as :class:`agents.sb3_agent.SB3Agent`, with the initial LM as the reference.
     """
 
     name = "trl-grpo"
@@ -219,7 +219,7 @@ class TRLGRPOAgent:
 
     def evaluate(self, num_episodes: int = 64, split: str = "test", seed: int | None = None) -> dict[str, float]:
         from agents.rollout import evaluate_policy
-        from agents.run import EVAL_SEED
+        from agents.sb3_agent import EVAL_SEED
 
         return evaluate_policy(self.policy, self.envs, num_episodes, split=split,
                                seed=EVAL_SEED if seed is None else seed)
@@ -230,7 +230,7 @@ def make_agent(name: str, env_id: str, policy: str, reward_model: str, seed: int
     """Build agent ``name`` on ``env_id`` with this benchmark's settings (on CPU; TRL's GRPO as a peer)."""
     if name == "trl-grpo":
         return TRLGRPOAgent(env_id, policy, reward_model, seed=seed, **overrides)
-    from agents.run import make_agent as make_our_agent
+    from agents.registry import make_agent as make_our_agent
 
     return make_our_agent(name, env_id, policy, seed=seed, device="cpu", env_kwargs={"reward_model": reward_model},
                           **overrides)
@@ -251,7 +251,7 @@ def evaluate(agent: Any, num_episodes: int, seed: int) -> dict[str, float]:
     """``agent.evaluate(num_episodes, seed=...)`` on held-out prompts, with one evaluation seed per benchmark
     seed shared by every agent: seed ``s`` of every agent samples the same test prompts with the same random
     stream, so initial figures are identical across agents and final ones differ only through the policy."""
-    from agents.run import EVAL_SEED
+    from agents.sb3_agent import EVAL_SEED
 
     return dict(agent.evaluate(num_episodes, split="test", seed=EVAL_SEED + 1000 * seed))
 
@@ -292,7 +292,7 @@ def _import_all(agent: str) -> None:
     from transformers import GPT2LMHeadModel  # noqa: F401
 
     import agents  # noqa: F401
-    import agents.run  # noqa: F401
+    import agents.registry  # noqa: F401
     import textenv.env  # noqa: F401
     import textenv.models  # noqa: F401
     import textenv.vector  # noqa: F401

@@ -14,8 +14,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import textenv  # noqa: F401  (registers the ids)
-from agents.run import SB3Agent
 from agents.sb3 import LMActorCriticPolicy, make_sb3_env
+from agents.sb3_agent import SB3Agent
 
 PROMPTS = ["7+8=", "the film was", "Review: the plot was really quite", "12+30="]  # different lengths
 

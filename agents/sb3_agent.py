@@ -1,0 +1,158 @@
+"""stable-baselines3's PPO and A2C behind the agents' interface (:class:`SB3Agent`), for ``textenv train``
+and the learning benchmark. SB3 itself runs unmodified; see :mod:`agents.sb3` for the LM policy it trains."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from agents.policy import LMPolicy
+from agents.rollout import evaluate_policy, sample_completions
+from textenv.vector import TextGenVectorEnv
+
+#: evaluation seed of SB3 runs (see :meth:`SB3Agent.evaluate`)
+EVAL_SEED = 12345
+
+
+class SB3Agent:
+    """stable-baselines3's PPO or A2C with :class:`agents.sb3.LMActorCriticPolicy`, behind the agents'
+    interface (``learn``, ``evaluate``, ``save``, ``load``) so ``textenv train`` treats it like the others.
+
+    SB3 itself runs unmodified; evaluation samples the SB3 policy's LM through the same seeded rollouts as
+    the other agents, with the initial LM as the KL reference.
+
+    Args:
+        algo: ``"ppo"`` or ``"a2c"``.
+        env: an env id; ``n_envs`` copies of ``gym.make(env, **env_kwargs)`` feed SB3.
+        policy: the LM (``"default"``, ``"tiny"`` or a model directory).
+        env_kwargs: keyword arguments of every env, e.g. ``{"reward_model": "gold"}``.
+        **overrides: SB3 constructor arguments (``learning_rate``, ``n_steps``, ...) over this class's
+            defaults: lr ``5 * LM_LEARNING_RATE``, ``n_steps`` 64 (PPO, with ``batch_size`` 128, 4 epochs) or
+            16 (A2C); SB3's own defaults for the rest.
+
+    ``learn(n)`` runs whole SB3 iterations (collect one rollout, then update on it) until at least ``n``
+    episodes have finished, so every collected step is trained on and ``learn`` can be called again;
+    ``callback(agent, metrics)`` runs after each iteration, and returning ``False`` stops early. A
+    history row per iteration holds ``reward``, ``gold_score`` and ``completions/mean_length`` of the
+    episodes that finished in the rollout, the update's ``entropy``, ``value_loss`` (and PPO's
+    ``approx_kl`` and ``clip_ratio``), and ``tokens_per_s`` (env steps per second, collection and update).
+    """
+
+    def __init__(self, algo: str = "ppo", env: str = "TextGen-v0", policy: str = "default", seed: int = 0,
+                 device: str = "auto", n_envs: int = 8, env_kwargs: dict[str, Any] | None = None,
+                 **overrides: Any) -> None:
+        import gymnasium as gym
+        from gymnasium.vector import AutoresetMode
+        from stable_baselines3 import A2C, PPO
+
+        from agents.sb3 import LM_LEARNING_RATE, LMActorCriticPolicy, make_sb3_env
+        from textenv.models import load_tokenizer
+
+        algos = {"ppo": PPO, "a2c": A2C}
+        if algo not in algos:
+            raise ValueError(f"SB3 algorithm must be 'ppo' or 'a2c', got {algo!r}")
+        self.algo, self.env_id, self.policy_source, self.seed = algo, env, str(policy), seed
+        self.name = f"sb3-{algo}"
+        self.env_kwargs = dict(env_kwargs or {})
+        defaults: dict[str, Any] = {"learning_rate": LM_LEARNING_RATE * 5, "n_steps": 64 if algo == "ppo" else 16}
+        if algo == "ppo":
+            defaults.update(batch_size=128, n_epochs=4, ent_coef=0.0)
+        kwargs = {**defaults, **overrides}
+        self.kwargs = kwargs
+        tok = load_tokenizer(policy if Path(policy, "tokenizer_config.json").exists() else "default")
+        # the envs tokenize with the policy's tokenizer (a tokenizer in env_kwargs wins, as for our agents)
+        make_kwargs = {"tokenizer": tok, **self.env_kwargs}
+        venv = make_sb3_env(env, n_envs=n_envs, seed=seed, **make_kwargs)
+        self.model = algos[algo](LMActorCriticPolicy, venv, policy_kwargs={"model": policy}, seed=seed,
+                                 device=device if device != "auto" else "auto", verbose=0, **kwargs)
+        lm = self.model.policy.lm
+        self.policy = LMPolicy(lm, tok, ref_model=copy.deepcopy(lm))
+        self.envs: TextGenVectorEnv = gym.make_vec(  # type: ignore[assignment]
+            env, num_envs=64, autoreset_mode=AutoresetMode.DISABLED, **make_kwargs).unwrapped
+        self.episodes = 0
+        self.history: list[dict[str, float]] = []
+
+    def learn(self, total_episodes: int, progress: bool = True, callback: Any = None) -> SB3Agent:
+        from stable_baselines3.common.callbacks import BaseCallback
+        from tqdm.auto import tqdm
+
+        if isinstance(total_episodes, bool) or not isinstance(total_episodes, int) or total_episodes < 1:
+            raise ValueError(f"total_episodes must be an integer >= 1, got {total_episodes!r}")
+        agent = self
+        target = self.episodes + total_episodes
+        bar = tqdm(total=total_episodes, disable=not progress, unit="ep", dynamic_ncols=True)
+        rows: list[dict[str, float]] = []
+
+        class _Track(BaseCallback):
+            def _on_step(self) -> bool:
+                for info, done in zip(self.locals["infos"], self.locals["dones"]):
+                    if done:
+                        agent.episodes += 1
+                        bar.update(1)
+                        rows.append({"reward": float(info.get("reward_model_score", 0.0)),
+                                     "gold_score": float(info.get("gold_score", 0.0)),
+                                     "completions/mean_length": float(info["episode"]["l"])})
+                return True
+
+        steps_per_rollout = int(self.model.n_steps) * int(self.model.n_envs)
+        while self.episodes < target:
+            t0 = time.perf_counter()
+            rows.clear()
+            # one SB3 iteration: collect n_steps per env, then update on them
+            self.model.learn(total_timesteps=steps_per_rollout, callback=_Track(), reset_num_timesteps=False)
+            if not rows:  # no episode finished in this rollout (very long episodes): nothing to report yet
+                continue
+            m = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+            logged = self.model.logger.name_to_value
+            for key, name in (("train/approx_kl", "approx_kl"), ("train/clip_fraction", "clip_ratio"),
+                              ("train/value_loss", "value_loss")):
+                if key in logged:
+                    m[name] = float(logged[key])
+            if "train/entropy_loss" in logged:
+                m["entropy"] = -float(logged["train/entropy_loss"])
+            elapsed = time.perf_counter() - t0
+            m.update({"episodes": float(self.episodes), "iteration": float(len(self.history) + 1),
+                      "time_s": elapsed, "tokens_per_s": steps_per_rollout / elapsed})
+            self.history.append(m)
+            bar.set_postfix(reward=f"{m['reward']:.3f}", gold=f"{m['gold_score']:.3f}")
+            if callback is not None and callback(self, m) is False:  # as Agent.learn: False stops early
+                break
+        bar.close()
+        return self
+
+    def evaluate(self, num_episodes: int = 64, split: str = "test", seed: int | None = None) -> dict[str, float]:
+        """As :meth:`agents.base.Agent.evaluate` (seeded held-out episodes, KL to the initial LM)."""
+        self.model.policy.set_training_mode(False)
+        return evaluate_policy(self.policy, self.envs, num_episodes, split=split,
+                               seed=EVAL_SEED if seed is None else seed)
+
+    def samples(self, n: int = 4, split: str = "test") -> list[tuple[str, str]]:
+        return sample_completions(self.policy, self.envs, n, split=split, seed=EVAL_SEED)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        from agents.base import _atomic_dir_write
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir(parents=True)
+            self.model.save(str(tmp / "sb3_model.zip"))
+            (tmp / "agent.json").write_text(json.dumps({
+                "agent": self.name, "env_id": self.env_id, "policy_source": self.policy_source, "seed": self.seed,
+                "env_kwargs": {k: v for k, v in self.env_kwargs.items() if isinstance(v, (str, int, float, bool))},
+                "kwargs": self.kwargs, "episodes": self.episodes, "history": self.history}, indent=1))
+
+        _atomic_dir_write(Path(path), write)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SB3Agent:
+        meta = json.loads((Path(path) / "agent.json").read_text())
+        agent = cls(meta["agent"].split("-", 1)[1], meta["env_id"], meta["policy_source"], meta["seed"],
+                    env_kwargs=meta.get("env_kwargs", {}), **meta["kwargs"])
+        agent.model = agent.model.load(str(Path(path) / "sb3_model.zip"), env=agent.model.get_env())
+        agent.policy = LMPolicy(agent.model.policy.lm, agent.policy.tokenizer, ref_model=agent.policy.ref_model)
+        agent.episodes, agent.history = int(meta["episodes"]), list(meta["history"])
+        return agent
