@@ -76,7 +76,7 @@ class GRPO(Agent):
         cfg = self.config
         mask = batch.mask[idx]
         mode = NORMALIZATIONS[cfg.normalization]
-        ev = self.policy.evaluate(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], mask)
+        ev = self.policy.per_token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], mask)
         max_len = self.envs.setup.max_new_tokens
         pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], mask,
                                          cfg.clip_range, mode=mode, max_len=max_len)

@@ -1,4 +1,9 @@
-"""`LMPolicy`: a causal LM with a value head on the shared trunk, acting with a KV cache."""
+"""`LMPolicy`: a causal LM with a value head on the shared trunk, acting with a KV cache.
+
+Acting (:meth:`LMPolicy.start` / :meth:`LMPolicy.step` / :meth:`LMPolicy.end`) runs the trunk through
+:class:`textenv.decoding.KVDecoder`, the one cached decoder of the project; training reads per-token
+log-probs, values and entropy of whole completions from one forward (:meth:`LMPolicy.per_token_logps`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import torch
 from torch import nn
 
 from agents.core import entropy_from_logits, logprobs_from_logits
+from textenv.decoding import KVDecoder, positions_from_mask, sample_categorical
 
 
 class StepOutput(NamedTuple):
@@ -23,8 +29,9 @@ class StepOutput(NamedTuple):
     values: torch.Tensor | None  # (B,) V(context), or None when values are not asked for
 
 
-class SequenceEval(NamedTuple):
-    """Per-token log-probs, values and entropy of completion tokens, from one forward pass."""
+class PerTokenLogps(NamedTuple):
+    """Per-token log-probs, values and entropy of completion tokens, from one forward pass (TRL's
+    ``per_token_logps``, with the value head's values and the entropy of the same logits)."""
 
     logprobs: torch.Tensor  # (B, T)
     values: torch.Tensor  # (B, T)
@@ -36,21 +43,6 @@ def _lm_head(model: nn.Module) -> nn.Linear:
     if not isinstance(head, nn.Linear):
         raise ValueError(f"{type(model).__name__} has no linear LM head (get_output_embeddings() gave {head!r})")
     return head
-
-
-def sample_categorical(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from log-probs ``(B, V)``.
-
-    On CPU by inverse CDF (one uniform number per row): ``torch.multinomial`` draws an exponential for every
-    vocabulary entry, which costs about 20% of a small model's decode step there. Elsewhere multinomial.
-    Tokens of probability 0 are never drawn either way.
-    """
-    if logp.device.type != "cpu":
-        return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-    cdf = logp.exp().cumsum(-1, dtype=torch.float64)  # (B, V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=torch.float64)  # (B, 1)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (B, 1)
-    return idx.clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
 def fuse_activations(model: nn.Module) -> nn.Module:
@@ -81,16 +73,11 @@ def new_value_head(hidden: int, device: torch.device | str | None = None) -> nn.
     return head
 
 
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0)."""
-    return (mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
 class LMPolicy(nn.Module):
     """A causal LM policy with a scalar value head on the last hidden state, and a frozen reference copy.
 
     Acting (:meth:`start` then :meth:`step`) keeps a KV cache for the batch, so each env step costs one token
-    of forward pass per slot. :meth:`evaluate` gives per-token log-probs, values and entropy of given
+    of forward pass per slot. :meth:`per_token_logps` gives per-token log-probs, values and entropy of given
     completions in one forward pass, for training; :meth:`ref_logprobs` does the same with the frozen
     reference model, for the KL term.
 
@@ -128,9 +115,7 @@ class LMPolicy(nn.Module):
             ref_model.requires_grad_(False)
         # kept out of the module tree: it is frozen, not trained, not in state_dict / optimizer
         self.__dict__["ref_model"] = ref_model
-        self._cache: Any = None
-        self._attn: torch.Tensor | None = None
-        self._pos: torch.Tensor | None = None
+        self._decoder: KVDecoder | None = None  # the acting KV cache, between start() and end()
 
     # ------------------------------------------------------------------------------------ construction
     @classmethod
@@ -194,14 +179,12 @@ class LMPolicy(nn.Module):
         return self
 
     # ------------------------------------------------------------------------------------ trunk
-    def _trunk(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               position_ids: torch.Tensor, past_key_values: Any = None, use_cache: bool = False) -> Any:
-        from textenv.models import cache_kwargs
-
-        trunk = model.base_model
-        extra = cache_kwargs(trunk, past_key_values) if past_key_values is not None else {}
-        return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     use_cache=use_cache, **extra)
+    @staticmethod
+    def _trunk(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+               ) -> Any:
+        """A full forward of ``model``'s trunk without a cache (training, reference log-probs)."""
+        return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False)
 
     def _sample(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float() / self.temperature  # (B, V)
@@ -222,24 +205,17 @@ class LMPolicy(nn.Module):
     def start(self, query_ids: torch.Tensor, query_mask: torch.Tensor, *, generator: torch.Generator | None = None,
               with_values: bool = True) -> StepOutput:
         """Run the left-padded prompts ``(B, P)``, fill the KV cache and sample the first tokens."""
-        from transformers import DynamicCache
-
-        self._cache = DynamicCache()
-        self._attn = query_mask.long()
-        pos = positions_from_mask(self._attn)
-        out = self._trunk(self.model, query_ids, self._attn, pos, self._cache, use_cache=True)
-        self._pos = pos[:, -1]
+        self._decoder = KVDecoder(self.model.base_model)
+        out = self._decoder.start(query_ids, query_mask)
         return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None,
              with_values: bool = True) -> StepOutput:
         """Feed the last sampled token of every slot ``(B,)`` through the cache and sample the next."""
-        if self._cache is None or self._attn is None or self._pos is None:
+        if self._decoder is None:
             raise RuntimeError("call start() before step()")
-        self._attn = torch.cat([self._attn, self._attn.new_ones(self._attn.shape[0], 1)], dim=1)
-        self._pos = self._pos + 1
-        out = self._trunk(self.model, tokens[:, None], self._attn, self._pos[:, None], self._cache, use_cache=True)
+        out = self._decoder.step(tokens)
         return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:
@@ -250,7 +226,7 @@ class LMPolicy(nn.Module):
 
     def end(self) -> None:
         """Free the KV cache."""
-        self._cache = self._attn = self._pos = None
+        self._decoder = None
 
     # ------------------------------------------------------------------------------------ training
     def _completion_logits(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
@@ -263,15 +239,16 @@ class LMPolicy(nn.Module):
         logits = _lm_head(model)(h).float() / self.temperature  # (B, T, V)
         return logits, h
 
-    def evaluate(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
-                 mask: torch.Tensor) -> SequenceEval:
-        """Log-probs, values and entropy of completion ``tokens`` ``(B, T)`` after left-padded prompts.
+    def per_token_logps(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
+                        mask: torch.Tensor) -> PerTokenLogps:
+        """Log-probs, values and entropy of completion ``tokens`` ``(B, T)`` after left-padded prompts, with
+        grad (the training forward).
 
         ``mask`` marks real completion tokens; positions after an episode's end get values too, which the
         losses mask out.
         """
         logits, h = self._completion_logits(self.model, query_ids, query_mask, tokens, mask)
-        return SequenceEval(logprobs_from_logits(logits, tokens), self.value_head(h).squeeze(-1).float(),
+        return PerTokenLogps(logprobs_from_logits(logits, tokens), self.value_head(h).squeeze(-1).float(),
                             entropy_from_logits(logits))
 
     @torch.no_grad()

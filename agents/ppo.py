@@ -102,7 +102,7 @@ class PPO(Agent):
             perm = torch.randperm(B, generator=gen).to(self.device)
             for idx in perm.chunk(cfg.n_minibatches):
                 m = mask[idx]
-                ev = self.policy.evaluate(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
+                ev = self.policy.per_token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
                 pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], m, cfg.clip_range)
                 vf_loss = value_loss(ev.values, batch.values[idx], returns[idx], m, cfg.clip_range_vf)
                 entropy = masked_mean(ev.entropy, m)

@@ -69,7 +69,7 @@ class REINFORCE(Agent):
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         returns, kl = self.sequence_returns(batch)
         advantages = self.advantages(returns)  # (B,)
-        ev = self.policy.evaluate(batch.query_ids, batch.query_mask, batch.tokens, batch.mask)
+        ev = self.policy.per_token_logps(batch.query_ids, batch.query_mask, batch.tokens, batch.mask)
         seq_logprob = (ev.logprobs * batch.mask).sum(1)  # (B,) log pi(y|x)
         pg_loss = -(advantages * seq_logprob).mean()
         grad_norm = self._step(pg_loss)

@@ -28,7 +28,8 @@ How the LM maps onto SB3's actor-critic (``ActorCriticPolicy``):
   through SB3's float preprocessing.
 
 Acting (``forward`` without grad, as in SB3's rollout collection, and ``predict``) keeps a KV cache: one
-cache for the whole batch, plus the observation it was built from. Each call sorts the rows:
+:class:`textenv.decoding.KVDecoder` (the project's one cached decoder) for the whole batch, plus the
+observation it was built from. Each call sorts the rows:
 
 - a row whose observation extends its previous one by exactly one token feeds only that token;
 - any other row (a new episode after SB3's auto-reset, or anything unexpected) feeds its whole context, and
@@ -50,7 +51,6 @@ start of every update), ``load_state_dict`` and device moves. If you edit the we
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from agents.policy import new_value_head
+from textenv.decoding import KVDecoder, positions_from_mask
 
 __all__ = ["LM_LEARNING_RATE", "LMActorCriticPolicy", "LMFeaturesExtractor", "make_sb3_env"]
 
@@ -149,57 +150,47 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
             raise ValueError(f"the LM's output embeddings must be an nn.Linear, got {type(head).__name__}")
         super().__init__(observation_space, features_dim=head.in_features)
         self.lm = lm
-        params = inspect.signature(lm.base_model.forward).parameters
-        # transformers 5.x renamed past_key_values -> cache (the old name is deprecated)
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
-    def _trunk(self, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any, use_cache: bool) -> Any:
-        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": use_cache}
-        if cache is not None:
-            kwargs[self._cache_arg] = cache
-        return self.lm.base_model(**kwargs)
-
-    @staticmethod
-    def _out_cache(out: Any) -> Any:
-        cache = getattr(out, "cache", None)
-        return cache if cache is not None else getattr(out, "past_key_values", None)
-
-    def full(self, ids: Tensor, mask: Tensor, use_cache: bool = False) -> tuple[Tensor, Any, int]:
-        """Features from a full forward over ``(B, L)`` ids/mask, cut to the longest row.
-
-        Returns ``(features (B, D), cache or None, T)`` where T is the number of columns run (and cached).
-        """
+    def full(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """Features ``(B, D)`` from a full forward over ``(B, L)`` ids/mask (no cache), cut to the longest row."""
         last = _last_index(mask)  # (B,)
         T = int(last.max().item()) + 1
         ids, mask = ids[:, :T], mask[:, :T]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        out = self._trunk(ids, mask, positions, None, use_cache)
-        h = out.last_hidden_state  # (B, T, D)
-        feats = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
-        return feats, (self._out_cache(out) if use_cache else None), T
+        h = self.lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                               use_cache=False).last_hidden_state  # (B, T, D)
+        return h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
 
-    def step(self, tokens: Tensor, positions: Tensor, attn_mask: Tensor, cache: Any, pick: Tensor
-             ) -> tuple[Tensor, Any]:
-        """W new columns on top of C cached ones: ``tokens``/``positions`` ``(B, W)``, ``attn_mask``
-        ``(B, C + W)``; the features are taken at column ``pick`` ``(B,)`` of the new ones.
-        Returns ``(features (B, D), the updated cache)``."""
-        out = self._trunk(tokens, attn_mask, positions, cache, True)
-        h = out.last_hidden_state  # (B, W, D)
-        return h[torch.arange(h.shape[0], device=h.device), pick], self._out_cache(out)
+    def start(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, KVDecoder]:
+        """As :meth:`full`, filling a fresh :class:`~textenv.decoding.KVDecoder` with the T columns run.
+
+        Returns ``(features (B, D), the decoder)``."""
+        last = _last_index(mask)  # (B,)
+        T = int(last.max().item()) + 1
+        decoder = KVDecoder(self.lm.base_model)
+        h = decoder.start(ids[:, :T], mask[:, :T]).last_hidden_state  # (B, T, D)
+        return h[torch.arange(h.shape[0], device=h.device), last], decoder
+
+    @staticmethod
+    def extend(decoder: KVDecoder, tokens: Tensor, positions: Tensor, attn: Tensor, keep: Tensor, pick: Tensor
+               ) -> Tensor:
+        """W new columns on top of the decoder's C cached ones: ``tokens``/``positions``/``attn`` ``(B, W)``;
+        rows not in ``keep`` ``(B,)`` lose their cached columns. The features ``(B, D)`` are taken at column
+        ``pick`` ``(B,)`` of the new ones."""
+        h = decoder.extend(tokens, positions, attn, keep=keep).last_hidden_state  # (B, W, D)
+        return h[torch.arange(h.shape[0], device=h.device), pick]
 
     def forward(self, observations: PyTorchObs) -> Tensor:
         ids, mask = _ids_and_mask(observations)
-        return self.full(ids, mask)[0]
+        return self.full(ids, mask)
 
 
 class _KVState(NamedTuple):
-    """The batch KV cache and the observation it was built from."""
+    """The batch KV cache (its decoder) and the observation it was built from."""
 
-    cache: Any  # transformers Cache, C columns
+    decoder: KVDecoder  # the cache, C columns, and its attention mask (B, C) over them
     ids: Tensor  # (B, L) int64, the last observation's input_ids
     mask: Tensor  # (B, L) bool, the last observation's attention_mask
     last: Tensor  # (B,) index of the last real token in the last observation
-    attn: Tensor  # (B, C) attention mask over the cached columns
 
 
 def _load_lm(model: Any) -> PreTrainedModel:
@@ -360,7 +351,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
     # ----- features -------------------------------------------------------------------------------------
 
     def _full_features(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self.features_extractor.full(ids, mask)[0]
+        return self.features_extractor.full(ids, mask)
 
     def _cached_features(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Features for acting, with the batch KV cache (no grad). See the module docstring."""
@@ -376,12 +367,12 @@ class LMActorCriticPolicy(ActorCriticPolicy):
             last = _last_index(mask)  # (B,)
             n_match = int(match.sum().item())
             W = 1 if n_match == B else int(last[~match].max().item()) + 1
-            C = kv.attn.shape[-1]
+            C = kv.decoder.attention_mask.shape[-1]  # type: ignore[union-attr]
             # all rows new: nothing to reuse. Too many dead columns: compact by recomputing.
             if n_match > 0 and C + W <= self._cache_columns_limit(L):
                 return self._mixed_step(ids, mask, bmask, kv, match, new_idx, last, W)
-        feats, cache, T = self.features_extractor.full(ids, mask, use_cache=True)
-        self._kv = _KVState(cache, ids.clone(), bmask, _last_index(mask), mask[:, :T])
+        feats, decoder = self.features_extractor.start(ids, mask)
+        self._kv = _KVState(decoder, ids.clone(), bmask, _last_index(mask))
         self.cache_stats["full_forwards"] += 1
         return feats
 
@@ -406,15 +397,14 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         one_hot0[:, 0] = 1
         tokens = torch.where(m, tok.expand(B, W), ctx_ids)  # (B, W)
         positions = torch.where(m, pos_new.expand(B, W), ctx_pos)  # (B, W)
-        new_attn = torch.where(m, one_hot0, ctx_mask)  # (B, W)
-        attn = torch.cat([kv.attn * m.to(kv.attn.dtype), new_attn], dim=-1)  # (B, C + W)
+        new_attn = torch.where(m, one_hot0, ctx_mask)  # (B, W); a replaced row's old columns are masked out
         pick = torch.where(match, 0, last)  # (B,) column of each row's features within the W new ones
         try:
-            feats, cache = self.features_extractor.step(tokens, positions, attn, kv.cache, pick)
+            feats = self.features_extractor.extend(kv.decoder, tokens, positions, new_attn, match, pick)
         except BaseException:
             self.reset_cache()  # the cache may be half-updated
             raise
-        self._kv = _KVState(cache, ids.clone(), bmask, torch.where(match, new_idx, last), attn)
+        self._kv = _KVState(kv.decoder, ids.clone(), bmask, torch.where(match, new_idx, last))
         self.cache_stats["one_token_steps" if W == 1 else "mixed_steps"] += 1
         return feats
 

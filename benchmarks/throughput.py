@@ -194,14 +194,13 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 def kv_decode(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, new_tokens: int,
               generator: torch.Generator) -> torch.Tensor:
     """The bare KV-cache decode loop: prefill, then one token per step, sampled with the same sampler as
-    the policy (:func:`agents.policy.sample_categorical`: inverse CDF on CPU, multinomial on GPU).
+    the policy (:func:`textenv.decoding.sample_categorical`: inverse CDF on CPU, multinomial on GPU).
 
     Returns the sampled tokens ``(B, new_tokens)``.
     """
     from transformers import DynamicCache
 
-    from agents.policy import sample_categorical
-    from textenv.models import cache_kwargs
+    from textenv.decoding import cache_kwargs, sample_categorical
 
     cache = DynamicCache()
     attn = prompt_mask.long()

@@ -73,7 +73,7 @@ def test_cached_logprobs_equal_full_forward(tiny_tokenizer, kind, temperature):
     assert lengths.min() < batch.tokens.shape[1]
 
     with torch.no_grad():
-        ev = policy.evaluate(batch.query_ids, batch.query_mask, batch.tokens, batch.mask)
+        ev = policy.per_token_logps(batch.query_ids, batch.query_mask, batch.tokens, batch.mask)
     m = batch.mask.bool()
     torch.testing.assert_close(ev.logprobs[m], batch.logprobs[m], atol=1e-5, rtol=0)
     torch.testing.assert_close(ev.values[m], batch.values[m], atol=1e-5, rtol=0)
@@ -184,7 +184,7 @@ def test_save_and_from_pretrained(tiny_tokenizer, tiny_lm, tmp_path):
 
 
 def test_sample_categorical_follows_the_distribution_and_skips_zero_probability():
-    from agents.policy import sample_categorical
+    from textenv.decoding import sample_categorical
 
     probs = torch.tensor([0.5, 0.0, 0.3, 0.2])
     logp = probs.log().expand(20000, 4)  # (B, V), log 0 = -inf

@@ -124,15 +124,3 @@ def load_causal_lm(name_or_path: str | os.PathLike[str] = "default", tokenizer: 
         raise ModelLoadError(f"could not load a causal LM from {str(path)!r}: {exc}") from exc
     return model.eval()
 
-
-@functools.lru_cache(maxsize=64)
-def _cache_arg(forward: Any) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-
-
-def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """``{name: cache}`` with the KV-cache argument name ``model.forward`` takes: ``cache`` in recent
-    transformers, ``past_key_values`` before. The cache object is updated in place by the forward."""
-    return {_cache_arg(type(model).forward): cache}

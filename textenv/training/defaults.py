@@ -78,48 +78,36 @@ def policy_gold_scores(model: Any, tokenizer: Any, n_prompts: int, seed: int, ma
     for name in TASKS:
         task = get_task(name)
         prompts = task.prompts(n_prompts, split="test", seed=seed + 17)
-        completions = sample_completions(model, tokenizer, prompts, max_new_tokens or task.default_max_new_tokens, gen)
+        completions = generate_completions(model, tokenizer, prompts, max_new_tokens or task.default_max_new_tokens,
+                                           gen)
         out[name] = float(np.mean(task.gold_score(prompts, completions)))
     return out
 
 
-def sample_completions(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-                       generator: Any, batch_size: int = 64) -> list[str]:
-    """Sample completions at temperature 1 with a KV cache (left-padded batches), decoded without specials."""
+def generate_completions(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+                         generator: Any, batch_size: int = 64) -> list[str]:
+    """Sample completions of ``prompts`` at temperature 1 in left-padded batches, through the cached decoder
+    (:func:`textenv.decoding.sample_tokens`), decoded without special tokens.
+
+    Sampling is ``torch.multinomial`` on the softmax of the logits, with ``generator``: the draws the
+    shipped MANIFEST's ``gold_score_at_temperature_1`` was measured with, so a rebuild reproduces it.
+    """
     import torch
-    from transformers import DynamicCache
 
-    from textenv.models import cache_kwargs
+    from textenv.decoding import sample_tokens
 
-    eos = tokenizer.eos_token_id
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        return torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(-1)
+
     texts: list[str] = []
     model.eval()
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
         P = max(len(e) for e in enc)
-        ids = torch.tensor([[tokenizer.pad_token_id] * (P - len(e)) + e for e in enc])
-        attn = torch.tensor([[0] * (P - len(e)) + [1] * len(e) for e in enc])
-        pos = (attn.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache()
-        done = torch.zeros(len(chunk), dtype=torch.bool)
-        outs: list[list[int]] = [[] for _ in chunk]
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
-                           **cache_kwargs(model, cache)).logits[:, -1]
-            last = pos[:, -1]
-            for _ in range(max_new_tokens):
-                tok = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(-1)
-                for i, t in enumerate(tok.tolist()):
-                    if not done[i]:
-                        outs[i].append(t)
-                done |= tok == eos
-                if done.all():
-                    break
-                attn = torch.cat([attn, torch.ones(len(chunk), 1, dtype=attn.dtype)], 1)
-                last = last + 1
-                logits = model(input_ids=tok[:, None], attention_mask=attn, position_ids=last[:, None],
-                               use_cache=True, **cache_kwargs(model, cache)).logits[:, -1]
+        ids = torch.tensor([[tokenizer.pad_token_id] * (P - len(e)) + e for e in enc])  # (B, P) left-padded
+        attn = torch.tensor([[0] * (P - len(e)) + [1] * len(e) for e in enc])  # (B, P)
+        outs = sample_tokens(model, ids, attn, max_new_tokens, sample, tokenizer.eos_token_id)
         texts += [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
     return texts
 
