@@ -29,7 +29,6 @@ __all__ = [
     "FixedKLController",
     "KLController",
     "aggregate_loss",
-    "discounted_returns",
     "entropy_from_logits",
     "explained_variance",
     "gae",
@@ -184,7 +183,7 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind = "k1") -> T
     - k2 = d^2 / 2                        (biased, low variance, >= 0)
     - k3 = exp(-d) - (-d) - 1 = r - 1 - log r,  r = ref(a)/pi(a)   (unbiased, low variance, >= 0)
 
-    Same shape as the inputs; mask it yourself (see :func:`token_level_rewards`).
+    Same shape as the inputs; mask it yourself (or use :func:`token_level_rewards`).
     """
     try:
         estimator = _KL_ESTIMATORS[kind]
@@ -243,23 +242,8 @@ def gae(
     return advantages, returns
 
 
-def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
-    """Reward-to-go G_t = r_t + gamma * G_{t+1}, with G = 0 after the last valid token and outside the
-    mask (REINFORCE, Williams 1992). Shape (B, T)."""
-    _check_shapes(rewards=rewards, mask=mask)
-    _check_unit_interval("gamma", gamma)
-    valid = mask.bool()  # (B, T)
-    zero = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
-    G = rewards.new_zeros(rewards.shape[0])  # (B,)
-    returns_reversed = []
-    for t in reversed(range(rewards.shape[1])):
-        G = torch.where(valid[:, t], rewards[:, t] + gamma * G, zero)
-        returns_reversed.append(G)
-    return torch.stack(returns_reversed[::-1], dim=1)  # (B, T)
-
-
 def token_level_rewards(
-    scores: Tensor,
+    rewards: Tensor,
     logprobs: Tensor,
     ref_logprobs: Tensor,
     mask: Tensor,
@@ -269,26 +253,17 @@ def token_level_rewards(
     """The RLHF-PPO per-token reward (Ziegler et al. 2019, "Fine-Tuning Language Models from Human
     Preferences"; TRL ``PPOTrainer``):
 
-    r_t = -kl_coef * kl_t + [t = last valid token] * score,   kl_t = kl_penalty(logprobs, ref_logprobs, kind).
+    r_t = env_r_t - kl_coef * kl_t,   kl_t = kl_penalty(logprobs, ref_logprobs, kind),
 
-    ``scores`` is (B,); the rest (B, T). Returns ``(rewards, kl)``, both (B, T) and 0 outside the mask. A
-    row with no valid token gets no score (it took no action to credit).
+    where ``rewards`` holds the env's per-token rewards ``env_r`` (terminal mode: the reward-model score on
+    the last valid token, 0 before; dense mode: the score differences). All inputs are (B, T). Returns
+    ``(rewards, kl)``, both (B, T) and 0 outside the mask.
     """
-    _check_shapes(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
-    if scores.shape != logprobs.shape[:1]:
-        raise ValueError(
-            f"scores must have shape (B,) = {tuple(logprobs.shape[:1])}, got {tuple(scores.shape)}"
-        )
+    _check_shapes(rewards=rewards, logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
     valid = mask.bool()  # (B, T)
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     kl = torch.where(valid, kl_penalty(logprobs, ref_logprobs, kind), zero)  # (B, T)
-    rewards = -kl_coef * kl  # (B, T)
-    T = valid.shape[1]
-    positions = torch.arange(T, device=valid.device)  # (T,)
-    last = torch.where(valid, positions, -1).amax(dim=1)  # (B,): -1 for an empty row
-    is_last = positions.unsqueeze(0) == last.unsqueeze(1)  # (B, T)
-    rewards = rewards + torch.where(is_last, scores.to(rewards.dtype).unsqueeze(1), zero)
-    return rewards, kl
+    return torch.where(valid, rewards, zero) - kl_coef * kl, kl
 
 
 def _group_view(rewards: Tensor, group_size: int) -> Tensor:
@@ -435,6 +410,7 @@ def ppo_policy_loss(
     - ``clip_ratio``: fraction of tokens where the clipped term is the larger one (gradient is zero there);
     - ``approx_kl``: mean of k3 = (ratio - 1) - log ratio, an unbiased estimate of KL(old || new) from the
       old policy's samples (Schulman's estimator, as cleanrl; TRL's PPO logs 0.5 * logratio^2 instead);
+    - ``old_approx_kl``: mean of k1 = -log ratio, the same KL's higher-variance estimate (cleanrl logs both);
     - ``ratio_mean``: mean of the ratio.
     """
     if clip_range <= 0:
@@ -456,6 +432,7 @@ def ppo_policy_loss(
         stats = {
             "clip_ratio": masked_mean((pg_losses_clipped > pg_losses).to(ratio.dtype), mask),
             "approx_kl": masked_mean((ratio - 1.0) - logratio, mask),
+            "old_approx_kl": masked_mean(-logratio, mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, stats

@@ -4,6 +4,11 @@ Per-token reward: the env's reward (the reward-model score on the last token) mi
 per-token KL to the reference. Advantages by GAE over the completion (no bootstrap past the end), whitened;
 the clipped surrogate, a clipped value loss and an optional entropy bonus, over minibatches and epochs.
 The KL coefficient is fixed or adaptive (the proportional controller of Ziegler et al.).
+
+Logged every iteration (cleanrl's names, averaged over minibatches): ``policy_loss``, ``value_loss``,
+``entropy``, ``approx_kl`` (k3) and ``old_approx_kl`` (k1) of the new policy to the rollout policy,
+``clip_ratio`` (cleanrl's ``clipfrac``), ``grad_norm``; once per batch, ``explained_variance`` of the
+rollout values against the GAE returns, and ``kl_coef``.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from agents.base import Agent, AgentConfig
 from agents.core import (
     AdaptiveKLController,
     FixedKLController,
+    KLController,
+    explained_variance,
     gae,
-    kl_penalty,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
+    token_level_rewards,
     value_loss,
 )
 from agents.rollout import RolloutBatch
@@ -81,16 +88,18 @@ class PPO(Agent):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg = self.config
-        self.kl_ctl: FixedKLController | AdaptiveKLController = (
+        self.kl_ctl: KLController = (
             AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
             else FixedKLController(cfg.kl_coef))
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
         mask = batch.mask
-        kl = kl_penalty(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
-        rewards = batch.rewards * mask - self.kl_ctl.value * kl  # (B, T)
+        rewards, kl = token_level_rewards(batch.rewards, batch.logprobs, batch.ref_logprobs, mask,
+                                          self.kl_ctl.value, cfg.kl_estimator)  # (B, T) each
         advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+        # how much of the returns' variance the rollout values explain (cleanrl logs it every iteration)
+        explained_var = float(explained_variance(batch.values, returns, mask))
         if cfg.whiten_advantages and mask.sum() > 1:
             advantages = masked_whiten(advantages, mask)
         B = mask.shape[0]
@@ -109,8 +118,8 @@ class PPO(Agent):
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
                 grad_norm = self._step(loss)
                 row = {"policy_loss": float(pg_loss.detach()), "value_loss": float(vf_loss.detach()), "entropy": float(entropy.detach()),
-                       "approx_kl": float(stats["approx_kl"]), "clip_ratio": float(stats["clip_ratio"]),
-                       "grad_norm": grad_norm}
+                       "approx_kl": float(stats["approx_kl"]), "old_approx_kl": float(stats["old_approx_kl"]),
+                       "clip_ratio": float(stats["clip_ratio"]), "grad_norm": grad_norm}
                 for k, v in row.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
@@ -122,6 +131,7 @@ class PPO(Agent):
         mean_kl = float(kl.sum(1).mean())
         self.kl_ctl.update(mean_kl, B)
         out = {k: v / n for k, v in sums.items()}
+        out["explained_variance"] = explained_var
         out["kl_coef"] = float(self.kl_ctl.value)
         return out
 
