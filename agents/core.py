@@ -1,5 +1,11 @@
-"""Pure functions shared by the policy-gradient agents: masked statistics, log-probs, KL estimators,
-advantage estimators, loss aggregation, the PPO losses and the KL-coefficient controllers.
+"""Pure functions shared by the policy-gradient agents: masked statistics, log-probs, KL estimators, the
+KL-penalised per-token reward, advantage estimators, loss aggregation, the PPO losses, explained variance and
+the KL-coefficient controllers.
+
+Who uses what: PPO (``token_level_rewards``, ``gae``, ``masked_whiten``, ``ppo_policy_loss``,
+``value_loss``, ``explained_variance``, the KL controllers), GRPO (``group_advantages``, ``aggregate_loss``,
+``ppo_policy_loss``), REINFORCE and RLOO (``kl_penalty``, ``rloo_advantages``), the policy
+(``logprobs_from_logits``, ``entropy_from_logits``).
 
 Conventions (every function here):
 

@@ -367,7 +367,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
             last = _last_index(mask)  # (B,)
             n_match = int(match.sum().item())
             W = 1 if n_match == B else int(last[~match].max().item()) + 1
-            C = kv.decoder.attention_mask.shape[-1]  # type: ignore[union-attr]
+            C = kv.decoder.num_columns
             # all rows new: nothing to reuse. Too many dead columns: compact by recomputing.
             if n_match > 0 and C + W <= self._cache_columns_limit(L):
                 return self._mixed_step(ids, mask, bmask, kv, match, new_idx, last, W)
@@ -392,7 +392,7 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         tok = ids[rows, new_idx][:, None]  # (B, 1)
         pos_new = bmask.sum(-1, keepdim=True) - 1  # (B, 1): the new token is the last real one
         ctx_ids, ctx_mask = ids[:, :W], mask[:, :W]  # (B, W)
-        ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)  # (B, W)
+        ctx_pos = positions_from_mask(ctx_mask)  # (B, W)
         one_hot0 = torch.zeros_like(ctx_mask)
         one_hot0[:, 0] = 1
         tokens = torch.where(m, tok.expand(B, W), ctx_ids)  # (B, W)

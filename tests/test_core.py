@@ -11,7 +11,6 @@ from agents.core import (
     AdaptiveKLController,
     FixedKLController,
     aggregate_loss,
-    discounted_returns,
     entropy_from_logits,
     explained_variance,
     gae,
@@ -172,33 +171,29 @@ def test_gae_errors():
         gae(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1, 3), gamma=1.5)
 
 
-def test_discounted_returns():
-    # gamma = 0.5. row 0: r = [1, 0, 2]: G2 = 2, G1 = 0 + 0.5*2 = 1, G0 = 1 + 0.5*1 = 1.5
-    #              row 1: r = [3, 4, 100 (padding)]: G1 = 4, G0 = 3 + 0.5*4 = 5, G2 = 0
-    rewards = torch.tensor([[1.0, 0.0, 2.0], [3.0, 4.0, 100.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
-    close(discounted_returns(rewards, mask, gamma=0.5), [[1.5, 1.0, 2.0], [5.0, 4.0, 0.0]])
-
-
 def test_token_level_rewards():
-    # kl_coef = 0.1, k1 = logp - ref
+    # kl_coef = 0.1, k1 = logp - ref; env rewards in terminal mode: the score on the last valid token
     # row 0: logp = [-1, -1, -1], ref = [-1.5, -1, -0.5] -> kl = [0.5, 0, -0.5]
-    #        r = -0.1*kl + score 1.0 on t=2 = [-0.05, 0, 0.05 + 1.0] = [-0.05, 0, 1.05]
+    #        r = env_r - 0.1*kl = [0, 0, 1.0] - [0.05, 0, -0.05] = [-0.05, 0, 1.05]
     # row 1: logp = [-2, -2, -2], ref = [-1, -3, pad] -> kl = [-1, 1, 0 (padding)]
-    #        r = [0.1, -0.1 + score 2.0 on t=1, 0] = [0.1, 1.9, 0]
-    scores = torch.tensor([1.0, 2.0])
+    #        r = [0, 2.0, pad 100] - [-0.1, 0.1, 0] = [0.1, 1.9, 0]
+    env_rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 100.0]])
     logprobs = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
     ref_logprobs = torch.tensor([[-1.5, -1.0, -0.5], [-1.0, -3.0, NAN]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    rewards, kl = token_level_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.1)
+    rewards, kl = token_level_rewards(env_rewards, logprobs, ref_logprobs, mask, kl_coef=0.1)
     close(kl, [[0.5, 0.0, -0.5], [-1.0, 1.0, 0.0]])
     close(rewards, [[-0.05, 0.0, 1.05], [0.1, 1.9, 0.0]])
     # k2 = 0.5 d^2: row 0 kl = [0.125, 0, 0.125], r = [-0.0125, 0, -0.0125 + 1] = [-0.0125, 0, 0.9875]
-    rewards_k2, kl_k2 = token_level_rewards(scores, logprobs, ref_logprobs, mask, kl_coef=0.1, kind="k2")
+    rewards_k2, kl_k2 = token_level_rewards(env_rewards, logprobs, ref_logprobs, mask, kl_coef=0.1, kind="k2")
     close(kl_k2[0], [0.125, 0.0, 0.125])
     close(rewards_k2[0], [-0.0125, 0.0, 0.9875])
-    with pytest.raises(ValueError, match="scores"):
-        token_level_rewards(torch.zeros(3), logprobs, ref_logprobs, mask, kl_coef=0.1)
+    # dense mode: every token carries a reward, all kept
+    dense, _ = token_level_rewards(torch.tensor([[0.5, -0.25, 1.0]]), logprobs[:1], ref_logprobs[:1],
+                                   mask[:1], kl_coef=0.1)
+    close(dense, [[0.45, -0.25, 1.05]])
+    with pytest.raises(ValueError, match="shape"):
+        token_level_rewards(torch.zeros(2), logprobs, ref_logprobs, mask, kl_coef=0.1)
 
 
 def test_group_advantages_grpo_g2():
@@ -270,6 +265,8 @@ def test_ppo_policy_loss_clipping():
     # ratio_mean = (1.1 + 1.5 + 0.5 + 1.5 + 0.5) / 5 = 1.02
     # approx_kl = mean(r - 1 - ln r): 1.1 -> 0.0046898, 1.5 -> 0.0945349, 0.5 -> 0.1931472
     #   (0.0046898 + 2*0.0945349 + 2*0.1931472) / 5 = 0.5800540 / 5 = 0.1160108
+    # old_approx_kl = mean(-ln r): -0.0953102, -0.4054651, +0.6931472
+    #   (-0.0953102 - 2*0.4054651 + 2*0.6931472) / 5 = 0.4800540 / 5 = 0.0960108
     ratio = torch.tensor([[1.1, 1.5, 0.5, 1.5, 0.5, 20.0]])
     logprobs = ratio.log().requires_grad_()
     advantages = torch.tensor([[1.0, 1.0, -1.0, -2.0, 1.0, 100.0]])
@@ -279,6 +276,7 @@ def test_ppo_policy_loss_clipping():
     close(stats["clip_ratio"], 0.4)
     close(stats["ratio_mean"], 1.02)
     close(stats["approx_kl"], 0.1160108)
+    close(stats["old_approx_kl"], 0.0960108)
     assert all(v.dim() == 0 and not v.requires_grad for v in stats.values())
     # d loss / d logprob = -A * ratio / 5 where unclipped, 0 where clipped or padded:
     #   a: -1.1/5 = -0.22, b: 0, c: 0, d: 2*1.5/5 = 0.6, e: -0.5/5 = -0.1, f: 0

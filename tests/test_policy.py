@@ -207,3 +207,28 @@ def test_fused_activations_compute_the_same_function(tiny_lm):
     ids = torch.randint(0, tiny_lm.config.vocab_size, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(fused(input_ids=ids).logits, tiny_lm(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_ppo_logs_cleanrl_metrics(tiny_tokenizer):
+    """PPO's update logs explained_variance (of the rollout values against the GAE returns, by hand here),
+    old_approx_kl beside approx_kl, and clip_ratio; before the first step the new policy is the old one."""
+    from agents import PPO
+    from agents.core import gae
+
+    tok = tiny_tokenizer
+    agent = PPO(make_envs(tok), policy=LMPolicy(tiny_causal_lm("gpt2", tok), tok), batch_size=len(PROMPTS),
+                n_epochs=1, n_minibatches=1, kl_coef=0.05, whiten_advantages=False)
+    batch = agent.collect()
+    with torch.no_grad():
+        batch.values.copy_(torch.where(batch.mask.bool(), batch.values + 0.3 * batch.rewards, 0.0))
+    metrics = agent.update(batch)
+    m = batch.mask.bool()
+    rewards = torch.where(m, batch.rewards - 0.05 * (batch.logprobs - batch.ref_logprobs), 0.0)
+    _, returns = gae(rewards, batch.values, batch.mask, gamma=1.0, lam=0.95)
+    R, V = returns[m].double(), batch.values[m].double()
+    expected = 1.0 - (R - V).var(unbiased=False) / R.var(unbiased=False)
+    assert metrics["explained_variance"] == pytest.approx(float(expected), abs=1e-5)
+    # one minibatch, one epoch: the ratio is 1 up to the cached-vs-full forward rounding
+    assert abs(metrics["approx_kl"]) < 1e-6 and abs(metrics["old_approx_kl"]) < 1e-5
+    assert metrics["clip_ratio"] == 0.0
+    assert {"policy_loss", "value_loss", "entropy", "grad_norm", "kl_coef"} <= metrics.keys()

@@ -160,7 +160,7 @@ def test_cache_stays_exact_and_bounded_when_one_slot_keeps_restarting(make_env, 
             cached, _ = policy.logits_and_values(obs_t, use_cache=True)
             full, _ = policy.logits_and_values(obs_t, use_cache=False)
         torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
-        assert policy._kv.decoder.attention_mask.shape[-1] <= 2 * L
+        assert policy._kv.decoder.num_columns <= 2 * L
         obs, *_ = env.step(np.array([tiny_tokenizer.eos_token_id, 5 + t]))  # slot 0 ends at once, every time
     stats = policy.cache_stats
     assert stats["mixed_steps"] >= 8 and stats["full_forwards"] >= 3, stats  # compactions, not just resets

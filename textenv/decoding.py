@@ -100,6 +100,11 @@ class KVDecoder:
         """Whether :meth:`start` has run (and :meth:`reset` not since)."""
         return self.cache is not None
 
+    @property
+    def num_columns(self) -> int:
+        """C, the number of cached columns (dead ones included; 0 before :meth:`start`)."""
+        return 0 if self.attention_mask is None else int(self.attention_mask.shape[-1])
+
     def _forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Any:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=True, **cache_kwargs(self.model, self.cache))
