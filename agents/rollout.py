@@ -166,8 +166,8 @@ def evaluate_policy(policy: LMPolicy, envs: TextGenVectorEnv, num_episodes: int 
                                 generator=torch.Generator(device=device).manual_seed(s))
         m = rollout_metrics(batch)
         m.pop("tokens_per_s")
-        ent = policy.per_token_logps(batch.query_ids.to(device), batch.query_mask.to(device), batch.tokens.to(device),
-                              batch.mask.to(device)).entropy
+        ent = policy.per_token_logps(batch.query_ids.to(device), batch.query_mask.to(device),
+                                     batch.tokens.to(device), batch.mask.to(device)).entropy
         m["entropy"] = float(masked_mean(ent, batch.mask.to(device)))
         take = min(batch.scores.shape[0], num_episodes - n)
         rows.append(m)
