@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
-import shutil
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from agents.contract import evaluation_seed
 from agents.core import KLKind
 from agents.policy import LMPolicy
 from agents.rollout import (
@@ -27,9 +27,18 @@ from agents.rollout import (
     rollout_metrics,
     sample_completions,
 )
+from textenv import io
+from textenv.rewards.spec import describe_reward_model, rebuild_reward_model
 
 if TYPE_CHECKING:
     from textenv.vector import TextGenVectorEnv
+
+#: the native agent classes by ``name``, filled as each concrete subclass is defined (see
+#: ``Agent.__init_subclass__``); :mod:`agents.registry` exposes it, :meth:`Agent.load` reads it
+AGENT_CLASSES: dict[str, type[Agent]] = {}
+#: the file every agent checkpoint holds (its presence marks a complete checkpoint)
+CHECKPOINT_MARKER = "agent.json"
+_SCALARS = (str, int, float, bool)
 
 @dataclasses.dataclass
 class AgentConfig:
@@ -89,35 +98,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _atomic_dir_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory under a temporary name, then rename it into place (a kill leaves the old one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves no debris; the old directory is intact
-        raise
-    old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(path, old)
-    # a kill between the two renames leaves the previous directory at `old`: see `_previous_dir`
-    os.replace(tmp, path)
-    for stale in [old, *path.parent.glob(f".{path.name}.old-*")]:
-        if stale is not None:
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _previous_dir(path: Path) -> Path:
-    """``path``, or, when a save was killed between its two renames, the previous directory it moved aside."""
-    if path.exists():
-        return path
-    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    return olds[-1] if olds else path
-
-
 class Agent(ABC):
     """The one interface of every agent: ``Agent(env, policy, config, **overrides)``, ``learn``,
     ``evaluate``, ``save``, ``load``.
@@ -133,6 +113,16 @@ class Agent(ABC):
     name: ClassVar[str] = "agent"
     #: completions per prompt in one rollout (1: every slot draws its own prompt)
     uses_values: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register every concrete subclass that names itself, so :meth:`load` finds it by name."""
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ or inspect.isabstract(cls):
+            return
+        known = AGENT_CLASSES.get(cls.name)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(f"agent name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
+        AGENT_CLASSES[cls.name] = cls
 
     def __init__(self, env: Any = "TextGen-v0", policy: str | os.PathLike[str] | LMPolicy = "default",
                  config: AgentConfig | None = None, env_kwargs: dict[str, Any] | None = None,
@@ -180,7 +170,7 @@ class Agent(ABC):
             if self.envs.num_envs != self.rollout_size():
                 raise ValueError(f"the vector env has {self.envs.num_envs} slots but this agent's batch is "
                                  f"{self.rollout_size()} episodes (batch_size)")
-        n_actions = self.envs.setup.vocab_size
+        n_actions = self.envs.vocab_size
         n_logits = int(self.policy.lm_head.weight.shape[0])
         if n_actions > n_logits:
             raise ValueError(f"the env's action space has {n_actions} tokens but the policy's LM head only {n_logits}")
@@ -223,7 +213,7 @@ class Agent(ABC):
         if G > 1:
             rng = np.random.default_rng(seed)
             n_prompts = self.envs.num_envs // G
-            distinct = [self.envs.setup.sample_prompt(rng, split) for _ in range(n_prompts)]
+            distinct = [self.envs.sample_prompt(rng, split) for _ in range(n_prompts)]
             prompts = [p for p in distinct for _ in range(G)]
         return collect_rollout(self.policy, self.envs, seed=seed, prompts=prompts, split=split,
                                with_values=self.uses_values, generator=gen)
@@ -270,15 +260,18 @@ class Agent(ABC):
         """Mean metrics over ``num_episodes`` sampled episodes on held-out prompts (``split="test"``).
 
         Returns ``reward``, ``gold_score``, ``kl`` (sequence KL to the reference, k1), ``entropy`` and
-        ``completions/mean_length``. Sampling is seeded (by default from ``config.seed``), so the same policy
-        gives the same numbers; pass ``seed`` to evaluate several agents on the same prompts and random stream.
+        ``completions/mean_length``. Sampling is seeded, by default with
+        :func:`~agents.contract.evaluation_seed` of ``config.seed``: every learner of a seed (native, SB3,
+        TRL) evaluates on the same prompts with the same random stream.
         """
-        seed = self._iteration_seed(0, 99) if seed is None else seed
+        seed = evaluation_seed(self.config.seed) if seed is None else seed
         return evaluate_policy(self.policy, self.envs, num_episodes, split=split, seed=seed)
 
-    def samples(self, n: int = 4, split: str = "test") -> list[tuple[str, str]]:
-        """A few (prompt, completion) pairs sampled from the current policy on held-out prompts."""
-        return sample_completions(self.policy, self.envs, n, split=split, seed=self._iteration_seed(0, 7))
+    def samples(self, n: int = 4, split: str = "test", seed: int | None = None) -> list[tuple[str, str]]:
+        """``n`` (prompt, completion) pairs sampled from the current policy on held-out prompts (seeded as
+        :meth:`evaluate`)."""
+        seed = evaluation_seed(self.config.seed) if seed is None else seed
+        return sample_completions(self.policy, self.envs, n, split=split, seed=seed)
 
     # ------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -288,7 +281,7 @@ class Agent(ABC):
             "episodes": self.episodes,
             "iteration": self.iteration,
             "env_id": self.env_id,
-            "env_kwargs": {k: v for k, v in self.env_kwargs.items() if isinstance(v, (str, int, float, bool))},
+            **env_record(self.env_kwargs, self.env_id, self.envs),
             "policy_source": self.policy_source,
             "extra": self.extra_state(),
             "history": self.history,
@@ -299,32 +292,32 @@ class Agent(ABC):
         """Write a checkpoint directory atomically: ``policy/`` (safetensors), ``reference/`` (when the
         reference is not a named model), ``agent.json`` (state) and ``optimizer.pt`` (tensors only)."""
         path = Path(path)
-
-        def write(tmp: Path) -> None:
-            tmp.mkdir(parents=True)
+        state = self.state()  # before the write: hashing a reward-model directory may fail
+        with io.atomic_dir(path) as tmp:
             self.policy.save(tmp / "policy")
             if self.policy_source in (None, "tiny") and self.policy.ref_model is not None:
                 self.policy.ref_model.save_pretrained(str(tmp / "reference"))
             torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "optimizer.pt")
-            (tmp / "agent.json").write_text(json.dumps(self.state(), indent=1))
-
-        _atomic_dir_write(path, write)
+            (tmp / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=1))
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], env: Any = None, **overrides: Any) -> Agent:
-        """Restore an agent saved by :meth:`save` (any subclass: the class is read from ``agent.json``)."""
-        from agents.registry import AGENTS
+    def load(cls, path: str | os.PathLike[str], env: Any = None, env_kwargs: dict[str, Any] | None = None,
+             **overrides: Any) -> Agent:
+        """Restore an agent saved by :meth:`save` (any subclass: the class is read from ``agent.json``).
 
-        path = _previous_dir(Path(path))
-        meta_file = path / "agent.json"
+        The env is rebuilt from the checkpoint (its id, scalar keyword arguments and reward-model spec, see
+        :mod:`textenv.rewards.spec`) unless ``env`` (an id or a ``TextGenVectorEnv``) or ``env_kwargs``
+        (used as given, replacing the recorded ones) is passed. A checkpoint whose reward model was a Python
+        callable or object, or whose env was a ``TextGenVectorEnv`` object, cannot be rebuilt that way: it
+        raises ``ValueError`` unless the caller passes them. ``overrides`` replace config fields.
+        """
+        path = io.previous_dir(Path(path))
+        meta_file = path / CHECKPOINT_MARKER
         if not meta_file.exists():
-            raise ValueError(f"{str(path)!r} is not an agent checkpoint (no agent.json)")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{str(meta_file)!r} is corrupt: {exc}") from exc
-        agent_cls = AGENTS.get(meta.get("agent", ""))
+            raise ValueError(f"{str(path)!r} is not an agent checkpoint (no {CHECKPOINT_MARKER})")
+        meta = io.read_json(meta_file, "agent checkpoint")
+        agent_cls = AGENT_CLASSES.get(meta.get("agent", ""))
         if agent_cls is None:
             raise ValueError(f"{str(meta_file)!r} names unknown agent {meta.get('agent')!r}")
         if cls is not Agent and not issubclass(agent_cls, cls):
@@ -341,8 +334,8 @@ class Agent(ABC):
                else None)
         policy = LMPolicy.from_pretrained(path / "policy", ref_model=ref, temperature=config.temperature,
                                           with_reference=ref is not None)
-        agent = agent_cls(env if env is not None else meta.get("env_id") or "TextGen-v0", policy=policy,
-                          config=config, env_kwargs=meta.get("env_kwargs") or {})
+        env, env_kwargs = rebuild_env(meta, str(meta_file), env, env_kwargs)
+        agent = agent_cls(env, policy=policy, config=config, env_kwargs=env_kwargs)
         agent.policy_source = source
         opt = torch.load(path / "optimizer.pt", map_location=agent.device, weights_only=True)
         agent.optimizer.load_state_dict(opt["optimizer"])
@@ -361,3 +354,48 @@ class Agent(ABC):
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         return float(grad_norm)
+
+
+# ---------------------------------------------------------------------------------------------- env records
+def env_record(env_kwargs: dict[str, Any], env_id: str | None, envs: Any) -> dict[str, Any]:
+    """What a checkpoint records of its env: the scalar ``env_kwargs``, the names of those it cannot hold
+    (``unsaved_env_kwargs``) and the reward model's spec (``reward_model``, see :mod:`textenv.rewards.spec`):
+    the ``reward_model=`` argument for an env built from an id, the env's resolved one otherwise."""
+    rm = env_kwargs.get("reward_model", "default") if env_id is not None else envs.reward_model
+    return {
+        "env_kwargs": {k: v for k, v in env_kwargs.items() if k != "reward_model" and isinstance(v, _SCALARS)},
+        "unsaved_env_kwargs": sorted(k for k, v in env_kwargs.items()
+                                     if k != "reward_model" and not isinstance(v, _SCALARS)),
+        "reward_model": describe_reward_model(rm),
+    }
+
+
+def rebuild_env(meta: dict[str, Any], where: str, env: Any = None,
+                env_kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(env, env_kwargs)`` to rebuild a checkpoint's env from its record ``meta`` (``where``: its file).
+
+    What the caller passes wins: an ``env`` object is used as is, explicit ``env_kwargs`` replace the
+    recorded ones. Otherwise the recorded env id, scalar kwargs and reward model are used; a record that
+    cannot be rebuilt (an env object, a callable or object reward, a non-scalar keyword) raises
+    ``ValueError`` saying what to pass.
+    """
+    if env is not None and not isinstance(env, str):
+        return env, dict(env_kwargs or {})
+    env_id = env if env is not None else meta.get("env_id")
+    if env_id is None:
+        raise ValueError(f"{where}: the agent was trained on a TextGenVectorEnv object, which a checkpoint "
+                         f"cannot hold; pass env= to load it")
+    if env_kwargs is not None:
+        return env_id, dict(env_kwargs)
+    kwargs = dict(meta.get("env_kwargs") or {})
+    unsaved = meta.get("unsaved_env_kwargs") or []
+    if unsaved:
+        raise ValueError(f"{where}: env keyword argument(s) {unsaved} were Python objects and are not in the "
+                         f"checkpoint; pass env= or env_kwargs= to load it")
+    spec = meta.get("reward_model")
+    if spec is None:  # a checkpoint from before reward-model specs: its scalar env_kwargs are all there is
+        return env_id, kwargs
+    rm = rebuild_reward_model(spec, where)  # a callable or object reward raises here, naming it
+    if rm != "default":
+        kwargs["reward_model"] = rm
+    return env_id, kwargs

@@ -1,21 +1,20 @@
 """The agent registry: every learner ``textenv train --agent NAME`` and the learning benchmark can build.
 
-Adding an agent is one entry here: a native :class:`~agents.base.Agent` subclass in :data:`AGENTS`, or an
-adapter name handled by :func:`make_agent`.
+A native :class:`~agents.base.Agent` subclass registers itself by its ``name`` when it is defined
+(``Agent.__init_subclass__``); this module imports the shipped ones so :data:`AGENTS` holds them. Adding an
+agent is one module with one class, imported here; an adapter (like the SB3 one) is a name handled by
+:func:`make_agent`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from agents.base import Agent
-from agents.grpo import GRPO
-from agents.ppo import PPO
-from agents.reinforce import REINFORCE
-from agents.rloo import RLOO
+from agents import grpo, ppo, reinforce, rloo  # noqa: F401  (defining the classes registers them)
+from agents.base import AGENT_CLASSES, Agent
 
-#: the native agents by name
-AGENTS: dict[str, type[Agent]] = {"reinforce": REINFORCE, "ppo": PPO, "grpo": GRPO, "rloo": RLOO}
+#: the native agents by name (the registry itself: later subclasses appear here too)
+AGENTS: dict[str, type[Agent]] = AGENT_CLASSES
 #: stable-baselines3 algorithms run through :class:`agents.sb3_agent.SB3Agent`
 SB3_AGENTS = ("sb3-ppo", "sb3-a2c")
 #: episodes of the default ``textenv train`` per agent: about 3 minutes on 2 CPU cores with the default policy

@@ -71,7 +71,6 @@ def collect_rollout(policy: LMPolicy, envs: TextGenVectorEnv, *, seed: int | Non
     ``prompts`` (one per slot) fixes the prompts, e.g. groups of identical prompts for GRPO/RLOO.
     """
     env = check_env(envs)
-    setup = env.setup
     device = policy.device
     options: dict[str, Any] = {}
     if prompts is not None:
@@ -80,10 +79,10 @@ def collect_rollout(policy: LMPolicy, envs: TextGenVectorEnv, *, seed: int | Non
         options["split"] = split
     t0 = time.perf_counter()
     obs, info = env.reset(seed=seed, options=options)
-    B, T = env.num_envs, setup.max_new_tokens
-    query_ids, query_mask = left_pad(obs["input_ids"], obs["attention_mask"], setup.pad_id)
+    B, T = env.num_envs, env.max_new_tokens
+    query_ids, query_mask = left_pad(obs["input_ids"], obs["attention_mask"], env.pad_id)
     query_ids, query_mask = query_ids.to(device), query_mask.to(device)
-    tokens = torch.full((B, T), setup.pad_id, dtype=torch.long)
+    tokens = torch.full((B, T), env.pad_id, dtype=torch.long)
     logprobs = torch.zeros(B, T)
     values = torch.zeros(B, T)
     rewards = np.zeros((B, T), dtype=np.float64)
@@ -117,7 +116,7 @@ def collect_rollout(policy: LMPolicy, envs: TextGenVectorEnv, *, seed: int | Non
     policy.end()
     T_used = t + 1
     mask = (torch.arange(T)[None, :] < torch.from_numpy(lengths)[:, None]).float()  # (B, T)
-    tokens = tokens.masked_fill(mask == 0, setup.pad_id)
+    tokens = tokens.masked_fill(mask == 0, env.pad_id)
     tokens, mask = tokens[:, :T_used], mask[:, :T_used]
     batch_prompts = env.prompts()
     rollout_s = time.perf_counter() - t0

@@ -8,40 +8,32 @@ A run directory (``--out``) holds ``metrics.csv`` (one row per iteration), ``lea
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
-import re
-import shutil
 import time
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from agents.base import Agent
+from agents.base import CHECKPOINT_MARKER, Agent
 from agents.registry import DEFAULT_EPISODES, make_agent
 from agents.rollout import sample_completions
 from agents.sb3_agent import SB3Agent
-
-KEEP_CHECKPOINTS = 2
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
+from textenv import io
 
 
 # ---------------------------------------------------------------------------------------------- run dirs
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    d = Path(run_dir)
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT.match(p.name)) and (p / "agent.json").exists()]
-    return [p for _, p in sorted(found)]
+    """Complete agent checkpoints of a run, oldest first (:func:`textenv.io.list_checkpoints`)."""
+    return io.list_checkpoints(run_dir, marker=CHECKPOINT_MARKER)
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A checkpoint directory: ``path`` itself, or the latest checkpoint of the run directory ``path``."""
     p = Path(path)
-    if (p / "agent.json").exists():
+    if (p / CHECKPOINT_MARKER).exists():
         return p
     ckpts = list_checkpoints(p)
     if not ckpts:
@@ -52,27 +44,21 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 def load_any(path: str | os.PathLike[str]) -> Agent | SB3Agent:
     """Load our agents or an SB3 run from a checkpoint directory."""
     ckpt = resolve_checkpoint(path)
-    meta = json.loads((ckpt / "agent.json").read_text())
+    meta = io.read_json(ckpt / CHECKPOINT_MARKER, "agent checkpoint")
     if str(meta.get("agent", "")).startswith("sb3-"):
         return SB3Agent.load(ckpt)
     return Agent.load(ckpt)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
+    buf = StringIO()
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
     w.writerows(history)
-    _write_atomic(path, buf.getvalue())
+    io.write_text(path, buf.getvalue())
 
 
 def plot_learning_curve(path: Path, history: list[dict[str, float]], title: str) -> bool:
@@ -95,10 +81,9 @@ def plot_learning_curve(path: Path, history: list[dict[str, float]], title: str)
     ax2.set_xlabel("episodes")
     ax2.set_ylabel("KL to reference (per sequence)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with io.atomic_file(path, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
@@ -147,14 +132,13 @@ def train_command(a: Any) -> int:
         print(f"training {agent.name} on {a.env} for {episodes} episodes -> {out}")
         summary = {"agent": agent.name, "env": a.env, "seed": a.seed, "episodes": episodes,
                    "initial": agent.evaluate(a.eval_episodes), "samples_before": agent.samples(4)}
-        _write_atomic(summary_file, json.dumps(summary, indent=1))
+        io.write_text(summary_file, json.dumps(summary, indent=1))
     remaining = episodes - agent.episodes
     every = 10  # iterations between checkpoints
 
     def save_checkpoint() -> None:
-        agent.save(out / f"checkpoint-{agent.episodes:08d}")
-        for old in list_checkpoints(out)[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+        agent.save(out / io.checkpoint_name(agent.episodes))
+        io.prune_checkpoints(out, marker=CHECKPOINT_MARKER)
 
     def on_iteration(ag: Any, metrics: dict[str, float]) -> None:
         write_metrics_csv(out / "metrics.csv", ag.history)
@@ -169,7 +153,7 @@ def train_command(a: Any) -> int:
     write_metrics_csv(out / "metrics.csv", agent.history)
     summary["final"] = agent.evaluate(a.eval_episodes)
     summary["samples_after"] = agent.samples(4)
-    _write_atomic(summary_file, json.dumps(summary, indent=1))
+    io.write_text(summary_file, json.dumps(summary, indent=1))
     plotted = agent.history and plot_learning_curve(out / "learning_curve.png", agent.history, f"{agent.name} on {a.env}")
     print()
     print(format_table(summary["initial"], summary["final"]))

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agents.base import CHECKPOINT_MARKER, env_record, rebuild_env
+from agents.contract import evaluation_seed
 from agents.policy import LMPolicy
 from agents.rollout import evaluate_policy, sample_completions
+from textenv import io
 from textenv.vector import TextGenVectorEnv
-
-#: evaluation seed of SB3 runs (see :meth:`SB3Agent.evaluate`)
-EVAL_SEED = 12345
 
 
 class SB3Agent:
@@ -125,33 +125,42 @@ class SB3Agent:
         return self
 
     def evaluate(self, num_episodes: int = 64, split: str = "test", seed: int | None = None) -> dict[str, float]:
-        """As :meth:`agents.base.Agent.evaluate` (seeded held-out episodes, KL to the initial LM)."""
+        """As :meth:`agents.base.Agent.evaluate` (seeded held-out episodes, KL to the initial LM); the default
+        seed is :func:`~agents.contract.evaluation_seed` of this agent's seed, as for every learner."""
         self.model.policy.set_training_mode(False)
         return evaluate_policy(self.policy, self.envs, num_episodes, split=split,
-                               seed=EVAL_SEED if seed is None else seed)
+                               seed=evaluation_seed(self.seed) if seed is None else seed)
 
-    def samples(self, n: int = 4, split: str = "test") -> list[tuple[str, str]]:
-        return sample_completions(self.policy, self.envs, n, split=split, seed=EVAL_SEED)
+    def samples(self, n: int = 4, split: str = "test", seed: int | None = None) -> list[tuple[str, str]]:
+        """``n`` (prompt, completion) pairs of the current LM, seeded as :meth:`evaluate`."""
+        return sample_completions(self.policy, self.envs, n, split=split,
+                                  seed=evaluation_seed(self.seed) if seed is None else seed)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        from agents.base import _atomic_dir_write
-
-        def write(tmp: Path) -> None:
-            tmp.mkdir(parents=True)
+        """Write ``sb3_model.zip`` (SB3's own format) and ``agent.json`` (what the run was built from,
+        including the reward-model spec, see :func:`agents.base.env_record`) atomically."""
+        path = Path(path)
+        state = {"agent": self.name, "env_id": self.env_id, "policy_source": self.policy_source, "seed": self.seed,
+                 **env_record(self.env_kwargs, self.env_id, self.envs),
+                 "kwargs": self.kwargs, "episodes": self.episodes, "history": self.history}
+        with io.atomic_dir(path) as tmp:
             self.model.save(str(tmp / "sb3_model.zip"))
-            (tmp / "agent.json").write_text(json.dumps({
-                "agent": self.name, "env_id": self.env_id, "policy_source": self.policy_source, "seed": self.seed,
-                "env_kwargs": {k: v for k, v in self.env_kwargs.items() if isinstance(v, (str, int, float, bool))},
-                "kwargs": self.kwargs, "episodes": self.episodes, "history": self.history}, indent=1))
-
-        _atomic_dir_write(Path(path), write)
-        return Path(path)
+            (tmp / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=1))
+        return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SB3Agent:
-        meta = json.loads((Path(path) / "agent.json").read_text())
-        agent = cls(meta["agent"].split("-", 1)[1], meta["env_id"], meta["policy_source"], meta["seed"],
-                    env_kwargs=meta.get("env_kwargs", {}), **meta["kwargs"])
+    def load(cls, path: str | os.PathLike[str], env: Any = None,
+             env_kwargs: dict[str, Any] | None = None) -> SB3Agent:
+        """Restore a checkpoint written by :meth:`save`; ``env`` (an env id: SB3 builds its own envs) or
+        ``env_kwargs`` replace the recorded ones, which a callable or object reward model requires."""
+        if env is not None and not isinstance(env, str):
+            raise ValueError(f"SB3Agent.load takes an env id (SB3 builds its own envs), got {type(env).__name__}")
+        path = io.previous_dir(Path(path))
+        meta_file = path / CHECKPOINT_MARKER
+        meta = io.read_json(meta_file, "agent checkpoint")
+        env_id, kwargs = rebuild_env(meta, str(meta_file), env, env_kwargs)
+        agent = cls(meta["agent"].split("-", 1)[1], env_id, meta["policy_source"], meta["seed"],
+                    env_kwargs=kwargs, **meta["kwargs"])
         agent.model = agent.model.load(str(Path(path) / "sb3_model.zip"), env=agent.model.get_env())
         agent.policy = LMPolicy(agent.model.policy.lm, agent.policy.tokenizer, ref_model=agent.policy.ref_model)
         agent.episodes, agent.history = int(meta["episodes"]), list(meta["history"])

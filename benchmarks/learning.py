@@ -146,7 +146,7 @@ class TRLGRPOAgent:
         from textenv.tasks import get_task
 
         self.task = get_task(textenv.ENV_IDS[env_id])
-        self.seed = seed
+        self.env_id, self.seed, self.reward_model, self.overrides = env_id, seed, reward_model, dict(overrides)
         if str(policy) == "default":
             path = POLICY_DIR
         elif str(policy) == "tiny":  # TRL reloads its KL reference from the model's path: give it one
@@ -189,7 +189,7 @@ class TRLGRPOAgent:
         prompts = self.task.prompts(n_prompts + 8, split="train", seed=self.seed)
         args = self.args_cls(output_dir=self._out.name, use_cpu=True, max_steps=steps, logging_steps=1,
                              report_to="none", save_strategy="no", disable_tqdm=not progress, seed=self.seed,
-                             bf16=False, max_completion_length=self.envs.setup.max_new_tokens,
+                             bf16=False, max_completion_length=self.envs.max_new_tokens,
                              reward_weights=[1.0, 0.0], **self.kwargs)
 
         class _Track(TrainerCallback):
@@ -218,11 +218,65 @@ class TRLGRPOAgent:
         return self
 
     def evaluate(self, num_episodes: int = 64, split: str = "test", seed: int | None = None) -> dict[str, float]:
+        """As :meth:`agents.base.Agent.evaluate`, on the same seed stream
+        (:func:`~agents.contract.evaluation_seed` of this run's seed)."""
+        from agents.contract import evaluation_seed
         from agents.rollout import evaluate_policy
-        from agents.sb3_agent import EVAL_SEED
 
         return evaluate_policy(self.policy, self.envs, num_episodes, split=split,
-                               seed=EVAL_SEED if seed is None else seed)
+                               seed=evaluation_seed(self.seed) if seed is None else seed)
+
+    def samples(self, n: int = 4, split: str = "test", seed: int | None = None) -> list[tuple[str, str]]:
+        """``n`` (prompt, completion) pairs of the current model, seeded as :meth:`evaluate`."""
+        from agents.contract import evaluation_seed
+        from agents.rollout import sample_completions
+
+        return sample_completions(self.policy, self.envs, n, split=split,
+                                  seed=evaluation_seed(self.seed) if seed is None else seed)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """``policy/`` and ``reference/`` (``save_pretrained``) and ``agent.json`` (the run's settings, with
+        the reward-model spec), written atomically."""
+        from agents.base import CHECKPOINT_MARKER
+        from textenv import io
+        from textenv.rewards.spec import describe_reward_model
+
+        path = Path(path)
+        state = {"agent": self.name, "env_id": self.env_id, "seed": self.seed, "kwargs": self.overrides,
+                 "reward_model": describe_reward_model(self.reward_model), "episodes": self.episodes,
+                 "history": self.history}
+        with io.atomic_dir(path) as tmp:
+            self.policy.model.save_pretrained(str(tmp / "policy"))
+            self.tokenizer.save_pretrained(str(tmp / "policy"))
+            if self.policy.ref_model is not None:
+                self.policy.ref_model.save_pretrained(str(tmp / "reference"))
+                self.tokenizer.save_pretrained(str(tmp / "reference"))
+            (tmp / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: Any = None,
+             env_kwargs: dict[str, Any] | None = None) -> TRLGRPOAgent:
+        """Restore :meth:`save`'s checkpoint: the reference is its initial model, the policy the trained one.
+        ``env`` (an env id) and ``env_kwargs`` (``{"reward_model": ...}``) replace the recorded ones."""
+        from agents.base import CHECKPOINT_MARKER
+        from textenv import io
+        from textenv.models import load_causal_lm
+        from textenv.rewards.spec import rebuild_reward_model
+
+        if env is not None and not isinstance(env, str):
+            raise ValueError(f"TRLGRPOAgent.load takes an env id, got {type(env).__name__}")
+        path = io.previous_dir(Path(path))
+        meta_file = path / CHECKPOINT_MARKER
+        meta = io.read_json(meta_file, "agent checkpoint")
+        reward_model = ((env_kwargs or {}).get("reward_model", "default") if env_kwargs is not None
+                        else rebuild_reward_model(meta["reward_model"], str(meta_file)))
+        agent = cls(env or meta["env_id"], str(path / "reference"), reward_model, seed=int(meta["seed"]),
+                    **meta["kwargs"])
+        agent.model = load_causal_lm(path / "policy")
+        agent.policy.model = agent.model
+        agent.episodes, agent.history = int(meta["episodes"]), list(meta["history"])
+        return agent
 
 
 def make_agent(name: str, env_id: str, policy: str, reward_model: str, seed: int,
@@ -251,9 +305,9 @@ def evaluate(agent: Any, num_episodes: int, seed: int) -> dict[str, float]:
     """``agent.evaluate(num_episodes, seed=...)`` on held-out prompts, with one evaluation seed per benchmark
     seed shared by every agent: seed ``s`` of every agent samples the same test prompts with the same random
     stream, so initial figures are identical across agents and final ones differ only through the policy."""
-    from agents.sb3_agent import EVAL_SEED
+    from agents.contract import evaluation_seed
 
-    return dict(agent.evaluate(num_episodes, split="test", seed=EVAL_SEED + 1000 * seed))
+    return dict(agent.evaluate(num_episodes, split="test", seed=evaluation_seed(seed)))
 
 
 def sb3_rollout_stats(agent: Any, seed: int, max_steps: int = SB3_STAT_STEPS) -> dict[str, float]:

@@ -134,7 +134,13 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
 
     @property
     def task(self) -> Task:
+        """The task whose prompts and gold scorer the env uses."""
         return self.setup.task
+
+    @property
+    def max_new_tokens(self) -> int:
+        """T, the completion budget: an episode is truncated after this many actions."""
+        return int(self.setup.max_new_tokens)
 
     @property
     def reward_model(self) -> Any:

@@ -89,7 +89,33 @@ class TextGenVectorEnv(VectorEnv):
 
     @property
     def task(self) -> Any:
+        """The task whose prompts and gold scorer the env uses."""
         return self.setup.task
+
+    @property
+    def max_new_tokens(self) -> int:
+        """T, the completion budget: an episode is truncated after this many actions."""
+        return int(self.setup.max_new_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the action space (token ids ``0 .. vocab_size - 1``)."""
+        return int(self.setup.vocab_size)
+
+    @property
+    def pad_id(self) -> int:
+        """The token id that pads observations (and that batched rollouts pad completions with)."""
+        return int(self.setup.pad_id)
+
+    @property
+    def reward_model(self) -> Any:
+        """The resolved reward model (see :func:`textenv.rewards.resolve_reward_model`)."""
+        return self.setup.reward_model
+
+    def sample_prompt(self, rng: np.random.Generator, split: str | None = None) -> str:
+        """One prompt drawn with ``rng`` from ``split`` (``"train"``, ``"test"``; ``None``: the env's split),
+        as a slot's reset draws it; e.g. to build groups of identical prompts for ``reset(options=...)``."""
+        return self.setup.sample_prompt(rng, split)
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
