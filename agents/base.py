@@ -45,13 +45,13 @@ class AgentConfig:
     """Hyperparameters every agent has. Subclasses add their own; every field is validated."""
 
     batch_size: int = 64  # episodes per rollout (= vector env slots)
-    learning_rate: float = 5e-5
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
+    learning_rate: float = 5e-5  # AdamW learning rate
+    max_grad_norm: float = 1.0  # gradient-norm clip of every update
+    weight_decay: float = 0.0  # AdamW weight decay
     kl_coef: float = 0.05  # beta: weight of the KL to the reference
-    kl_estimator: KLKind = "k1"
-    temperature: float = 1.0
-    seed: int = 0
+    kl_estimator: KLKind = "k1"  # estimator of the per-token KL to the reference (Schulman's k1/k2/k3)
+    temperature: float = 1.0  # sampling temperature of the policy
+    seed: int = 0  # seed of the rollouts and of the evaluation stream
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 
     def __post_init__(self) -> None:

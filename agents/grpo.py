@@ -38,14 +38,14 @@ class GRPOConfig(AgentConfig):
     # measured on the learning benchmark: at 2e-4 (REINFORCE's and RLOO's) GRPO drifted on arithmetic (KL up to
     # 4.8, gold down on 2 of 3 seeds, and likewise TRL's GRPOTrainer at 2e-4), at 1e-4 it raised gold on 3 of 3;
     # its unit-std group advantages weight groups that differ only by reward-model noise as much as the rest
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # AdamW learning rate
     kl_coef: float = 0.04
-    kl_estimator: KLKind = "k3"
-    group_size: int = 8
+    kl_estimator: KLKind = "k3"  # estimator of the per-token KL to the reference
+    group_size: int = 8  # completions per prompt (G), dividing batch_size
     num_iterations: int = 1  # optimisation passes over each batch (mu)
-    n_minibatches: int = 1
-    clip_range: float = 0.2
-    normalization: GroupNormalization = "grpo"
+    n_minibatches: int = 1  # minibatches per optimisation pass
+    clip_range: float = 0.2  # ratio clip epsilon (TRL's epsilon)
+    normalization: GroupNormalization = "grpo"  # advantages: grpo (r - mean) / std, dr_grpo r - mean, batch_std
 
     def validate(self) -> None:
         super().validate()

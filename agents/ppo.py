@@ -38,19 +38,19 @@ from agents.rollout import RolloutBatch
 class PPOConfig(AgentConfig):
     """PPO hyperparameters (names as in stable-baselines3 / TRL's PPOTrainer)."""
 
-    learning_rate: float = 1e-4
-    n_epochs: int = 4
-    n_minibatches: int = 4
-    clip_range: float = 0.2
-    clip_range_vf: float | None = 0.2
-    vf_coef: float = 0.1
-    ent_coef: float = 0.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    adaptive_kl: bool = False
-    kl_target: float = 6.0
-    kl_horizon: int = 10_000
+    learning_rate: float = 1e-4  # AdamW learning rate
+    n_epochs: int = 4  # optimisation passes over each rollout
+    n_minibatches: int = 4  # minibatches per pass
+    clip_range: float = 0.2  # PPO ratio clip epsilon
+    clip_range_vf: float | None = 0.2  # value clip around the rollout values
+    vf_coef: float = 0.1  # value-loss weight
+    ent_coef: float = 0.0  # entropy bonus weight
+    gamma: float = 1.0  # discount of GAE
+    lam: float = 0.95  # GAE lambda
+    whiten_advantages: bool = True  # normalise advantages to zero mean, unit std
+    adaptive_kl: bool = False  # adapt kl_coef towards kl_target (Ziegler et al. 2019)
+    kl_target: float = 6.0  # sequence KL the adaptive controller aims at
+    kl_horizon: int = 10_000  # horizon (episodes) of the adaptive KL controller
     target_kl: float | None = None  # stop the epochs early when approx_kl exceeds 1.5 x this
 
     def validate(self) -> None:

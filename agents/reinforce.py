@@ -24,8 +24,8 @@ class REINFORCEConfig(AgentConfig):
     past returns) or ``"none"``."""
 
     learning_rate: float = 2e-4  # one gradient step per batch, so above PPO's; 5e-4 collapsed arithmetic (measured)
-    baseline: str = "mean"
-    ema_decay: float = 0.9
+    baseline: str = "mean"  # "mean" (batch mean), "ema" (running mean of returns) or "none"
+    ema_decay: float = 0.9  # decay of the "ema" baseline
 
     def validate(self) -> None:
         super().validate()

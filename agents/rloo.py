@@ -18,7 +18,7 @@ from agents.reinforce import REINFORCE, REINFORCEConfig
 class RLOOConfig(REINFORCEConfig):
     """RLOO hyperparameters: ``group_size`` completions per prompt, dividing ``batch_size``."""
 
-    group_size: int = 4
+    group_size: int = 4  # completions per prompt, dividing batch_size
 
     def validate(self) -> None:
         super().validate()

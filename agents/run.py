@@ -1,4 +1,7 @@
-"""The RL commands of the ``textenv`` CLI: ``train``, ``evaluate`` and ``sample``.
+"""The RL commands of the ``textenv`` CLI: ``train``, ``evaluate`` and ``sample`` (see :mod:`agents.cli`).
+
+Each command is a function of typed argument dataclasses (:class:`TrainArguments` and the agent's config,
+:class:`EvaluateArguments`, :class:`SampleArguments`), whose fields are the command's flags.
 
 A run directory (``--out``) holds ``metrics.csv`` (one row per iteration), ``learning_curve.png``,
 ``summary.json`` (initial and final evaluation, samples) and the latest two checkpoints
@@ -8,6 +11,7 @@ A run directory (``--out``) holds ``metrics.csv`` (one row per iteration), ``lea
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -18,9 +22,9 @@ from typing import Any
 import torch
 
 from agents.base import CHECKPOINT_MARKER, Agent
-from agents.registry import DEFAULT_EPISODES, make_agent
+from agents.registry import DEFAULT_EPISODES, SB3_AGENTS, make_agent
 from agents.rollout import sample_completions
-from agents.sb3_agent import SB3Agent
+from agents.sb3_agent import SB3Agent, SB3Config
 from textenv import io
 
 
@@ -102,20 +106,106 @@ def _print_samples(title: str, samples: list[tuple[str, str]]) -> None:
         print(f"  {p!r} -> {c!r}")
 
 
-def _make_agent(a: Any) -> Agent | SB3Agent:
-    from textenv.cli import _parse_sets
+# ---------------------------------------------------------------------------------------------- arguments
+@dataclasses.dataclass
+class TrainArguments:
+    """``textenv train``: what to train, where, and for how long (the agent's own settings come from its
+    config dataclass, see :func:`agents.cli.train_types`)."""
 
-    env_kwargs = {} if a.reward_model == "default" else {"reward_model": a.reward_model}
-    return make_agent(a.agent, a.env, a.policy, seed=a.seed, device=a.device, env_kwargs=env_kwargs,
-                      **_parse_sets(a.set))
+    agent: str = "ppo"
+    """the learner: ppo, grpo, reinforce, rloo, sb3-ppo or sb3-a2c"""
+    env: str = "TextGen-v0"
+    """a registered TextGen env id (TextGen-v0, TextGen-Sentiment-v0, TextGen-Arithmetic-v0, ...)"""
+    episodes: int | None = None
+    """episodes to train (default: the agent's budget, agents.registry.DEFAULT_EPISODES)"""
+    policy: str = "default"
+    """'default' (the shipped fine-tuned LM), 'tiny' or an HF causal-LM directory"""
+    reward_model: str = "default"
+    """'default' (the task's shipped model), 'gold', a reward-model directory or an HF id"""
+    out: str | None = None
+    """run directory (default: runs/<agent>-<env>)"""
+    resume: bool = False
+    """continue the run in --out from its latest checkpoint"""
+    seed: int = 0
+    """seed of the agent, its rollouts and its evaluation stream (agents.contract.evaluation_seed)"""
+    device: str = "auto"
+    """'auto', 'cpu', 'cuda' or 'cuda:N'"""
+    eval_episodes: int = 128
+    """held-out episodes of the initial and final evaluations"""
+    progress: bool = True
+    """show a progress bar (--no-progress: none)"""
+
+    def __post_init__(self) -> None:
+        from agents.registry import agent_names
+
+        if self.agent not in agent_names():
+            raise ValueError(f"unknown agent {self.agent!r}; choose one of {agent_names()}")
+        if self.episodes is not None and (isinstance(self.episodes, bool) or self.episodes < 1):
+            raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
+        if isinstance(self.eval_episodes, bool) or self.eval_episodes < 1:
+            raise ValueError(f"--eval-episodes must be >= 1, got {self.eval_episodes}")
 
 
-def train_command(a: Any) -> int:
-    """``textenv train``: train, checkpoint, and report initial vs final metrics and samples."""
+@dataclasses.dataclass
+class EvaluateArguments:
+    """``textenv evaluate``: held-out metrics of a checkpoint."""
+
+    checkpoint: str
+    """a run's --out directory (its latest checkpoint) or one checkpoint directory"""
+    episodes: int = 128
+    """held-out episodes to evaluate on"""
+    seed: int | None = None
+    """evaluation seed (default: the stream of the run's seed, agents.contract.evaluation_seed)"""
+
+
+@dataclasses.dataclass
+class SampleArguments:
+    """``textenv sample``: completions of a checkpoint's policy for given prompts."""
+
+    checkpoint: str
+    """a run's --out directory (its latest checkpoint) or one checkpoint directory"""
+    prompt: list[str]
+    """one or more prompts (--prompt A B ...)"""
+    num: int = dataclasses.field(default=4, metadata={"aliases": ["-n"]})
+    """samples per prompt"""
+    seed: int = 0
+    """sampling seed"""
+
+    def __post_init__(self) -> None:
+        if not self.prompt:
+            raise ValueError("--prompt: give at least one prompt")
+        if isinstance(self.num, bool) or self.num < 1:
+            raise ValueError(f"--num must be >= 1, got {self.num}")
+
+
+def config_overrides(config: Any) -> dict[str, Any]:
+    """The fields of a native agent's ``train`` flags instance as config overrides (``None``: none)."""
+    if config is None:
+        return {}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _make_agent(args: TrainArguments, config: Any = None) -> Agent | SB3Agent:
+    env_kwargs = {} if args.reward_model == "default" else {"reward_model": args.reward_model}
+    if args.agent in SB3_AGENTS:
+        sb3 = config if isinstance(config, SB3Config) else SB3Config()
+        return make_agent(args.agent, args.env, args.policy, seed=args.seed, device=args.device,
+                          env_kwargs=env_kwargs, n_envs=sb3.n_envs, **sb3.overrides(args.agent.split("-", 1)[1]))
+    return make_agent(args.agent, args.env, args.policy, seed=args.seed, device=args.device, env_kwargs=env_kwargs,
+                      **config_overrides(config))
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def train_command(args: TrainArguments, config: Any = None) -> int:
+    """``textenv train``: train, checkpoint, and report initial vs final metrics and samples.
+
+    ``config``: the agent's settings, an instance of the flags dataclass of ``args.agent``'s config (see
+    :func:`agents.cli.train_types`) or an :class:`~agents.sb3_agent.SB3Config`; ``None``: the defaults.
+    On ``--resume`` the checkpoint's settings are used.
+    """
+    a = args
     out = Path(a.out or f"runs/{a.agent}-{a.env}")
     episodes = a.episodes if a.episodes is not None else DEFAULT_EPISODES[a.agent]
-    if isinstance(episodes, bool) or episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {episodes}")
     torch.manual_seed(a.seed)
     summary_file = out / "summary.json"
     if a.resume:
@@ -128,7 +218,7 @@ def train_command(a: Any) -> int:
         if list_checkpoints(out):
             raise ValueError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-        agent = _make_agent(a)
+        agent = _make_agent(a, config)
         print(f"training {agent.name} on {a.env} for {episodes} episodes -> {out}")
         summary = {"agent": agent.name, "env": a.env, "seed": a.seed, "episodes": episodes,
                    "initial": agent.evaluate(a.eval_episodes), "samples_before": agent.samples(4)}
@@ -147,7 +237,7 @@ def train_command(a: Any) -> int:
 
     if remaining > 0:
         t0 = time.perf_counter()
-        agent.learn(remaining, progress=not a.no_progress, callback=on_iteration)
+        agent.learn(remaining, progress=a.progress, callback=on_iteration)
         summary["train_seconds"] = summary.get("train_seconds", 0.0) + time.perf_counter() - t0
     save_checkpoint()
     write_metrics_csv(out / "metrics.csv", agent.history)
@@ -166,17 +256,17 @@ def train_command(a: Any) -> int:
     return 0
 
 
-def evaluate_command(a: Any) -> int:
+def evaluate_command(args: EvaluateArguments) -> int:
     """``textenv evaluate``: held-out metrics of a checkpoint, as JSON."""
-    agent = load_any(a.checkpoint)
-    print(json.dumps(agent.evaluate(a.episodes), indent=2))
+    agent = load_any(args.checkpoint)
+    print(json.dumps(agent.evaluate(args.episodes, seed=args.seed), indent=2))
     return 0
 
 
-def sample_command(a: Any) -> int:
+def sample_command(args: SampleArguments) -> int:
     """``textenv sample``: completions of a checkpoint's policy for the given prompts."""
-    agent = load_any(a.checkpoint)
-    prompts = [p for p in a.prompt for _ in range(a.num)]
-    for p, c in sample_completions(agent.policy, agent.envs, len(prompts), seed=a.seed, prompts=prompts):
+    agent = load_any(args.checkpoint)
+    prompts = [p for p in args.prompt for _ in range(args.num)]
+    for p, c in sample_completions(agent.policy, agent.envs, len(prompts), seed=args.seed, prompts=prompts):
         print(f"{p}{c}")
     return 0

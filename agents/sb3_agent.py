@@ -4,6 +4,7 @@ and the learning benchmark. SB3 itself runs unmodified; see :mod:`agents.sb3` fo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -16,6 +17,60 @@ from agents.policy import LMPolicy
 from agents.rollout import evaluate_policy, sample_completions
 from textenv import io
 from textenv.vector import TextGenVectorEnv
+
+#: SB3Config fields that only PPO takes
+_PPO_ONLY = ("batch_size", "n_epochs", "clip_range")
+
+
+@dataclasses.dataclass
+class SB3Config:
+    """The settings of ``sb3-ppo`` / ``sb3-a2c`` (``textenv train`` flags); ``None``: :class:`SB3Agent`'s
+    default for the algorithm, which is SB3's own where this class names none."""
+
+    n_envs: int = 8
+    """envs SB3 collects from in parallel"""
+    learning_rate: float | None = None
+    """SB3's learning rate (default: 5 x agents.sb3.LM_LEARNING_RATE)"""
+    n_steps: int | None = None
+    """steps per env per rollout (default: 64 for PPO, 16 for A2C)"""
+    batch_size: int | None = None
+    """PPO only: minibatch size (default: 128)"""
+    n_epochs: int | None = None
+    """PPO only: passes over each rollout (default: 4)"""
+    clip_range: float | None = None
+    """PPO only: the ratio clip (SB3's default 0.2)"""
+    ent_coef: float | None = None
+    """entropy bonus (default: 0.0)"""
+    vf_coef: float | None = None
+    """value-loss weight (SB3's default 0.5)"""
+    gamma: float | None = None
+    """discount (SB3's default 0.99)"""
+    gae_lambda: float | None = None
+    """GAE lambda (SB3's default: 0.95 for PPO, 1.0 for A2C)"""
+    max_grad_norm: float | None = None
+    """gradient clip (SB3's default 0.5)"""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_envs, bool) or not isinstance(self.n_envs, int) or self.n_envs < 1:
+            raise ValueError(f"n_envs must be an integer >= 1, got {self.n_envs!r}")
+        for name in ("n_steps", "batch_size", "n_epochs"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        for name in ("learning_rate", "clip_range", "ent_coef", "vf_coef", "gamma", "gae_lambda", "max_grad_norm"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+
+    def overrides(self, algo: str) -> dict[str, Any]:
+        """The SB3 constructor arguments set here (not ``None``), for ``algo`` (``"ppo"`` or ``"a2c"``)."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name != "n_envs" and getattr(self, f.name) is not None}
+        if algo != "ppo":
+            bad = sorted(set(given) & set(_PPO_ONLY))
+            if bad:
+                raise ValueError(f"{bad} are PPO settings; sb3-{algo} does not take them")
+        return given
 
 
 class SB3Agent:

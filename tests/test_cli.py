@@ -8,6 +8,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from agents.cli import main as rl_main
 from textenv.cli import main
 from textenv.models import TOKENIZER_DIR
 
@@ -42,8 +43,25 @@ def test_bad_input_exits_with_a_message(tmp_path, capsys):
     assert main(["finetune", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
                  "--task", "arithmetic", "--steps", "1"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_rl_flags_come_from_the_config_dataclasses(tmp_path, capsys):
+    assert rl_main(["train", "--agent", "dqn"]) == 2
+    assert "unknown agent 'dqn'" in capsys.readouterr().err
+    # --set is gone: every config field is a flag; and a GRPO field is not a PPO flag
+    assert rl_main(["train", "--agent", "ppo", "--set", "learning_rate=1e-4"]) == 2
+    assert "['--set', 'learning_rate=1e-4']" in capsys.readouterr().err
+    assert rl_main(["train", "--agent", "ppo", "--group-size", "4"]) == 2
+    assert "'--group-size'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", "--agent", "dqn"])
+        rl_main(["train", "--agent", "grpo", "--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    assert "--group_size" in helped and "completions per prompt" in helped and "--no-progress" in helped
+    out = str(tmp_path / "o")
+    assert rl_main(["train", "--agent", "ppo", "--kl-coef", "-1", "--out", out]) == 2
+    assert "kl_coef must be >= 0, got -1.0" in capsys.readouterr().err
+    assert rl_main(["train", "--agent", "sb3-a2c", "--n-epochs", "3", "--out", out]) == 2
+    assert "['n_epochs'] are PPO settings" in capsys.readouterr().err
 
 
 @needs_defaults
@@ -51,27 +69,27 @@ def test_bad_input_exits_with_a_message(tmp_path, capsys):
 def test_train_evaluate_sample_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--agent", "grpo", "--env", "TextGen-Arithmetic-v0", "--out", str(out), "--episodes", "32",
-            "--eval-episodes", "16", "--set", "batch_size=16", "--set", "group_size=4", "--no-progress"]
-    assert main(args) == 0
+            "--eval-episodes", "16", "--batch-size", "16", "--group-size", "4", "--no-progress"]
+    assert rl_main(args) == 0
     printed = capsys.readouterr().out
     assert "initial" in printed and "final" in printed and "samples after" in printed
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 2 and {"reward", "gold_score", "kl", "episodes"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
     assert {"initial", "final", "samples_before", "samples_after"} <= set(summary)
-    assert main(args) == 2  # a second run into the same directory is refused
-    assert main(args[:-1] + ["--episodes", "48", "--resume", "--no-progress"]) == 0
+    assert rl_main(args) == 2  # a second run into the same directory is refused
+    assert rl_main(args[:-1] + ["--episodes", "48", "--resume", "--no-progress"]) == 0
     assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 3
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(out), "--episodes", "8"]) == 0
+    assert rl_main(["evaluate", "--checkpoint", str(out), "--episodes", "8"]) == 0
     assert "gold_score" in json.loads(capsys.readouterr().out)
-    assert main(["sample", "--checkpoint", str(out), "--prompt", "12+30=", "-n", "2"]) == 0
+    assert rl_main(["sample", "--checkpoint", str(out), "--prompt", "12+30=", "-n", "2"]) == 0
     assert capsys.readouterr().out.count("12+30=") == 2
 
 
 def test_train_sb3_with_the_gold_reward(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--agent", "sb3-a2c", "--env", "TextGen-Arithmetic-v0", "--reward-model", "gold",
+    assert rl_main(["train", "--agent", "sb3-a2c", "--env", "TextGen-Arithmetic-v0", "--reward-model", "gold",
                  "--out", str(out), "--episodes", "16", "--eval-episodes", "8", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     for when in ("initial", "final"):
@@ -79,6 +97,6 @@ def test_train_sb3_with_the_gold_reward(tmp_path, capsys):
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert rows and all(r["reward"] == r["gold_score"] for r in rows)
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(out), "--episodes", "8"]) == 0
+    assert rl_main(["evaluate", "--checkpoint", str(out), "--episodes", "8"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["reward"] == again["gold_score"]  # the checkpoint remembers its env kwargs
