@@ -7,12 +7,15 @@ One interface for every agent::
     agent.evaluate(64)          # {"reward", "gold_score", "kl", "entropy", "completions/mean_length"}
     agent.save("runs/ppo"); PPO.load("runs/ppo")
 
-stable-baselines3 runs unmodified through :mod:`agents.sb3`.
+Every learner (these, :class:`agents.sb3_agent.SB3Agent`, the benchmark's TRL peer) satisfies
+:class:`agents.contract.Learner` and evaluates on the seed stream :func:`agents.contract.evaluation_seed`.
+stable-baselines3 runs unmodified through :mod:`agents.sb3`; the ``textenv`` console script is :mod:`agents.cli`.
 """
 
 from __future__ import annotations
 
 from agents.base import Agent, AgentConfig
+from agents.contract import Learner, evaluation_seed
 from agents.grpo import GRPO, GRPOConfig
 from agents.policy import LMPolicy
 from agents.ppo import PPO, PPOConfig
@@ -21,6 +24,6 @@ from agents.reinforce import REINFORCE, REINFORCEConfig
 from agents.rloo import RLOO, RLOOConfig
 from agents.rollout import RolloutBatch, collect_rollout
 
-__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "Agent", "AgentConfig", "GRPOConfig", "LMPolicy",
-           "PPOConfig", "REINFORCEConfig", "RLOOConfig", "RolloutBatch", "collect_rollout", "get_agent_class",
-           "make_agent"]
+__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "Agent", "AgentConfig", "GRPOConfig", "LMPolicy", "Learner",
+           "PPOConfig", "REINFORCEConfig", "RLOOConfig", "RolloutBatch", "collect_rollout", "evaluation_seed",
+           "get_agent_class", "make_agent"]

@@ -196,3 +196,11 @@ def test_sb3_agent_records_the_reward_and_refuses_a_callable(tiny_lm, tiny_token
         SB3Agent.load(tmp_path / "ckpt")
     loaded = SB3Agent.load(tmp_path / "ckpt", env_kwargs={"reward_model": digit_share, "max_new_tokens": 2})
     assert loaded.envs.reward_model.name == "digit_share"
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import textenv.rewards.spec
+
+    assert doctest.testmod(textenv.rewards.spec).failed == 0
