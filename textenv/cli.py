@@ -9,77 +9,194 @@ Subcommands (``textenv SUBCOMMAND --help`` for the options):
 - ``train``         stage 4, RL: train the LM policy in a TextGen env (the main job)
 - ``evaluate``      evaluate a training run's checkpoint on held-out prompts
 - ``sample``        sample completions from a checkpoint
+
+The stage commands (:data:`STAGE_COMMANDS`) take their flags from one dataclass each (:class:`PretrainArgs`,
+:class:`FinetuneArgs`, :class:`TrainRewardArgs`, :class:`BuildDefaultsArgs`) through
+:mod:`textenv.cli_framework`; a field's docstring is its ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+from textenv.cli_framework import Command, run
 
 T = TypeVar("T")
 
 
-def _add_common_lm(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output directory (save_pretrained layout + checkpoints)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--no-progress", action="store_true")
+# ------------------------------------------------------------------------------------- argument checks
+def _check_min(values: dict[str, Any], low: int) -> None:
+    for flag, value in values.items():
+        if value < low:
+            raise ValueError(f"--{flag} must be >= {low}, got {value}")
 
 
+def _check_positive(flag: str, value: float) -> None:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"--{flag} must be a finite number > 0, got {value}")
+
+
+def _one_source(flags: dict[str, str | None]) -> None:
+    """Exactly one of the mutually exclusive data sources ``flags`` (flag name -> value) is given."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    names = " or ".join(f"--{k}" for k in flags)
+    if len(given) > 1:
+        got = " and ".join(f"--{k} {v!r}" for k, v in given.items())
+        raise ValueError(f"give one of {names}, not both (got {got})")
+    if not given:
+        raise ValueError(f"one of {names} is required")
+
+
+# ------------------------------------------------------------------------------------- argument dataclasses
+@dataclass
+class PretrainArgs:
+    """Flags of ``textenv pretrain``."""
+
+    out: str
+    """output directory (save_pretrained layout + checkpoints)"""
+    task: str | None = None
+    """a built-in task's corpus (sentiment, arithmetic, keywords); exclusive with --corpus"""
+    corpus: str | None = None
+    """a .txt file (one document per non-empty line) or .jsonl file ({"text": ...} rows); exclusive with --task"""
+    model: str = "tiny"
+    """'tiny' (a fresh ~1M-parameter GPT-2) or an HF model directory"""
+    tokenizer: str = "default"
+    """'default' or an HF tokenizer directory"""
+    docs: int = 20000
+    """documents drawn from --task"""
+    steps: int = 1000
+    """optimizer steps"""
+    batch_size: int = 16
+    """examples per optimizer step"""
+    lr: float = 1e-3
+    """peak learning rate"""
+    max_length: int = 128
+    """tokens per example (longer documents are chunked)"""
+    seed: int = 0
+    """seed of the data draw and the training run"""
+    resume: bool = False
+    """continue from the latest checkpoint in --out"""
+    progress: bool = True
+    """show a progress bar (--no-progress hides it)"""
+
+    def __post_init__(self) -> None:
+        _one_source({"task": self.task, "corpus": self.corpus})
+        _check_min({"docs": self.docs, "steps": self.steps, "batch-size": self.batch_size}, 1)
+        _check_min({"max-length": self.max_length}, 2)
+        _check_min({"seed": self.seed}, 0)
+        _check_positive("lr", self.lr)
+
+
+@dataclass
+class FinetuneArgs:
+    """Flags of ``textenv finetune``."""
+
+    model: str
+    """an HF causal-LM directory (e.g. a pretrain --out)"""
+    out: str
+    """output directory (save_pretrained layout + checkpoints)"""
+    task: str | None = None
+    """a built-in task's (prompt, response) pairs; exclusive with --pairs"""
+    pairs: str | None = None
+    """a .jsonl file of {"prompt", "response"} rows; exclusive with --task"""
+    pairs_count: int = 20000
+    """pairs drawn from --task"""
+    steps: int = 500
+    """optimizer steps"""
+    batch_size: int = 16
+    """examples per optimizer step"""
+    lr: float = 3e-4
+    """peak learning rate"""
+    max_length: int = 128
+    """tokens per example (longer prompts are cut from the left)"""
+    seed: int = 0
+    """seed of the data draw and the training run"""
+    resume: bool = False
+    """continue from the latest checkpoint in --out"""
+    progress: bool = True
+    """show a progress bar (--no-progress hides it)"""
+
+    def __post_init__(self) -> None:
+        _one_source({"task": self.task, "pairs": self.pairs})
+        _check_min({"pairs-count": self.pairs_count, "steps": self.steps, "batch-size": self.batch_size}, 1)
+        _check_min({"max-length": self.max_length}, 2)
+        _check_min({"seed": self.seed}, 0)
+        _check_positive("lr", self.lr)
+
+
+@dataclass
+class TrainRewardArgs:
+    """Flags of ``textenv train-reward``."""
+
+    out: str
+    """output directory of the reward model"""
+    task: str | None = None
+    """a built-in task: gold-scored texts (mse) or preference pairs (bt); exclusive with --data"""
+    data: str | None = None
+    """.jsonl: {"text","score"} / {"prompt","completion","score"} rows (mse), {"prompt","chosen","rejected"}
+    (bt); exclusive with --task"""
+    loss: Literal["mse", "bt"] = "mse"
+    """mse: regression on scores; bt: Bradley-Terry on preference pairs"""
+    base: str | None = None
+    """start from this HF causal-LM directory (default: a fresh tiny GPT-2)"""
+    tokenizer: str = "default"
+    """'default' or an HF tokenizer directory"""
+    steps: int = 1000
+    """optimizer steps"""
+    batch_size: int = 32
+    """rows per optimizer step"""
+    lr: float = 5e-4
+    """peak learning rate"""
+    rows: int = 20000
+    """rows drawn from --task"""
+    seed: int = 0
+    """seed of the data draw and the training run"""
+    progress: bool = True
+    """show a progress bar (--no-progress hides it)"""
+
+    def __post_init__(self) -> None:
+        _one_source({"task": self.task, "data": self.data})
+        _check_min({"rows": self.rows, "steps": self.steps, "batch-size": self.batch_size}, 1)
+        _check_min({"seed": self.seed}, 0)
+        _check_positive("lr", self.lr)
+
+
+@dataclass
+class BuildDefaultsArgs:
+    """Flags of ``textenv build-defaults``."""
+
+    out: str | None = None
+    """output directory (default: the package's textenv/data)"""
+    seed: int = 0
+    """seed of every stage of the build"""
+    scale: float = 1.0
+    """multiply data and steps (small: a quick check)"""
+    threads: int | None = None
+    """torch CPU threads; bytes are reproducible for a fixed count (the shipped set: see MANIFEST.json)"""
+    progress: bool = True
+    """show progress bars (--no-progress hides them)"""
+
+    def __post_init__(self) -> None:
+        _check_min({"seed": self.seed}, 0)
+        _check_positive("scale", self.scale)
+        if self.threads is not None:
+            _check_min({"threads": self.threads}, 1)
+
+
+# ------------------------------------------------------------------------------------- RL commands (argparse)
 def build_parser() -> argparse.ArgumentParser:
+    """The RL commands' parser (train, evaluate, sample); they move to ``agents.cli``."""
     from textenv import ENV_IDS
 
     parser = argparse.ArgumentParser(prog="textenv", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("pretrain", help="stage 1: pretrain a causal LM on plain text")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--task", help="a built-in task's corpus (sentiment, arithmetic, keywords)")
-    src.add_argument("--corpus", help="a .txt file, one document per non-empty line")
-    p.add_argument("--model", default="tiny", help="'tiny' (a fresh ~1M-parameter GPT-2) or an HF model directory")
-    p.add_argument("--tokenizer", default="default", help="'default' or an HF tokenizer directory")
-    p.add_argument("--docs", type=int, default=20000, help="documents drawn from --task")
-    _add_common_lm(p)
-
-    p = sub.add_parser("finetune", help="stage 2: fine-tune on (prompt, response) pairs, loss on responses")
-    p.add_argument("--model", required=True, help="an HF causal-LM directory (e.g. a pretrain --out)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--task", help="a built-in task's pairs")
-    src.add_argument("--pairs", help='a .jsonl file of {"prompt", "response"} rows')
-    p.add_argument("--pairs-count", type=int, default=20000, help="pairs drawn from --task")
-    _add_common_lm(p)
-
-    p = sub.add_parser("train-reward", help="stage 3: train a reward model (MSE or Bradley-Terry)")
-    p.add_argument("--out", required=True)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--task", help="a built-in task: gold-scored texts (mse) or preference pairs (bt)")
-    src.add_argument("--data", help='.jsonl: {"text","score"} / {"prompt","completion","score"} (mse), '
-                                    '{"prompt","chosen","rejected"} (bt)')
-    p.add_argument("--loss", choices=["mse", "bt"], default="mse")
-    p.add_argument("--base", default=None, help="start from this HF causal-LM directory")
-    p.add_argument("--tokenizer", default="default")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--rows", type=int, default=20000, help="rows drawn from --task")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-
-    p = sub.add_parser("build-defaults", help="rebuild the shipped tokenizer, LMs and reward models")
-    p.add_argument("--out", default=None, help="default: the package's textenv/data")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, default=1.0, help="multiply data and steps (small: a quick check)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads; bytes are reproducible for a fixed count (the shipped set: see MANIFEST.json)")
-    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("train", help="RL: train the LM policy in a TextGen env (the main job)")
     p.add_argument("--agent", default="ppo", choices=["ppo", "grpo", "reinforce", "rloo", "sb3-ppo", "sb3-a2c"])
@@ -115,54 +232,56 @@ def _hold_out(items: list[T]) -> tuple[list[T], list[T]]:
     return items[n_eval:] or items, items[:n_eval]
 
 
-def _cmd_pretrain(a: argparse.Namespace) -> int:
+def _cmd_pretrain(a: PretrainArgs) -> int:
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.tasks import get_task
     from textenv.training.lm import LMTrainConfig, load_text_corpus, pretrain
 
     tok = load_tokenizer(a.tokenizer)
-    if a.task:
+    if a.task is not None:
         task = get_task(a.task)
         texts = task.pretrain_corpus(a.docs, seed=a.seed)
         eval_texts = [p + r for p, r in task.sft_pairs(max(20, a.docs // 50), seed=a.seed + 1, split="test")]
     else:
+        assert a.corpus is not None  # PretrainArgs checks that one source is given
         texts, eval_texts = _hold_out(load_text_corpus(a.corpus))
     model = load_causal_lm(a.model, tokenizer=tok)
-    cfg = LMTrainConfig(steps=a.steps or 1000, batch_size=a.batch_size, lr=a.lr or 1e-3, max_length=a.max_length,
-                        seed=a.seed, progress=not a.no_progress)
+    cfg = LMTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
+                        seed=a.seed, progress=a.progress)
     m = pretrain(model, tok, texts, a.out, cfg, eval_texts=eval_texts, resume=a.resume)
     print(json.dumps(m, indent=2))
     return 0
 
 
-def _cmd_finetune(a: argparse.Namespace) -> int:
+def _cmd_finetune(a: FinetuneArgs) -> int:
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.tasks import get_task
     from textenv.training.lm import LMTrainConfig, finetune, load_pairs_jsonl
 
     tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer_config.json").exists() else "default")
-    if a.task:
+    if a.task is not None:
         task = get_task(a.task)
         pairs = task.sft_pairs(a.pairs_count, seed=a.seed)
         eval_pairs = task.sft_pairs(max(20, a.pairs_count // 50), seed=a.seed + 1, split="test")
     else:
+        assert a.pairs is not None  # FinetuneArgs checks that one source is given
         pairs, eval_pairs = _hold_out(load_pairs_jsonl(a.pairs))
     model = load_causal_lm(a.model, tokenizer=tok)
-    cfg = LMTrainConfig(steps=a.steps or 500, batch_size=a.batch_size, lr=a.lr or 3e-4, max_length=a.max_length,
-                        seed=a.seed, progress=not a.no_progress)
+    cfg = LMTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
+                        seed=a.seed, progress=a.progress)
     m = finetune(model, tok, pairs, a.out, cfg, eval_pairs=eval_pairs, resume=a.resume)
     print(json.dumps(m, indent=2))
     return 0
 
 
-def _cmd_train_reward(a: argparse.Namespace) -> int:
+def _cmd_train_reward(a: TrainRewardArgs) -> int:
     from textenv.tasks import get_task
     from textenv.training.reward import load_reward_rows, train_reward_model
 
     task = None
     rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]] | None
-    if a.task:
+    if a.task is not None:
         task = get_task(a.task)
         if a.loss == "mse":
             rows = task.scored_texts(a.rows, seed=a.seed)
@@ -171,28 +290,40 @@ def _cmd_train_reward(a: argparse.Namespace) -> int:
             rows = task.preference_pairs(a.rows, seed=a.seed)
             eval_rows = task.preference_pairs(max(64, a.rows // 20), seed=a.seed + 1, split="test")
     else:
+        assert a.data is not None  # TrainRewardArgs checks that one source is given
         rows = load_reward_rows(a.data, a.loss)
         n_eval = max(1, len(rows) // 20) if len(rows) >= 40 else 0
         rows, eval_rows = (rows[n_eval:], rows[:n_eval]) if n_eval else (rows, None)
     m = train_reward_model(rows, a.out, loss=a.loss, tokenizer=a.tokenizer, base=a.base, steps=a.steps,
                            batch_size=a.batch_size, lr=a.lr, seed=a.seed, eval_rows=eval_rows,
-                           progress=not a.no_progress, task=task)
+                           progress=a.progress, task=task)
     print(json.dumps(m, indent=2))
     return 0
 
 
-def _cmd_build_defaults(a: argparse.Namespace) -> int:
+def _cmd_build_defaults(a: BuildDefaultsArgs) -> int:
     from textenv.training.defaults import build_defaults
 
     if a.threads is not None:
-        if a.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {a.threads}")
         import torch
 
         torch.set_num_threads(a.threads)
-    m = build_defaults(a.out, seed=a.seed, scale=a.scale, progress=not a.no_progress)
+    m = build_defaults(a.out, seed=a.seed, scale=a.scale, progress=a.progress)
     print(json.dumps(m["quality"], indent=2))
     return 0
+
+
+#: The stage 1-3 commands and the defaults build, each with its argument dataclass.
+STAGE_COMMANDS: list[Command] = [
+    Command("pretrain", "stage 1: pretrain a causal LM on plain text", (PretrainArgs,), _cmd_pretrain),
+    Command("finetune", "stage 2: fine-tune on (prompt, response) pairs, loss on responses", (FinetuneArgs,),
+            _cmd_finetune),
+    Command("train-reward", "stage 3: train a reward model (MSE or Bradley-Terry)", (TrainRewardArgs,),
+            _cmd_train_reward),
+    Command("build-defaults", "rebuild the shipped tokenizer, LMs and reward models", (BuildDefaultsArgs,),
+            _cmd_build_defaults),
+]
+_RL_COMMANDS = ("train", "evaluate", "sample")
 
 
 def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
@@ -209,23 +340,26 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``textenv`` console script; returns the exit status."""
-    parser = build_parser()
-    a = parser.parse_args(argv)
-    commands = {
-        "pretrain": _cmd_pretrain,
-        "finetune": _cmd_finetune,
-        "train-reward": _cmd_train_reward,
-        "build-defaults": _cmd_build_defaults,
-        "train": _cmd_run,
-        "evaluate": _cmd_run,
-        "sample": _cmd_run,
-    }
-    try:
-        return commands[a.command](a)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"textenv {a.command}: error: {exc}", file=sys.stderr)
-        return 2
+    """Entry point of the ``textenv`` console script; returns the exit status.
+
+    The stage commands run through :func:`textenv.cli_framework.run`; train, evaluate and sample still go
+    through their argparse parser (:func:`build_parser`).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in _RL_COMMANDS:
+        a = build_parser().parse_args(args)
+        try:
+            return _cmd_run(a)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"textenv {a.command}: error: {exc}", file=sys.stderr)
+            return 2
+    status = run(args, STAGE_COMMANDS)
+    if not args or args[0] in ("-h", "--help"):
+        rl = ("  train           stage 4, RL: train the LM policy in a TextGen env (the main job)\n"
+              "  evaluate        evaluate a checkpoint on held-out prompts\n"
+              "  sample          sample completions from a checkpoint")
+        print(rl, file=sys.stdout if args else sys.stderr)
+    return status
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
