@@ -45,6 +45,16 @@ def test_bad_input_exits_with_a_message(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
+def test_the_console_script_is_the_stage_commands_plus_rl(capsys):
+    from agents.cli import COMMANDS
+    from textenv.cli import STAGE_COMMANDS
+
+    assert COMMANDS[:len(STAGE_COMMANDS)] == STAGE_COMMANDS
+    assert [c.name for c in COMMANDS[len(STAGE_COMMANDS):]] == ["train", "evaluate", "sample"]
+    assert main(["train", "--agent", "ppo"]) == 2  # textenv alone knows no RL command
+    assert "unknown command 'train'" in capsys.readouterr().err
+
+
 def test_rl_flags_come_from_the_config_dataclasses(tmp_path, capsys):
     assert rl_main(["train", "--agent", "dqn"]) == 2
     assert "unknown agent 'dqn'" in capsys.readouterr().err

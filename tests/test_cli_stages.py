@@ -78,9 +78,3 @@ def test_bad_type_and_choice_exit_2():
     with pytest.raises(SystemExit) as exc:
         main(["pretrain", "--out", "o", "--task", "arithmetic", "--steps", "many"])
     assert exc.value.code == 2
-
-
-def test_rl_commands_still_dispatch_to_their_parser():
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--agent", "dqn"])
-    assert exc.value.code == 2

@@ -1,4 +1,4 @@
-"""``python -m textenv`` is the ``textenv`` command."""
+"""``python -m textenv``: the stage 1-3 commands (the full ``textenv`` command, RL included, is ``python -m agents``)."""
 
 from textenv.cli import main
 

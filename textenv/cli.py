@@ -1,4 +1,4 @@
-"""The ``textenv`` command: the four pipeline stages, the defaults build, and RL training.
+"""The stage 1-3 commands of the ``textenv`` console script, and the defaults build.
 
 Subcommands (``textenv SUBCOMMAND --help`` for the options):
 
@@ -6,9 +6,9 @@ Subcommands (``textenv SUBCOMMAND --help`` for the options):
 - ``finetune``      stage 2, supervised fine-tuning on (prompt, response) pairs
 - ``train-reward``  stage 3, a reward model by MSE regression or Bradley-Terry
 - ``build-defaults`` rebuild everything shipped in ``textenv/data``
-- ``train``         stage 4, RL: train the LM policy in a TextGen env (the main job)
-- ``evaluate``      evaluate a training run's checkpoint on held-out prompts
-- ``sample``        sample completions from a checkpoint
+
+The RL commands (``train``, ``evaluate``, ``sample``) live a layer up, in :mod:`agents.cli`, which adds them
+to :data:`STAGE_COMMANDS` for the console script: ``textenv`` never imports ``agents``.
 
 The stage commands (:data:`STAGE_COMMANDS`) take their flags from one dataclass each (:class:`PretrainArgs`,
 :class:`FinetuneArgs`, :class:`TrainRewardArgs`, :class:`BuildDefaultsArgs`) through
@@ -17,10 +17,8 @@ The stage commands (:data:`STAGE_COMMANDS`) take their flags from one dataclass 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,42 +188,6 @@ class BuildDefaultsArgs:
             _check_min({"threads": self.threads}, 1)
 
 
-# ------------------------------------------------------------------------------------- RL commands (argparse)
-def build_parser() -> argparse.ArgumentParser:
-    """The RL commands' parser (train, evaluate, sample); they move to ``agents.cli``."""
-    from textenv import ENV_IDS
-
-    parser = argparse.ArgumentParser(prog="textenv", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="RL: train the LM policy in a TextGen env (the main job)")
-    p.add_argument("--agent", default="ppo", choices=["ppo", "grpo", "reinforce", "rloo", "sb3-ppo", "sb3-a2c"])
-    p.add_argument("--env", default="TextGen-v0", help=f"one of {sorted(ENV_IDS)} or any registered TextGen id")
-    p.add_argument("--episodes", type=int, default=None, help="episodes to train (default: the agent's budget)")
-    p.add_argument("--policy", default="default", help="'default', 'tiny' or an HF causal-LM directory")
-    p.add_argument("--reward-model", default="default",
-                   help="'default' (the task's shipped model), 'gold', a reward-model directory or an HF id")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<agent>-<env>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--eval-episodes", type=int, default=128)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an agent config field, e.g. --set learning_rate=1e-4 (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
-
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on held-out prompts")
-    p.add_argument("--checkpoint", required=True, help="a run's --out directory (its latest checkpoint) or one checkpoint")
-    p.add_argument("--episodes", type=int, default=128)
-
-    p = sub.add_parser("sample", help="sample completions from a checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--prompt", required=True, action="append", help="a prompt (repeatable)")
-    p.add_argument("-n", "--num", type=int, default=4, help="samples per prompt")
-    p.add_argument("--seed", type=int, default=0)
-    return parser
-
-
 def _hold_out(items: list[T]) -> tuple[list[T], list[T]]:
     """(train, held-out): the first 2% (at least one item) held out for the perplexity."""
     n_eval = max(1, len(items) // 50)
@@ -323,50 +285,12 @@ STAGE_COMMANDS: list[Command] = [
     Command("build-defaults", "rebuild the shipped tokenizer, LMs and reward models", (BuildDefaultsArgs,),
             _cmd_build_defaults),
 ]
-_RL_COMMANDS = ("train", "evaluate", "sample")
-
-
-def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``textenv`` console script; returns the exit status.
-
-    The stage commands run through :func:`textenv.cli_framework.run`; train, evaluate and sample still go
-    through their argparse parser (:func:`build_parser`).
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in _RL_COMMANDS:
-        a = build_parser().parse_args(args)
-        try:
-            return _cmd_run(a)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"textenv {a.command}: error: {exc}", file=sys.stderr)
-            return 2
-    status = run(args, STAGE_COMMANDS)
-    if not args or args[0] in ("-h", "--help"):
-        rl = ("  train           stage 4, RL: train the LM policy in a TextGen env (the main job)\n"
-              "  evaluate        evaluate a checkpoint on held-out prompts\n"
-              "  sample          sample completions from a checkpoint")
-        print(rl, file=sys.stdout if args else sys.stderr)
-    return status
-
-
-def _cmd_run(a: argparse.Namespace) -> int:
-    # `agents` depends on `textenv`, never the reverse: the RL commands import it lazily
-    from agents import run
-
-    return {"train": run.train_command, "evaluate": run.evaluate_command, "sample": run.sample_command}[a.command](a)
+    """The stage commands alone (``python -m textenv``); returns the exit status. The ``textenv`` console
+    script, with the RL commands on top, is :func:`agents.cli.main`."""
+    return run(argv, STAGE_COMMANDS)
 
 
 if __name__ == "__main__":
