@@ -144,6 +144,8 @@ class TrainArguments:
             raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
         if isinstance(self.eval_episodes, bool) or self.eval_episodes < 1:
             raise ValueError(f"--eval-episodes must be >= 1, got {self.eval_episodes}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
 
 
 @dataclasses.dataclass

@@ -72,6 +72,8 @@ def test_rl_flags_come_from_the_config_dataclasses(tmp_path, capsys):
     assert "kl_coef must be >= 0, got -1.0" in capsys.readouterr().err
     assert rl_main(["train", "--agent", "sb3-a2c", "--n-epochs", "3", "--out", out]) == 2
     assert "['n_epochs'] are PPO settings" in capsys.readouterr().err
+    assert rl_main(["train", "--agent", "sb3-ppo", "--device", "tpu", "--out", out]) == 2
+    assert "--device must be 'auto', 'cpu' or 'cuda[:N]', got 'tpu'" in capsys.readouterr().err
 
 
 @needs_defaults

@@ -111,3 +111,23 @@ def test_evaluation_seed():
     assert [evaluation_seed(s) for s in (0, 1, 2)] == [12345, 13345, 14345]
     with pytest.raises(ValueError, match="seed"):
         evaluation_seed(1.5)  # type: ignore[arg-type]
+
+
+def test_trl_peer_checkpoint_round_trips(tmp_path):
+    pytest.importorskip("trl")
+    import json
+
+    peer = TRLGRPOAgent(ENV, policy="tiny", reward_model="gold", seed=1)
+    with torch.no_grad():  # a trained policy differs from its reference: the checkpoint must keep both
+        w = peer.policy.model.get_output_embeddings().weight
+        w.add_(0.5 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
+    peer.episodes, peer.history = 8, [{"reward": 0.5, "episodes": 8.0}]
+    peer.save(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "agent.json").read_text())["reward_model"] == {"kind": "gold"}
+    loaded = TRLGRPOAgent.load(tmp_path / "ckpt")
+    assert isinstance(loaded, Learner) and loaded.episodes == 8 and loaded.history == peer.history
+    again, before = loaded.evaluate(4), peer.evaluate(4)
+    assert again == pytest.approx(before, rel=1e-5, abs=1e-6)
+    assert again["kl"] > 0.1
+    with pytest.raises(ValueError, match="env id"):
+        TRLGRPOAgent.load(tmp_path / "ckpt", env=peer.envs)
