@@ -274,7 +274,7 @@ def test_user_env_is_used_as_given(tiny_tokenizer):
     # the rollout ran in this env: its slots hold the last rollout's groups of prompts
     prompts = envs.prompts()
     assert prompts[0] == prompts[3] != prompts[4] == prompts[7]
-    assert envs.setup.reward_model is not None and envs.setup.max_new_tokens == MAX_NEW_TOKENS
+    assert envs.reward_model is not None and envs.max_new_tokens == MAX_NEW_TOKENS
 
 
 def test_config_dataclasses_validate_directly():
@@ -283,3 +283,15 @@ def test_config_dataclasses_validate_directly():
         assert dataclasses.replace(config) == config
         with pytest.raises(ValueError, match="batch_size"):
             config_cls(batch_size=0)
+
+
+def test_vector_env_public_api_matches_its_setup(tiny_tokenizer):
+    import numpy as np
+
+    envs = make_envs(tiny_tokenizer, 4)
+    assert envs.max_new_tokens == MAX_NEW_TOKENS and envs.vocab_size == len(tiny_tokenizer)
+    assert envs.pad_id == tiny_tokenizer.pad_token_id and envs.reward_model.name == "digit_share"
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    drawn = [envs.sample_prompt(rng_a, "test") for _ in range(3)]
+    assert drawn == [envs.setup.sample_prompt(rng_b, "test") for _ in range(3)]
+    assert drawn != [envs.sample_prompt(np.random.default_rng(5), "train") for _ in range(3)]

@@ -112,3 +112,12 @@ def test_the_checks_can_fail():
     tree = ast.parse("import os\ndef f():\n    from agents import run\nif TYPE_CHECKING:\n    import agents.base\n")
     assert [t for t, _ in imported("textenv.x", tree, top_level_only=False)] == ["os", "agents.run", "agents.base"]
     assert [t for t, _ in imported("textenv.x", tree, top_level_only=True)] == ["os"]
+
+
+def test_agents_use_the_vector_envs_public_api():
+    """``agents`` and the learning benchmark read no ``.setup`` internals of the envs (see
+    TextGenVectorEnv.max_new_tokens, vocab_size, pad_id, reward_model, sample_prompt)."""
+    files = [*module_files("agents").values(), ROOT / "benchmarks" / "learning.py"]
+    offenders = [f"{f.relative_to(ROOT)}:{node.lineno}" for f in files for node in ast.walk(ast.parse(f.read_text()))
+                 if isinstance(node, ast.Attribute) and node.attr == "setup"]
+    assert not offenders, offenders

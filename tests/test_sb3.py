@@ -291,8 +291,8 @@ def test_sb3_agent_trains_whole_rollouts_with_env_kwargs_and_round_trips(algo, t
     agent = SB3Agent(algo, "TextGen-Arithmetic-v0", str(lm_dir), seed=0, device="cpu", n_envs=4,
                      env_kwargs={"reward_model": "gold", "max_new_tokens": 2}, **sets)
     sb3_envs = agent.model.get_env().envs
-    assert all(e.unwrapped.setup.max_new_tokens == 2 for e in sb3_envs) and agent.envs.setup.max_new_tokens == 2
-    assert len(agent.envs.setup.tokenizer) == len(tiny_tokenizer)  # the policy's tokenizer, not the default
+    assert all(e.unwrapped.setup.max_new_tokens == 2 for e in sb3_envs) and agent.envs.max_new_tokens == 2
+    assert len(agent.envs.tokenizer) == len(tiny_tokenizer)  # the policy's tokenizer, not the default
     before = agent.evaluate(8, seed=3)
     assert agent.evaluate(8, seed=3) == before  # seeded
     seen: list[dict[str, float]] = []
