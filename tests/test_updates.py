@@ -154,6 +154,20 @@ def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps: float) -> tor
     return torch.where(adv >= 0, up, down)
 
 
+def end_early(batch: RolloutBatch, lengths: list[int], pad_id: int) -> RolloutBatch:
+    """``batch`` as the env and ``collect_rollout`` lay out episodes that ended (on an EOS) after ``lengths``
+    tokens: pad and mask 0 after the end, the score on the last valid token, columns trimmed to the longest.
+    Log-probs and values of the kept tokens are unchanged (a causal LM's token t sees only tokens < t)."""
+    T = max(lengths)
+    mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).float()  # (B, T)
+    rewards = torch.zeros_like(mask)
+    for i, n in enumerate(lengths):
+        rewards[i, n - 1] = batch.scores[i]
+    return batch._replace(mask=mask, tokens=batch.tokens[:, :T].masked_fill(mask == 0, pad_id), rewards=rewards,
+                          logprobs=batch.logprobs[:, :T] * mask, ref_logprobs=batch.ref_logprobs[:, :T] * mask,
+                          values=batch.values[:, :T] * mask)
+
+
 # old log-prob offsets per token: ratios exp(+0.5) = 1.65 and exp(-0.5) = 0.61 lie outside [0.8, 1.2], so the
 # clip is active on one of the two tokens of either sign of advantage
 OLD_LOGPROB_SHIFT = torch.tensor([0.0, -0.5, 0.5])
@@ -269,8 +283,13 @@ def test_grpo_update(tiny_tokenizer, monkeypatch, normalization):
     kl_coef, clip_range = 0.1, 0.2
     agent = make_agent(GRPO, tiny_tokenizer, ScriptedReward(SCORES), group_size=4, kl_coef=kl_coef, clip_range=clip_range,
                        normalization=normalization)
-    batch = rollout(agent, SCORES)
-    batch = batch._replace(logprobs=batch.logprobs + OLD_LOGPROB_SHIFT)  # ratios 1, 1.65, 0.61 at the first step
+    # episodes of 1 and 2 tokens: a sequence mean differs from a token mean, and T = 2 from max_new_tokens = 3
+    lengths = [2, 2, 1, 2, 2, 1, 2, 2]
+    batch = end_early(rollout(agent, SCORES), lengths, agent.envs.setup.pad_id)
+    shift = OLD_LOGPROB_SHIFT[1:]  # ratios 1.65 and 0.61 at the first step
+    batch = batch._replace(logprobs=(batch.logprobs + shift) * batch.mask)
+    m = batch.mask.bool()
+    valid = [(i, t) for i in range(len(SCORES)) for t in range(lengths[i])]
     captured = {}
     real_loss = agents.grpo.ppo_policy_loss
 
@@ -286,11 +305,12 @@ def test_grpo_update(tiny_tokenizer, monkeypatch, normalization):
     per_token = clipped_surrogate(ratio, adv[:, None], clip_range)  # (B, T)
     d = batch.ref_logprobs - ev.logprobs  # log(ref / pi)
     k3 = torch.exp(d) - d - 1  # (B, T)
-    if normalization == "dr_grpo":  # sum over tokens / (B * max_new_tokens)
-        pg_loss = per_token.sum() / (len(SCORES) * MAX_NEW_TOKENS)
-        kl_loss = k3.sum() / (len(SCORES) * MAX_NEW_TOKENS)
-    else:  # mean over each sequence's tokens, then over sequences
-        pg_loss, kl_loss = per_token.mean(1).mean(), k3.mean(1).mean()
+    if normalization == "dr_grpo":  # sum over valid tokens / (B * max_new_tokens)
+        pg_loss = per_token[m].sum() / (len(SCORES) * MAX_NEW_TOKENS)
+        kl_loss = k3[m].sum() / (len(SCORES) * MAX_NEW_TOKENS)
+    else:  # mean over each sequence's valid tokens, then over sequences
+        pg_loss = sum(per_token[i, :n].mean() for i, n in enumerate(lengths)) / len(SCORES)
+        kl_loss = sum(k3[i, :n].mean() for i, n in enumerate(lengths)) / len(SCORES)
     expected = hand_grads(agent, pg_loss + kl_coef * kl_loss)
     before, steps = snapshot(agent), capture_steps(agent)
 
@@ -301,8 +321,10 @@ def test_grpo_update(tiny_tokenizer, monkeypatch, normalization):
     assert metrics["policy_loss"] == pytest.approx(float(pg_loss.detach()), rel=1e-5, abs=1e-6)
     assert metrics["kl_loss"] == pytest.approx(float(kl_loss.detach()), rel=1e-5, abs=1e-7)
     assert float(kl_loss.detach()) > 1e-3  # the reference is another model: the KL term is not 0
-    # the shifted tokens: one of the two is clipped whatever the advantage's sign
-    assert metrics["clip_ratio"] == pytest.approx(1 / 3, abs=1e-6)
+    # clipped: the ratio-1.65 tokens (t = 0) where A > 0 and the ratio-0.61 tokens (t = 1) where A < 0
+    n_clipped = sum((t == 0 and adv[i] > 0) or (t == 1 and adv[i] < 0) for i, t in valid)
+    assert 0 < n_clipped < len(valid)
+    assert metrics["clip_ratio"] == pytest.approx(n_clipped / len(valid), abs=1e-6)
     check_step(agent, before, expected, steps)
 
 
@@ -313,17 +335,6 @@ def test_grpo_update(tiny_tokenizer, monkeypatch, normalization):
 PPO_SCORES = [1.0, 0.0, 0.5, 1.0]
 VALUE = 0.3  # the value head's constant output (zero weights, this bias)
 GAMMA, LAM = 0.9, 0.8
-
-
-def cut_to_two_tokens(batch: RolloutBatch, row: int, pad_id: int) -> RolloutBatch:
-    """Row ``row`` as the env would lay out an episode that ended at its second token: pad after it, mask 0,
-    the score on the second token."""
-    mask, tokens, rewards = batch.mask.clone(), batch.tokens.clone(), batch.rewards.clone()
-    mask[row, 2] = 0
-    tokens[row, 2] = pad_id
-    rewards[row, 1], rewards[row, 2] = rewards[row, 2], 0.0
-    return batch._replace(mask=mask, tokens=tokens, rewards=rewards, logprobs=batch.logprobs * mask,
-                          ref_logprobs=batch.ref_logprobs * mask, values=batch.values * mask)
 
 
 def gae_by_hand(rewards: list[list[float]], lengths: list[int], value: float) -> list[list[float]]:
@@ -348,9 +359,9 @@ def test_ppo_update(tiny_tokenizer, monkeypatch, kl_coef):
         head.bias.fill_(VALUE)
     batch = rollout(agent, PPO_SCORES)
     torch.testing.assert_close(batch.values, torch.full((4, MAX_NEW_TOKENS), VALUE))
-    batch = cut_to_two_tokens(batch, 1, agent.envs.setup.pad_id)
-    batch = batch._replace(logprobs=(batch.logprobs + OLD_LOGPROB_SHIFT) * batch.mask)
     lengths = [3, 2, 3, 3]
+    batch = end_early(batch, lengths, agent.envs.setup.pad_id)
+    batch = batch._replace(logprobs=(batch.logprobs + OLD_LOGPROB_SHIFT) * batch.mask)
     valid = [(i, t) for i in range(4) for t in range(lengths[i])]
 
     # per-token reward by hand: the score on the last token, minus beta * (log pi_old - log ref) on every token
@@ -412,4 +423,4 @@ def test_ppo_update(tiny_tokenizer, monkeypatch, kl_coef):
     check_step(agent, before, expected, steps)
     # a 1-parameter view: the value bias's gradient is vf_coef * mean(V - R), so it moves by lr towards the returns
     mean_return = sum(returns[i][t] for i, t in valid) / len(valid)
-    assert float(head.bias) == pytest.approx(VALUE + LR * math.copysign(1.0, mean_return - VALUE), abs=1e-6)
+    assert float(head.bias.detach()) == pytest.approx(VALUE + LR * math.copysign(1.0, mean_return - VALUE), abs=1e-6)
