@@ -424,3 +424,67 @@ def test_ppo_update(tiny_tokenizer, monkeypatch, kl_coef):
     # a 1-parameter view: the value bias's gradient is vf_coef * mean(V - R), so it moves by lr towards the returns
     mean_return = sum(returns[i][t] for i, t in valid) / len(valid)
     assert float(head.bias.detach()) == pytest.approx(VALUE + LR * math.copysign(1.0, mean_return - VALUE), abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The SB3 adapter: what unmodified stable-baselines3 PPO's update receives from our env and policy
+# --------------------------------------------------------------------------------------------------------
+
+
+class ScriptedByCall:
+    """A reward model that gives the k-th call the score ``scores[k]`` (one single env scores one completion
+    per call; ``DummyVecEnv`` steps its envs in order, so env i's episode gets ``scores[i]``)."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = list(scores)
+        self.calls = 0
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+        assert len(completions) == 1
+        self.calls += 1
+        return [self.scores[self.calls - 1]]
+
+
+def test_sb3_rollout_buffer_advantages(tiny_tokenizer, tiny_tokenizer_dir):
+    """As SB3's tests/test_gae.py, on our env and LMActorCriticPolicy: a constant value (zero weights, bias 0.3)
+    and a scripted terminal reward; the rollout buffer's advantages and returns (the input of SB3's update) are
+    GAE of the terminal score with no bootstrap past the episode's last token."""
+    from stable_baselines3 import PPO as SB3PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from agents.sb3 import LMActorCriticPolicy, make_sb3_env
+
+    scores = [1.0, 0.5]
+    reward = ScriptedByCall(scores)
+    env = make_sb3_env("TextGen-v0", n_envs=2, seed=0, tokenizer=str(tiny_tokenizer_dir), reward_model=reward,
+                       max_new_tokens=MAX_NEW_TOKENS, terminate_on_eos=False)
+    model = SB3PPO(LMActorCriticPolicy, env, n_steps=MAX_NEW_TOKENS, batch_size=2 * MAX_NEW_TOKENS, n_epochs=1,
+                   gamma=GAMMA, gae_lambda=LAM, policy_kwargs={"model": tiny_lm(tiny_tokenizer, 0)}, device="cpu",
+                   seed=0)
+    with torch.no_grad():
+        model.policy.value_net.weight.zero_()
+        model.policy.value_net.bias.fill_(VALUE)
+    seen = {}
+
+    class Check(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            buf = self.model.rollout_buffer
+            seen.update(rewards=buf.rewards.copy(), values=buf.values.copy(), advantages=buf.advantages.copy(),
+                        returns=buf.returns.copy(), starts=buf.episode_starts.copy())
+
+    model.learn(2 * MAX_NEW_TOKENS, callback=Check())
+    assert reward.calls == 2  # one episode per env, scored once at its end
+    # (n_steps, n_envs): reward 0, 0, score; one episode per env, from the first step
+    expected_rewards = [[0.0, 0.0], [0.0, 0.0], scores]
+    assert seen["rewards"].tolist() == [pytest.approx(r) for r in expected_rewards]
+    assert seen["starts"][0].tolist() == [1.0, 1.0] and seen["starts"][1:].sum() == 0
+    assert seen["values"] == pytest.approx(VALUE)
+    raw_adv = gae_by_hand([[0.0, 0.0, s] for s in scores], [MAX_NEW_TOKENS] * 2, VALUE)  # (n_envs, T)
+    a1 = -0.03 + 0.72 * 0.7
+    assert raw_adv[0] == pytest.approx([-0.03 + 0.72 * a1, a1, 0.7])  # the literal numbers of test_ppo_update
+    expected_adv = [[raw_adv[e][t] for e in range(2)] for t in range(MAX_NEW_TOKENS)]  # (n_steps, n_envs)
+    assert seen["advantages"].tolist() == [pytest.approx(row, abs=1e-6) for row in expected_adv]
+    assert seen["returns"].tolist() == [pytest.approx([a + VALUE for a in row], abs=1e-6) for row in expected_adv]
