@@ -9,8 +9,13 @@ written without ``agents.core``), the loss values the update reports against the
 gradient the optimizer receives against ``torch.autograd`` on the hand-written loss, and that the one AdamW
 step moves every parameter against that gradient (Adam's first step is ``-lr * g / (|g| + eps)``).
 
-The SB3 adapter is not covered here: stable-baselines3 runs unmodified (its GAE and update are tested upstream,
-tests/test_gae.py) and ``tests/test_sb3.py`` tests the LM policy it trains.
+Where the loss's inputs are shuffled into minibatch order, the rows are matched back by their old log-probs.
+The batches are the env's, except where a test shifts the old log-probs (so that PPO's clip is active) or ends
+episodes early (so that masks and aggregations matter), each as the env and rollout would lay them out.
+
+The SB3 adapter: stable-baselines3 runs unmodified and its update is tested upstream, so its test checks what
+that update receives from our env and ``LMActorCriticPolicy``, as SB3's own tests/test_gae.py does: the rollout
+buffer's advantages and returns for a constant value and a scripted terminal reward.
 """
 
 from __future__ import annotations
@@ -285,7 +290,7 @@ def test_grpo_update(tiny_tokenizer, monkeypatch, normalization):
                        normalization=normalization)
     # episodes of 1 and 2 tokens: a sequence mean differs from a token mean, and T = 2 from max_new_tokens = 3
     lengths = [2, 2, 1, 2, 2, 1, 2, 2]
-    batch = end_early(rollout(agent, SCORES), lengths, agent.envs.setup.pad_id)
+    batch = end_early(rollout(agent, SCORES), lengths, tiny_tokenizer.pad_token_id)
     shift = OLD_LOGPROB_SHIFT[1:]  # ratios 1.65 and 0.61 at the first step
     batch = batch._replace(logprobs=(batch.logprobs + shift) * batch.mask)
     m = batch.mask.bool()
@@ -360,7 +365,7 @@ def test_ppo_update(tiny_tokenizer, monkeypatch, kl_coef):
     batch = rollout(agent, PPO_SCORES)
     torch.testing.assert_close(batch.values, torch.full((4, MAX_NEW_TOKENS), VALUE))
     lengths = [3, 2, 3, 3]
-    batch = end_early(batch, lengths, agent.envs.setup.pad_id)
+    batch = end_early(batch, lengths, tiny_tokenizer.pad_token_id)
     batch = batch._replace(logprobs=(batch.logprobs + OLD_LOGPROB_SHIFT) * batch.mask)
     valid = [(i, t) for i in range(4) for t in range(lengths[i])]
 
