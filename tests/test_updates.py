@@ -355,9 +355,13 @@ def gae_by_hand(rewards: list[list[float]], lengths: list[int], value: float) ->
 
 @pytest.mark.parametrize("kl_coef", [0.0, 0.2])
 def test_ppo_update(tiny_tokenizer, monkeypatch, kl_coef):
+    """PPO, one epoch of one minibatch: per-token rewards, GAE, whitening, the three loss terms, the logged
+    KL and clip statistics, and (with a KL penalty) the adaptive coefficient's update."""
     clip_range, vf_coef, ent_coef = 0.2, 0.5, 0.01
-    agent = make_agent(PPO, tiny_tokenizer, ScriptedReward(PPO_SCORES), kl_coef=kl_coef, gamma=GAMMA, lam=LAM, n_epochs=1,
-                       n_minibatches=1, clip_range=clip_range, vf_coef=vf_coef, ent_coef=ent_coef)
+    kl_horizon = 100
+    agent = make_agent(PPO, tiny_tokenizer, ScriptedReward(PPO_SCORES), kl_coef=kl_coef, gamma=GAMMA, lam=LAM,
+                       n_epochs=1, n_minibatches=1, clip_range=clip_range, vf_coef=vf_coef, ent_coef=ent_coef,
+                       adaptive_kl=kl_coef > 0, kl_horizon=kl_horizon)
     head = agent.policy.value_head
     with torch.no_grad():
         head.weight.zero_()
@@ -368,6 +372,12 @@ def test_ppo_update(tiny_tokenizer, monkeypatch, kl_coef):
     batch = end_early(batch, lengths, tiny_tokenizer.pad_token_id)
     batch = batch._replace(logprobs=(batch.logprobs + OLD_LOGPROB_SHIFT) * batch.mask)
     valid = [(i, t) for i in range(4) for t in range(lengths[i])]
+    if kl_coef > 0:
+        # the adaptive controller's target, set so that the measured KL (the mean over episodes of the summed
+        # k1 of the rollout) is 1.1 times it: its proportional error 0.1 lies inside the +-0.2 clip
+        mean_kl = sum(float(batch.logprobs[i, t] - batch.ref_logprobs[i, t]) for i, t in valid) / 4
+        assert mean_kl > 0
+        agent.kl_ctl.target = mean_kl / 1.1
 
     # per-token reward by hand: the score on the last token, minus beta * (log pi_old - log ref) on every token
     rewards = [[0.0] * MAX_NEW_TOKENS for _ in range(4)]
@@ -421,6 +431,14 @@ def test_ppo_update(tiny_tokenizer, monkeypatch, kl_coef):
     assert metrics["policy_loss"] == pytest.approx(float(pg_loss.detach()), rel=1e-5, abs=1e-6)
     assert metrics["value_loss"] == pytest.approx(float(vf_loss.detach()), rel=1e-5, abs=1e-7)
     assert metrics["entropy"] == pytest.approx(float(entropy.detach()), rel=1e-5)
+    logratio = (ev.logprobs - batch.logprobs)[m].detach()  # new vs rollout policy, before the step
+    assert metrics["old_approx_kl"] == pytest.approx(float((-logratio).mean()), rel=1e-5, abs=1e-7)
+    assert metrics["approx_kl"] == pytest.approx(float((logratio.exp() - 1 - logratio).mean()), rel=1e-5)
+    assert metrics["explained_variance"] == pytest.approx(0.0, abs=1e-6)  # a constant value explains nothing
+    if kl_coef > 0:  # beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * B / horizon = 1 + 0.1 * 4 / 100
+        assert metrics["kl_coef"] == pytest.approx(kl_coef * (1 + 0.1 * 4 / kl_horizon), rel=1e-6)
+    else:
+        assert metrics["kl_coef"] == 0.0
     # clipped: the ratio-1.65 tokens (t = 1) where A > 0 and the ratio-0.61 tokens (t = 2) where A < 0
     n_clipped = sum((t == 1 and adv[i, t] > 0) or (t == 2 and adv[i, t] < 0) for i, t in valid)
     assert 0 < n_clipped < len(valid)
