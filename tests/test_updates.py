@@ -183,6 +183,13 @@ OLD_LOGPROB_SHIFT = torch.tensor([0.0, -0.5, 0.5])
 # --------------------------------------------------------------------------------------------------------
 
 SCORES = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+LENGTHS = [3, 2, 3, 1, 3, 3, 2, 3]  # episodes that end early: log pi(y|x) and the KL sum over valid tokens only
+
+
+def sequence_kl(batch: RolloutBatch) -> list[float]:
+    """Per episode, sum over its tokens of log pi_old - log ref (k1, the rollout's log-probs)."""
+    return [sum(float(batch.logprobs[i, t] - batch.ref_logprobs[i, t]) for t in range(n))
+            for i, n in enumerate(LENGTHS)]
 
 
 def sequence_update_check(agent: Agent, batch: RolloutBatch, expected_adv: list[float], kl_coef: float,
@@ -197,13 +204,11 @@ def sequence_update_check(agent: Agent, batch: RolloutBatch, expected_adv: list[
         return out
 
     monkeypatch.setattr(agent, "advantages", advantages)
-    # the return by hand: score - beta * sum_t (log pi_old - log ref) (k1, the rollout's log-probs)
-    kl = [sum(float(batch.logprobs[i, t] - batch.ref_logprobs[i, t]) for t in range(MAX_NEW_TOKENS))
-          for i in range(len(SCORES))]
-    returns = [s - kl_coef * k for s, k in zip(SCORES, kl, strict=True)]
+    returns = [s - kl_coef * k for s, k in zip(SCORES, sequence_kl(batch), strict=True)]  # score - beta * KL
     ev = forward(agent, batch)
     adv = torch.tensor(expected_adv)
-    hand_loss = -(adv * ev.logprobs.sum(1)).mean()
+    seq_logprob = torch.stack([ev.logprobs[i, :n].sum() for i, n in enumerate(LENGTHS)])  # (B,) log pi(y|x)
+    hand_loss = -(adv * seq_logprob).mean()
     expected = hand_grads(agent, hand_loss)
     before, steps = snapshot(agent), capture_steps(agent)
 
@@ -213,7 +218,8 @@ def sequence_update_check(agent: Agent, batch: RolloutBatch, expected_adv: list[
     torch.testing.assert_close(captured["advantages"], adv, rtol=1e-5, atol=1e-6)
     assert metrics["policy_loss"] == pytest.approx(float(hand_loss.detach()), rel=1e-5, abs=1e-6)
     assert metrics["advantage_std"] == pytest.approx(float(adv.std()), rel=1e-5)
-    assert metrics["entropy"] == pytest.approx(float(ev.entropy.detach().mean()), rel=1e-5)
+    entropy = sum(float(ev.entropy[i, t].detach()) for i, n in enumerate(LENGTHS) for t in range(n)) / sum(LENGTHS)
+    assert metrics["entropy"] == pytest.approx(entropy, rel=1e-5)
     check_step(agent, before, expected, steps)
 
 
@@ -221,12 +227,11 @@ def sequence_update_check(agent: Agent, batch: RolloutBatch, expected_adv: list[
 def test_reinforce_update_mean_baseline(tiny_tokenizer, monkeypatch, kl_coef):
     """REINFORCE, baseline "mean": A_i = R_i - mean_j R_j with R_i = score_i - beta * KL_i."""
     agent = make_agent(REINFORCE, tiny_tokenizer, ScriptedReward(SCORES), kl_coef=kl_coef)
-    batch = rollout(agent, SCORES)
+    batch = end_early(rollout(agent, SCORES), LENGTHS, tiny_tokenizer.pad_token_id)
     if kl_coef == 0:
         expected_adv = [0.625, -0.375, -0.375, 0.625, -0.375, -0.375, -0.375, 0.625]  # mean score 3/8
     else:
-        kl = [float((batch.logprobs[i] - batch.ref_logprobs[i]).sum()) for i in range(len(SCORES))]
-        returns = [s - kl_coef * k for s, k in zip(SCORES, kl, strict=True)]
+        returns = [s - kl_coef * k for s, k in zip(SCORES, sequence_kl(batch), strict=True)]
         expected_adv = [r - sum(returns) / len(returns) for r in returns]
     sequence_update_check(agent, batch, expected_adv, kl_coef, monkeypatch)
 
@@ -253,14 +258,13 @@ def test_reinforce_update_ema_baseline(tiny_tokenizer, monkeypatch):
 def test_rloo_update(tiny_tokenizer, monkeypatch, kl_coef):
     """RLOO, G = 4: A_i = R_i - mean of the other three returns of its group."""
     agent = make_agent(RLOO, tiny_tokenizer, ScriptedReward(SCORES), kl_coef=kl_coef, group_size=4)
-    batch = rollout(agent, SCORES)
+    batch = end_early(rollout(agent, SCORES), LENGTHS, tiny_tokenizer.pad_token_id)
     assert batch.prompts[0] == batch.prompts[3] != batch.prompts[4] == batch.prompts[7]
     if kl_coef == 0:
         # group [1, 0, 0, 1]: baselines [1/3, 2/3, 2/3, 1/3]; group [0, 0, 0, 1]: [1/3, 1/3, 1/3, 0]
         expected_adv = [2 / 3, -2 / 3, -2 / 3, 2 / 3, -1 / 3, -1 / 3, -1 / 3, 1.0]
     else:
-        kl = [float((batch.logprobs[i] - batch.ref_logprobs[i]).sum()) for i in range(len(SCORES))]
-        returns = [s - kl_coef * k for s, k in zip(SCORES, kl, strict=True)]
+        returns = [s - kl_coef * k for s, k in zip(SCORES, sequence_kl(batch), strict=True)]
         expected_adv = []
         for i, r in enumerate(returns):
             group = range(4 * (i // 4), 4 * (i // 4) + 4)
