@@ -235,7 +235,8 @@ def _hold_out(items: list[T]) -> tuple[list[T], list[T]]:
 def _cmd_pretrain(a: PretrainArgs) -> int:
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.tasks import get_task
-    from textenv.training.lm import LMTrainConfig, load_text_corpus, pretrain
+    from textenv.training.lm import load_text_corpus, pretrain
+    from textenv.training.loop import TrainConfig
 
     tok = load_tokenizer(a.tokenizer)
     if a.task is not None:
@@ -246,7 +247,7 @@ def _cmd_pretrain(a: PretrainArgs) -> int:
         assert a.corpus is not None  # PretrainArgs checks that one source is given
         texts, eval_texts = _hold_out(load_text_corpus(a.corpus))
     model = load_causal_lm(a.model, tokenizer=tok)
-    cfg = LMTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
                         seed=a.seed, progress=a.progress)
     m = pretrain(model, tok, texts, a.out, cfg, eval_texts=eval_texts, resume=a.resume)
     print(json.dumps(m, indent=2))
@@ -256,7 +257,8 @@ def _cmd_pretrain(a: PretrainArgs) -> int:
 def _cmd_finetune(a: FinetuneArgs) -> int:
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.tasks import get_task
-    from textenv.training.lm import LMTrainConfig, finetune, load_pairs_jsonl
+    from textenv.training.lm import finetune, load_pairs_jsonl
+    from textenv.training.loop import TrainConfig
 
     tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer_config.json").exists() else "default")
     if a.task is not None:
@@ -267,7 +269,7 @@ def _cmd_finetune(a: FinetuneArgs) -> int:
         assert a.pairs is not None  # FinetuneArgs checks that one source is given
         pairs, eval_pairs = _hold_out(load_pairs_jsonl(a.pairs))
     model = load_causal_lm(a.model, tokenizer=tok)
-    cfg = LMTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
                         seed=a.seed, progress=a.progress)
     m = finetune(model, tok, pairs, a.out, cfg, eval_pairs=eval_pairs, resume=a.resume)
     print(json.dumps(m, indent=2))
