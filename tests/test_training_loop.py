@@ -140,3 +140,43 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
     _run(_model(), out, TrainConfig(steps=2, warmup_steps=1, progress=False))  # train() sweeps them first
     assert not stale.exists() and live.exists()
     assert [p.name for p in list_checkpoints(out, TRAINER_STATE_NAME)] == ["checkpoint-00000002"]
+
+
+@pytest.mark.parametrize("loss", ["mse", "bt"])
+def test_reward_model_training_resumes_bitwise(tmp_path, monkeypatch, tiny_tokenizer_dir, loss):
+    """Stage 3 runs on the same loop: killed after a checkpoint and resumed, it ends on the uninterrupted
+    run's weights and loss, and its output directory is a loadable reward model."""
+    from safetensors.torch import load_file
+
+    from textenv.rewards import load_reward_model
+    from textenv.training.reward import train_reward_model
+
+    if loss == "mse":
+        rows = [{"prompt": f"{a}+1=", "completion": str(a + 1 + (a % 3)), "score": float(a % 3 == 0)}
+                for a in range(40)]
+    else:
+        rows = [{"prompt": f"{a}+1=", "chosen": str(a + 1), "rejected": str(a + 2)} for a in range(40)]
+    kwargs = dict(loss=loss, tokenizer=str(tiny_tokenizer_dir), steps=6, batch_size=4, lr=1e-2, progress=False,
+                  model_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}, checkpoint_every=3)
+    ref = train_reward_model(rows, tmp_path / "full", **kwargs)
+
+    real = loop.save_checkpoint
+
+    def save_then_die(*args, **kw):
+        real(*args, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(rows, tmp_path / "killed", **kwargs)
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    assert not (tmp_path / "killed" / "textenv_reward.json").exists()  # no final model from a killed run
+    with pytest.raises(ValueError, match="resume=True"):
+        train_reward_model(rows, tmp_path / "killed", **kwargs)
+    got = train_reward_model(rows, tmp_path / "killed", resume=True, **kwargs)
+    assert got["train/loss"] == ref["train/loss"] and got["steps"] == 6
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    scores = load_reward_model(str(tmp_path / "killed"))(["1+1="], ["2"])
+    assert len(scores) == 1 and math.isfinite(scores[0])

@@ -158,6 +158,8 @@ class TrainRewardArgs:
     """rows drawn from --task"""
     seed: int = 0
     """seed of the data draw and the training run"""
+    resume: bool = False
+    """continue the run in --out from its latest checkpoint"""
     progress: bool = True
     """show a progress bar (--no-progress hides it)"""
 
@@ -298,7 +300,7 @@ def _cmd_train_reward(a: TrainRewardArgs) -> int:
         rows, eval_rows = (rows[n_eval:], rows[:n_eval]) if n_eval else (rows, None)
     m = train_reward_model(rows, a.out, loss=a.loss, tokenizer=a.tokenizer, base=a.base, steps=a.steps,
                            batch_size=a.batch_size, lr=a.lr, seed=a.seed, eval_rows=eval_rows,
-                           progress=a.progress, task=task)
+                           resume=a.resume, progress=a.progress, task=task)
     print(json.dumps(m, indent=2))
     return 0
 

@@ -226,7 +226,8 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
 
             quality = evaluate_reward_model(load_reward_model(rm_dir), t, n=_scaled(1000, scale, 64), seed=seed + 9)
             manifest["quality"]["rewards"][t.name] = quality
-            _install(rm_dir, out / "rewards" / t.name)
+            _final_model_files(rm_dir, work / "rewards-final" / t.name)  # not its checkpoints
+            _install(work / "rewards-final" / t.name, out / "rewards" / t.name)
             log(f"[build-defaults] reward model {t.name}: {quality} ({time.perf_counter() - t_start:.0f}s)")
 
     manifest["build_seconds"] = round(time.perf_counter() - t_start, 1)
