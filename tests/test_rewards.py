@@ -38,7 +38,6 @@ from textenv.training.reward import (
     rankdata,
     spearman,
     train_reward_model,
-    warmup_cosine,
 )
 
 GOOD = ("good", "great", "fine")
@@ -301,13 +300,6 @@ def test_bradley_terry_loss_known_answer() -> None:
     chosen, rejected = torch.tensor([0.0, 1.0, -1.0]), torch.tensor([0.0, -1.0, 1.0])
     expected = (math.log(2.0) + math.log1p(math.exp(-2.0)) + math.log1p(math.exp(2.0))) / 3.0
     assert float(bradley_terry_loss(chosen, rejected)) == pytest.approx(expected, rel=1e-6)
-
-
-def test_warmup_cosine_known_answer() -> None:
-    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
-    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
-    assert warmup_cosine(55, 100, 10) == pytest.approx(0.55)  # half way through the decay: (1 + 0.1) / 2
-    assert warmup_cosine(100, 100, 10) == pytest.approx(0.1)
 
 
 def test_spearman_with_ties_known_answer() -> None:

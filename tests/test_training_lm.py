@@ -12,20 +12,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from textenv.io import list_checkpoints
 from textenv.models import ModelLoadError, load_causal_lm, tiny_gpt2_config
-from textenv.training import lm
+from textenv.training import loop
 from textenv.training.lm import (
-    LMTrainConfig,
     build_lm_batch,
     build_sft_batch,
     finetune,
-    latest_checkpoint,
-    list_checkpoints,
     load_pairs_jsonl,
     load_text_corpus,
-    lr_multiplier,
     pretrain,
 )
+from textenv.training.loop import TRAINER_STATE_NAME, TrainConfig, latest_checkpoint
 
 FAST = {"batch_size": 4, "max_length": 32, "lr": 3e-3, "warmup_steps": 2, "eval_every": 0,
         "checkpoint_every": 0, "eval_batches": 2, "log_every": 5, "progress": False}
@@ -68,14 +66,7 @@ def _trainer_state(ckpt: Path) -> dict:
                                               ("log_every", 0), ("steps", 2.5), ("progress", "yes")])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
-        LMTrainConfig(**{field: value})
-
-
-def test_lr_schedule_warms_up_then_decays_to_a_tenth():
-    mults = [lr_multiplier(s, 3, 20) for s in range(20)]
-    assert mults[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
-    assert all(a >= b for a, b in zip(mults[2:], mults[3:], strict=False))
-    assert mults[-1] == pytest.approx(0.1)
+        TrainConfig(**{field: value})
 
 
 # ---------------------------------------------------------------------------------------------------- batches
@@ -122,11 +113,11 @@ def test_bad_pairs_raise(tiny_tokenizer, tiny_lm, tmp_path, pairs, match):
     with pytest.raises(ValueError, match=match):
         build_sft_batch(tiny_tokenizer, pairs, 16)
     with pytest.raises(ValueError, match=match):
-        finetune(tiny_lm, tiny_tokenizer, pairs, tmp_path, LMTrainConfig(steps=1, **FAST))
+        finetune(tiny_lm, tiny_tokenizer, pairs, tmp_path, TrainConfig(steps=1, **FAST))
 
 
 def test_bad_texts_and_mismatched_models_raise(tiny_tokenizer, tiny_lm, tmp_path):
-    cfg = LMTrainConfig(steps=1, **FAST)
+    cfg = TrainConfig(steps=1, **FAST)
     with pytest.raises(ValueError, match="texts is empty"):
         pretrain(tiny_lm, tiny_tokenizer, [], tmp_path, cfg)
     with pytest.raises(ValueError, match=r"texts\[1\]"):
@@ -134,7 +125,7 @@ def test_bad_texts_and_mismatched_models_raise(tiny_tokenizer, tiny_lm, tmp_path
     with pytest.raises(ValueError, match="eval_texts is empty"):
         pretrain(tiny_lm, tiny_tokenizer, ["ok"], tmp_path, cfg, eval_texts=[])
     with pytest.raises(ValueError, match="max_length=256"):
-        pretrain(tiny_lm, tiny_tokenizer, ["ok"], tmp_path, LMTrainConfig(steps=1, max_length=256))
+        pretrain(tiny_lm, tiny_tokenizer, ["ok"], tmp_path, TrainConfig(steps=1, max_length=256))
     small = GPT2LMHeadModel(tiny_gpt2_config(100, n_layer=1, n_embd=32, n_head=2))
     with pytest.raises(ValueError, match="100 token embeddings"):
         pretrain(small, tiny_tokenizer, ["ok"], tmp_path, cfg)
@@ -145,13 +136,13 @@ def test_bad_texts_and_mismatched_models_raise(tiny_tokenizer, tiny_lm, tmp_path
 
 def test_pretrain_loss_falls_and_outputs_load(tiny_tokenizer, tiny_lm, tmp_path):
     out = tmp_path / "lm"
-    cfg = LMTrainConfig(**{**FAST, "steps": 30, "batch_size": 8, "eval_every": 10, "checkpoint_every": 10})
+    cfg = TrainConfig(**{**FAST, "steps": 30, "batch_size": 8, "eval_every": 10, "checkpoint_every": 10})
     result = pretrain(tiny_lm, tiny_tokenizer, _texts(100), out, cfg, eval_texts=_texts(10, seed=1))
 
     assert set(result) >= {"train_loss", "eval_loss", "perplexity", "steps", "tokens_per_s"}
     assert result["steps"] == 30 and result["tokens_per_s"] > 0
     assert result["perplexity"] == pytest.approx(math.exp(result["eval_loss"]))
-    state = _trainer_state(out / "checkpoint-000030")
+    state = _trainer_state(out / "checkpoint-00000030")
     losses = state["loss_history"]
     assert len(losses) == 30 and state["step"] == 30 and state["config"]["steps"] == 30
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
@@ -160,21 +151,22 @@ def test_pretrain_loss_falls_and_outputs_load(tiny_tokenizer, tiny_lm, tmp_path)
     assert not tiny_lm.training
 
     # Latest two checkpoints only, no temporary leftovers, and the final model + tokenizer at out_dir.
-    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-000020", "checkpoint-000030"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+    assert [p.name for p in list_checkpoints(out, TRAINER_STATE_NAME)] == ["checkpoint-00000020",
+                                                                            "checkpoint-00000030"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(result)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert tok("12+7=")["input_ids"] == tiny_tokenizer("12+7=")["input_ids"]
     for name, tensor in tiny_lm.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
-    opt_state = torch.load(out / "checkpoint-000030" / "optimizer.pt", weights_only=True)
+    opt_state = torch.load(out / "checkpoint-00000030" / "optimizer.pt", weights_only=True)
     assert set(opt_state) >= {"optimizer", "scheduler"}
 
 
 def test_killed_run_resumes_to_identical_losses_and_weights(tiny_tokenizer, tmp_path, monkeypatch):
     texts = _texts(40)
-    cfg = LMTrainConfig(**{**FAST, "steps": 12, "checkpoint_every": 6, "eval_every": 4})
+    cfg = TrainConfig(**{**FAST, "steps": 12, "checkpoint_every": 6, "eval_every": 4})
     evals = _texts(4, seed=2)
 
     full = _gpt2(tiny_tokenizer)
@@ -183,17 +175,17 @@ def test_killed_run_resumes_to_identical_losses_and_weights(tiny_tokenizer, tmp_
     class Killed(Exception):
         pass
 
-    real_save = lm._save_checkpoint
+    real_save = loop.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Killed
 
-    monkeypatch.setattr(lm, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         pretrain(_gpt2(tiny_tokenizer), tiny_tokenizer, texts, tmp_path / "cut", cfg, eval_texts=evals)
-    monkeypatch.setattr(lm, "_save_checkpoint", real_save)
-    assert latest_checkpoint(tmp_path / "cut").name == "checkpoint-000006"
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert latest_checkpoint(tmp_path / "cut").name == "checkpoint-00000006"
     with pytest.raises(ValueError, match="resume=True"):
         pretrain(_gpt2(tiny_tokenizer), tiny_tokenizer, texts, tmp_path / "cut", cfg)
 
@@ -201,26 +193,25 @@ def test_killed_run_resumes_to_identical_losses_and_weights(tiny_tokenizer, tmp_
     resumed = _gpt2(tiny_tokenizer, seed=123)
     result = pretrain(resumed, tiny_tokenizer, texts, tmp_path / "cut", cfg, eval_texts=evals, resume=True)
     assert result["steps"] == 12
-    a, b = _trainer_state(tmp_path / "full" / "checkpoint-000012"), _trainer_state(tmp_path / "cut" / "checkpoint-000012")
-    np.testing.assert_allclose(b["loss_history"], a["loss_history"], rtol=0, atol=1e-6)
+    a, b = _trainer_state(tmp_path / "full" / "checkpoint-00000012"), _trainer_state(tmp_path / "cut" / "checkpoint-00000012")
+    assert b["loss_history"] == a["loss_history"]  # bitwise: same batches, same RNG, same optimizer state
     assert [e["step"] for e in b["eval_history"]] == [4, 8, 12]
-    np.testing.assert_allclose([e["eval_loss"] for e in b["eval_history"]],
-                               [e["eval_loss"] for e in a["eval_history"]], rtol=0, atol=1e-6)
+    assert b["eval_history"] == a["eval_history"]
     for name, tensor in full.state_dict().items():
-        torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+        assert torch.equal(resumed.state_dict()[name], tensor), name
 
 
 def test_resume_extends_a_finished_run(tiny_tokenizer, tmp_path, caplog):
     texts = _texts(20)
     out = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="textenv.training.lm"):
-        pretrain(_gpt2(tiny_tokenizer), tiny_tokenizer, texts, out, LMTrainConfig(**{**FAST, "steps": 4}),
+    with caplog.at_level(logging.WARNING, logger="textenv.training.loop"):
+        pretrain(_gpt2(tiny_tokenizer), tiny_tokenizer, texts, out, TrainConfig(**{**FAST, "steps": 4}),
                  resume=True)
     assert "holds no checkpoint" in caplog.text
-    first = _trainer_state(out / "checkpoint-000004")["loss_history"]
+    first = _trainer_state(out / "checkpoint-00000004")["loss_history"]
     result = pretrain(_gpt2(tiny_tokenizer, seed=5), tiny_tokenizer, texts, out,
-                      LMTrainConfig(**{**FAST, "steps": 8}), resume=True)
-    state = _trainer_state(out / "checkpoint-000008")
+                      TrainConfig(**{**FAST, "steps": 8}), resume=True)
+    state = _trainer_state(out / "checkpoint-00000008")
     assert result["steps"] == 8 and len(state["loss_history"]) == 8
     assert state["loss_history"][:4] == first
     assert result["eval_loss"] is None and result["perplexity"] is None
@@ -236,13 +227,13 @@ def test_llama_from_dir_pretrains_and_finetunes(tiny_tokenizer, tmp_path):
     model = load_causal_lm(tmp_path / "init")
     assert isinstance(model, LlamaForCausalLM)
 
-    pre = pretrain(model, tok, _texts(20), tmp_path / "pre", LMTrainConfig(**{**FAST, "steps": 6}),
+    pre = pretrain(model, tok, _texts(20), tmp_path / "pre", TrainConfig(**{**FAST, "steps": 6}),
                    eval_texts=_texts(3, seed=1))
-    sft_cfg = LMTrainConfig(**{**FAST, "steps": 20, "eval_every": 10})
+    sft_cfg = TrainConfig(**{**FAST, "steps": 20, "eval_every": 10})
     model = load_causal_lm(tmp_path / "pre")
     sft = finetune(model, tok, _pairs(40), tmp_path / "sft", sft_cfg, eval_pairs=_pairs(8, seed=1))
     assert math.isfinite(pre["eval_loss"]) and math.isfinite(sft["eval_loss"])
-    history = _trainer_state(tmp_path / "sft" / "checkpoint-000020")["eval_history"]
+    history = _trainer_state(tmp_path / "sft" / "checkpoint-00000020")["eval_history"]
     assert history[-1]["eval_loss"] < history[0]["eval_loss"]
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
     assert isinstance(loaded, LlamaForCausalLM)

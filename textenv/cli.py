@@ -156,6 +156,8 @@ class TrainRewardArgs:
     """rows drawn from --task"""
     seed: int = 0
     """seed of the data draw and the training run"""
+    resume: bool = False
+    """continue the run in --out from its latest checkpoint"""
     progress: bool = True
     """show a progress bar (--no-progress hides it)"""
 
@@ -197,7 +199,8 @@ def _hold_out(items: list[T]) -> tuple[list[T], list[T]]:
 def _cmd_pretrain(a: PretrainArgs) -> int:
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.tasks import get_task
-    from textenv.training.lm import LMTrainConfig, load_text_corpus, pretrain
+    from textenv.training.lm import load_text_corpus, pretrain
+    from textenv.training.loop import TrainConfig
 
     tok = load_tokenizer(a.tokenizer)
     if a.task is not None:
@@ -208,7 +211,7 @@ def _cmd_pretrain(a: PretrainArgs) -> int:
         assert a.corpus is not None  # PretrainArgs checks that one source is given
         texts, eval_texts = _hold_out(load_text_corpus(a.corpus))
     model = load_causal_lm(a.model, tokenizer=tok)
-    cfg = LMTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
                         seed=a.seed, progress=a.progress)
     m = pretrain(model, tok, texts, a.out, cfg, eval_texts=eval_texts, resume=a.resume)
     print(json.dumps(m, indent=2))
@@ -218,7 +221,8 @@ def _cmd_pretrain(a: PretrainArgs) -> int:
 def _cmd_finetune(a: FinetuneArgs) -> int:
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.tasks import get_task
-    from textenv.training.lm import LMTrainConfig, finetune, load_pairs_jsonl
+    from textenv.training.lm import finetune, load_pairs_jsonl
+    from textenv.training.loop import TrainConfig
 
     tok = load_tokenizer(a.model if (Path(a.model) / "tokenizer_config.json").exists() else "default")
     if a.task is not None:
@@ -229,7 +233,7 @@ def _cmd_finetune(a: FinetuneArgs) -> int:
         assert a.pairs is not None  # FinetuneArgs checks that one source is given
         pairs, eval_pairs = _hold_out(load_pairs_jsonl(a.pairs))
     model = load_causal_lm(a.model, tokenizer=tok)
-    cfg = LMTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=a.max_length,
                         seed=a.seed, progress=a.progress)
     m = finetune(model, tok, pairs, a.out, cfg, eval_pairs=eval_pairs, resume=a.resume)
     print(json.dumps(m, indent=2))
@@ -258,7 +262,7 @@ def _cmd_train_reward(a: TrainRewardArgs) -> int:
         rows, eval_rows = (rows[n_eval:], rows[:n_eval]) if n_eval else (rows, None)
     m = train_reward_model(rows, a.out, loss=a.loss, tokenizer=a.tokenizer, base=a.base, steps=a.steps,
                            batch_size=a.batch_size, lr=a.lr, seed=a.seed, eval_rows=eval_rows,
-                           progress=a.progress, task=task)
+                           resume=a.resume, progress=a.progress, task=task)
     print(json.dumps(m, indent=2))
     return 0
 

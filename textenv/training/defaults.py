@@ -154,7 +154,8 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
     from transformers import GPT2LMHeadModel
 
     from textenv.models import tiny_gpt2_config
-    from textenv.training.lm import LMTrainConfig, finetune, pretrain
+    from textenv.training.lm import finetune, pretrain
+    from textenv.training.loop import TrainConfig
     from textenv.training.tokenizer import train_tokenizer
 
     if not scale > 0:
@@ -186,7 +187,7 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         model = GPT2LMHeadModel(cfg)
         steps = _scaled(R["pretrain_steps"], scale, 4)
-        pre = pretrain(model, tokenizer, texts, work / "pretrain", LMTrainConfig(
+        pre = pretrain(model, tokenizer, texts, work / "pretrain", TrainConfig(
             steps=steps, batch_size=R["pretrain_batch"], lr=R["pretrain_lr"], warmup_steps=max(1, steps // 20),
             max_length=R["model"]["n_positions"], eval_every=0, checkpoint_every=0, seed=seed, progress=progress),
             eval_texts=eval_texts)
@@ -200,7 +201,7 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
         pairs = _mixed([t.sft_pairs(n_sft * R["sft_task_weight"][t.name], seed=seed + 4) for t in tasks], seed + 4)
         eval_pairs = [pr for t in tasks for pr in t.sft_pairs(n_eval, seed=seed + 5, split="test")]
         steps = _scaled(R["sft_steps"], scale, 4)
-        sft = finetune(model, tokenizer, pairs, work / "sft", LMTrainConfig(
+        sft = finetune(model, tokenizer, pairs, work / "sft", TrainConfig(
             steps=steps, batch_size=R["sft_batch"], lr=R["sft_lr"], warmup_steps=max(1, steps // 20),
             max_length=R["model"]["n_positions"], eval_every=0, checkpoint_every=0, seed=seed + 1, progress=progress),
             eval_pairs=eval_pairs)
@@ -225,7 +226,8 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
 
             quality = evaluate_reward_model(load_reward_model(rm_dir), t, n=_scaled(1000, scale, 64), seed=seed + 9)
             manifest["quality"]["rewards"][t.name] = quality
-            _install(rm_dir, out / "rewards" / t.name)
+            _final_model_files(rm_dir, work / "rewards-final" / t.name)  # not its checkpoints
+            _install(work / "rewards-final" / t.name, out / "rewards" / t.name)
             log(f"[build-defaults] reward model {t.name}: {quality} ({time.perf_counter() - t_start:.0f}s)")
 
     manifest["build_seconds"] = round(time.perf_counter() - t_start, 1)

@@ -14,21 +14,17 @@ Losses, for a batch of B rows:
   models to follow instructions with human feedback", eq. 1):
   ``L = -mean_b log sigmoid(R(s_b, chosen_b) - R(s_b, rejected_b))``.
 
-AdamW with linear warm-up then cosine decay, gradient-norm clipping at 1. The result is saved atomically
-as a Hugging Face directory (safetensors weights, tokenizer) plus ``textenv_reward.json``; load it with
+Training runs the stages' one loop (:mod:`textenv.training.loop`, resumable). The result is saved as a
+Hugging Face directory (safetensors weights, tokenizer) plus ``textenv_reward.json``; load it with
 ``reward_model=<dir>`` or :class:`textenv.rewards.LearnedRewardModel`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +38,7 @@ from textenv.jsonl import read_jsonl
 from textenv.models import load_tokenizer, tiny_gpt2_config
 from textenv.rewards.base import INPUT_FORMAT, REWARD_METADATA_FILE, check_scores, reward_name
 from textenv.rewards.hf import HFClassifierReward, context_length, encode_texts, pad_batch
+from textenv.training.loop import TrainConfig, install_final, latest_checkpoint, train
 
 if TYPE_CHECKING:
     from textenv.tasks.base import Task
@@ -96,20 +93,6 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
         0.6931
     """
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
-
-
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
-    """Learning-rate multiplier: linear warm-up to 1 over ``warmup_steps``, then cosine decay to ``min_ratio``
-    at ``total_steps``.
-
-    Example:
-        >>> warmup_cosine(0, 100, 10), warmup_cosine(9, 100, 10), warmup_cosine(100, 100, 10)
-        (0.1, 1.0, 0.1)
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def rankdata(x: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -302,25 +285,35 @@ def train_reward_model(
     warmup_fraction: float = 0.05,
     weight_decay: float = 0.01,
     device: str | torch.device = "cpu",
+    resume: bool = False,
+    checkpoint_every: int = 500,
 ) -> dict[str, Any]:
-    """Train a reward model on ``rows`` and save it atomically to ``out_dir``; returns the metrics.
+    """Train a reward model on ``rows`` and save it to ``out_dir``; returns the metrics.
+
+    Training runs the stages' one loop (:func:`textenv.training.loop.train`: AdamW with decay on matrices
+    only, linear warm-up then cosine decay to 0.1 of ``lr``, gradient-norm clipping at 1), with a checkpoint
+    every ``checkpoint_every`` steps in ``out_dir``; ``resume=True`` continues from the latest one and ends
+    bitwise where the uninterrupted run would.
 
     Args:
         rows: ``loss="mse"``: ``{"prompt", "completion", "score"}`` or ``{"text", "score"}``;
             ``loss="bt"``: ``{"prompt", "chosen", "rejected"}``. See :func:`load_reward_rows` for JSONL.
-        out_dir: where the model goes; an existing reward-model directory there is replaced whole.
+        out_dir: where the model goes (a Hugging Face directory plus ``textenv_reward.json``, which is
+            written last), with the run's latest checkpoints beside it.
         loss: ``"mse"`` (regression on the score) or ``"bt"`` (Bradley-Terry on preference pairs).
         tokenizer: ``"default"``, a directory or a tokenizer; saved with the model.
         base: a causal-LM directory to start from (a fresh scalar head is added); default: a new
             GPT-2 of :data:`DEFAULT_MODEL_KWARGS` updated with ``model_kwargs``.
-        steps, batch_size, lr, warmup_fraction, weight_decay: optimisation (AdamW, warm-up + cosine).
-        seed: seeds the initialisation and the batch order.
+        steps, batch_size, lr, warmup_fraction, weight_decay: optimisation.
+        seed: seeds the initialisation and each step's batch (drawn from ``(seed, step)``).
         eval_rows: held-out rows of the same format: ``eval/spearman`` and ``eval/mse`` (mse) or
             ``eval/pairwise_accuracy`` (bt) are measured on them after training.
         progress: show a progress bar.
         task: a Task (its name is recorded and the model is scored against its gold scorer on held-out
             data: ``gold/spearman``, ``gold/pairwise_accuracy``) or a task name (recorded only).
         device: torch device to train on.
+        resume: continue from the latest checkpoint in ``out_dir``.
+        checkpoint_every: steps between checkpoints (0: only at the end).
 
     Returns:
         metrics: ``train/loss`` (mean of the last 10% of steps), ``steps``, ``time_s``, plus the eval and
@@ -333,23 +326,22 @@ def train_reward_model(
     _check_loss(loss)
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not isinstance(lr, numbers.Real) or not lr > 0 or not math.isfinite(lr):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    steps, batch_size = int(steps), int(batch_size)
-    if not 0.0 <= warmup_fraction < 1.0:
+    if not isinstance(warmup_fraction, numbers.Real) or not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
+    steps = int(steps)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         warmup_steps=max(1, round(warmup_fraction * steps)), grad_clip=1.0,
+                         eval_every=0, checkpoint_every=checkpoint_every, seed=seed, log_every=10,
+                         progress=progress)
     rows = check_reward_rows(rows, loss, "rows")
     if eval_rows is not None:
         eval_rows = check_reward_rows(eval_rows, loss, "eval_rows")
-    out = _check_out_dir(out_dir)
+    out = _check_out_dir(out_dir, resume)
     tok = load_tokenizer(tokenizer)
     device = torch.device(device)
 
     start = time.perf_counter()
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     model = build_reward_model(tok, base, model_kwargs).to(device)
     max_length = context_length(model, tok)
     # Tokenise once: an MSE row is one sequence, a BT row two (chosen then rejected).
@@ -362,51 +354,27 @@ def train_reward_model(
         ids_chosen = encode_texts(tok, chosen, max_length)
         ids_rejected = encode_texts(tok, rejected, max_length)
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(lr), betas=(0.9, 0.95), weight_decay=weight_decay
-    )
-    warmup_steps = max(1, round(warmup_fraction * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup_steps))
-    order = rng.permutation(len(rows))
-    cursor = 0
-    losses: list[float] = []
-    bar = _progress_bar(steps, progress, f"reward model ({loss})")
-    model.train()
-    for step in range(steps):
-        if cursor + batch_size > len(order):  # a new epoch: reshuffle
-            order, cursor = rng.permutation(len(rows)), 0
-        idx = order[cursor : cursor + batch_size]
-        cursor += batch_size
+    def batch_fn(step: int) -> np.ndarray:
+        # Seeded by (seed, step) alone, so a resumed run draws exactly the batches of an uninterrupted one.
+        rng = np.random.default_rng([config.seed, step])
+        return rng.choice(len(rows), size=config.batch_size, replace=len(rows) < config.batch_size)
+
+    def loss_fn(idx: np.ndarray) -> torch.Tensor:
         if loss == "mse":
             input_ids, attention_mask = pad_batch([ids[i] for i in idx], tok.pad_token_id)  # (B, T)
-            rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[
-                :, 0
-            ]  # (B,)
-            step_loss = mse_loss(rewards, targets[idx].to(device))
-        else:
-            seqs = [ids_chosen[i] for i in idx] + [ids_rejected[i] for i in idx]
-            input_ids, attention_mask = pad_batch(seqs, tok.pad_token_id)  # (2B, T)
-            rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[
-                :, 0
-            ]  # (2B,)
-            step_loss = bradley_terry_loss(rewards[: len(idx)], rewards[len(idx) :])
-        optimizer.zero_grad(set_to_none=True)
-        step_loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(float(step_loss.detach()))
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
-    if bar is not None:
-        bar.close()
-    model.eval()
+            rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, 0]
+            return mse_loss(rewards.float(), targets[idx].to(device))
+        seqs = [ids_chosen[i] for i in idx] + [ids_rejected[i] for i in idx]
+        input_ids, attention_mask = pad_batch(seqs, tok.pad_token_id)  # (2B, T)
+        rewards = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, 0]
+        return bradley_terry_loss(rewards[: len(idx)].float(), rewards[len(idx) :].float())
 
+    result = train(model, config, out, batch_fn, loss_fn, stage=f"reward model ({loss})", resume=resume,
+                   tokenizer=tok)
+    losses = result.loss_history
     metrics: dict[str, Any] = {
         "train/loss": float(np.mean(losses[-max(1, steps // 10) :])),
-        "steps": steps,
+        "steps": result.step,
         "train_rows": len(rows),
         "time_s": round(time.perf_counter() - start, 2),
     }
@@ -428,7 +396,7 @@ def train_reward_model(
         "task": task_name,
         "input_format": INPUT_FORMAT,
         "steps": steps,
-        "batch_size": batch_size,
+        "batch_size": config.batch_size,
         "lr": float(lr),
         "seed": seed,
         "base": None if base is None else str(base),
@@ -439,7 +407,8 @@ def train_reward_model(
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
         },
     }
-    _save_atomically(model, tok, metadata, out)
+    # textenv_reward.json is written last: its presence says the model files beside it are complete
+    install_final(out, model, tok, {REWARD_METADATA_FILE: metadata})
     return metrics
 
 
@@ -468,40 +437,19 @@ def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- saving
-def _check_out_dir(out_dir: str | os.PathLike[str]) -> Path:
-    """The resolved ``out_dir``; refuses to replace anything but an empty directory or a model directory."""
+def _check_out_dir(out_dir: str | os.PathLike[str], resume: bool = False) -> Path:
+    """The resolved ``out_dir``; refuses a file, and a non-empty directory that is neither a reward model nor
+    (with ``resume``) a run of :func:`train_reward_model` with checkpoints."""
     out = Path(out_dir).expanduser().resolve()
     if out.exists():
         if not out.is_dir():
             raise ValueError(f"out_dir {str(out_dir)!r} exists and is not a directory")
-        if any(out.iterdir()) and not (out / "config.json").exists():
+        ours = (out / "config.json").exists() or latest_checkpoint(out) is not None
+        if any(out.iterdir()) and not ours:
             raise ValueError(
                 f"out_dir {str(out_dir)!r} is a non-empty directory without a model in it; refusing to replace it"
             )
     return out
-
-
-def _save_atomically(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, metadata: dict[str, Any], out: Path
-) -> None:
-    """Write everything into a temporary directory beside ``out``, then swap it in by renames, so a reader
-    never sees a half-written model and a crash leaves the previous one in place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / REWARD_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------------------- evaluation against gold
