@@ -28,6 +28,7 @@ from agents.rollout import (
     sample_completions,
 )
 from textenv import io
+from textenv.models import quiet_progress
 from textenv.rewards.spec import describe_reward_model, rebuild_reward_model
 
 if TYPE_CHECKING:
@@ -296,7 +297,8 @@ class Agent(ABC):
         with io.atomic_dir(path) as tmp:
             self.policy.save(tmp / "policy")
             if self.policy_source in (None, "tiny") and self.policy.ref_model is not None:
-                self.policy.ref_model.save_pretrained(str(tmp / "reference"))
+                with quiet_progress():
+                    self.policy.ref_model.save_pretrained(str(tmp / "reference"))
             torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "optimizer.pt")
             (tmp / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=1))
         return path

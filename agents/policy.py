@@ -19,6 +19,7 @@ from torch import nn
 
 from agents.core import entropy_from_logits, logprobs_from_logits
 from textenv.decoding import KVDecoder, positions_from_mask, sample_categorical
+from textenv.models import quiet_progress
 
 
 class StepOutput(NamedTuple):
@@ -152,7 +153,8 @@ class LMPolicy(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path))
+        with quiet_progress():
+            self.model.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
         save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()},
                   str(path / "value_head.safetensors"))

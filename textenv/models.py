@@ -11,12 +11,38 @@ place and every caller needs its own copy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from transformers import GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Silence transformers' own progress bars ("Loading weights", "Writing model shards") inside the block,
+    so that they do not clutter our commands or nest inside our bar; the previous setting is restored after.
+
+    Example:
+        >>> from transformers.utils import logging as hf_logging
+        >>> with quiet_progress():
+        ...     hf_logging.is_progress_bar_enabled()
+        False
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TOKENIZER_DIR = DATA_DIR / "tokenizer"
@@ -119,7 +145,8 @@ def load_causal_lm(name_or_path: str | os.PathLike[str] = "default", tokenizer: 
     if not (path / "config.json").exists():
         raise ModelLoadError(f"model directory {str(path)!r} has no config.json")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     except Exception as exc:
         raise ModelLoadError(f"could not load a causal LM from {str(path)!r}: {exc}") from exc
     return model.eval()

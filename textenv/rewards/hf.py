@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from textenv.models import ModelLoadError, load_tokenizer
+from textenv.models import ModelLoadError, load_tokenizer, quiet_progress
 from textenv.rewards.base import INPUT_FORMAT, REWARD_METADATA_FILE, check_inputs, check_scores
 
 #: Label names picked, case-insensitively, when a multi-label classifier is given no ``label=``.
@@ -150,7 +150,8 @@ def load_classifier(path: str | os.PathLike[str]) -> PreTrainedModel:
             f"model; train one with `textenv train-reward` (it can start from this checkpoint)"
         )
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(p), dtype=torch.float32)
+        with quiet_progress():
+            model = AutoModelForSequenceClassification.from_pretrained(str(p), dtype=torch.float32)
     except Exception as exc:  # missing or corrupt weights raise OSError, SafetensorError, RuntimeError...
         raise ModelLoadError(f"could not load the weights of reward model {str(p)!r}: {exc}") from exc
     return model.eval()

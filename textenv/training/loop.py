@@ -57,6 +57,7 @@ from textenv.io import (
     remove_stale_temporaries,
     write_text,
 )
+from textenv.models import quiet_progress
 
 if TYPE_CHECKING:
     import torch
@@ -217,7 +218,8 @@ def save_checkpoint(out_dir: str | os.PathLike[str], state: TrainState, model: P
     out = Path(out_dir)
     path = out / checkpoint_name(state.step)
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
+        with quiet_progress():
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
@@ -241,7 +243,8 @@ def load_checkpoint(path: str | os.PathLike[str], model: PreTrainedModel, optimi
     path = Path(path)
     trainer_state = read_json(path / TRAINER_STATE_NAME, "trainer state")
     # from_pretrained handles tied weights and sharded files; its weights are then copied into the caller's model.
-    loaded = type(model).from_pretrained(str(path), dtype=next(model.parameters()).dtype)
+    with quiet_progress():
+        loaded = type(model).from_pretrained(str(path), dtype=next(model.parameters()).dtype)
     model.load_state_dict(loaded.state_dict())
     del loaded
     state = torch.load(path / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
@@ -299,7 +302,8 @@ def install_final(out_dir: str | os.PathLike[str], model: PreTrainedModel,
 
 def _write_final(d: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  json_files: dict[str, Any]) -> None:
-    model.save_pretrained(d)
+    with quiet_progress():
+        model.save_pretrained(d)
     tokenizer.save_pretrained(d)
     for name, obj in json_files.items():
         _write_json(d / name, obj)

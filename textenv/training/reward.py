@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.jsonl import read_jsonl
-from textenv.models import load_tokenizer, tiny_gpt2_config
+from textenv.models import load_tokenizer, quiet_progress, tiny_gpt2_config
 from textenv.rewards.base import INPUT_FORMAT, REWARD_METADATA_FILE, check_scores, reward_name
 from textenv.rewards.hf import HFClassifierReward, context_length, encode_texts, pad_batch
 from textenv.training.loop import TrainConfig, install_final, latest_checkpoint, train
@@ -254,9 +254,10 @@ def build_reward_model(
         if not (Path(base) / "config.json").is_file():
             raise ModelLoadError(f"base model directory {str(base)!r} does not exist or has no config.json")
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(base), num_labels=1, dtype=torch.float32
-            )
+            with quiet_progress():
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    str(base), num_labels=1, dtype=torch.float32
+                )
         except Exception as exc:
             raise ModelLoadError(f"could not load base model {str(base)!r} for a reward head: {exc}") from exc
         model.config.pad_token_id = tokenizer.pad_token_id
