@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import json
 import math
+import numbers
 import os
 import time
 from abc import ABC, abstractmethod
@@ -56,7 +57,29 @@ class AgentConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 
     def __post_init__(self) -> None:
+        self.check_types()
         self.validate()
+
+    def check_types(self) -> None:
+        """Raise ``ValueError`` naming the first field whose value does not have its default's type: an int
+        field takes an int (not a bool or ``1.5``), a float field a finite number (not ``inf`` or NaN), a
+        bool field a bool. Fields defaulting to ``None`` take ``None`` or a finite number where numeric."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            default = f.default
+            if isinstance(default, bool):
+                if not isinstance(v, bool):
+                    raise ValueError(f"{f.name} must be a bool, got {v!r}")
+            elif isinstance(default, int):
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                    raise ValueError(f"{f.name} must be an integer, got {v!r}")
+                setattr(self, f.name, int(v))  # numpy ints become plain ints (JSON in checkpoints)
+            elif isinstance(default, float) or (default is None and isinstance(v, (int, float))):
+                if v is None and default is None:
+                    continue
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                    raise ValueError(f"{f.name} must be a finite number, got {v!r}")
+                setattr(self, f.name, float(v))
 
     def check_ints(self, *names: str, minimum: int = 1) -> None:
         """Raise ``ValueError`` naming the first of ``names`` that is not an integer >= ``minimum``."""
@@ -75,6 +98,7 @@ class AgentConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
         self.check_ints("batch_size")
+        self.check_ints("seed", minimum=0)
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         for name in ("max_grad_norm", "temperature"):
