@@ -146,6 +146,26 @@ class TrainArguments:
             raise ValueError(f"--eval-episodes must be >= 1, got {self.eval_episodes}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check_textgen_env_id(self.env)
+        if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out!r} is a file, not a run directory")
+
+
+def check_textgen_env_id(env_id: str) -> None:
+    """Raise ``ValueError`` unless ``env_id`` is a registered TextGen env (its entry point is in ``textenv``)."""
+    import gymnasium as gym
+
+    import textenv  # noqa: F401 (registers the TextGen ids)
+
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error:
+        raise ValueError(f"--env {env_id!r} is not a registered env id; TextGen ids: "
+                         f"{sorted(i for i in gym.registry if i.startswith('TextGen'))}") from None
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else getattr(spec.entry_point, "__module__", "")
+    if not str(entry).startswith("textenv"):
+        raise ValueError(f"--env {env_id!r} is not a TextGen env (its entry point is {spec.entry_point!r}); "
+                         "textenv trains LM policies on TextGen ids")
 
 
 @dataclasses.dataclass

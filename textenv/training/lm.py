@@ -99,6 +99,8 @@ def load_pairs_jsonl(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         if not isinstance(prompt, str) or not isinstance(response, str):
             raise ValueError(f"{p}:{lineno}: expected string fields 'prompt' and 'response', "
                              f"got prompt={prompt!r:.60}, response={response!r:.60}")
+        if not prompt and not response:
+            raise ValueError(f"{p}:{lineno}: empty prompt and empty response: nothing to learn from")
         pairs.append((prompt, response))
     if not pairs:
         raise ValueError(f"pairs file {str(path)!r} holds no rows")
@@ -131,6 +133,9 @@ def _check_pairs(pairs: Sequence[tuple[str, str]], name: str) -> None:
         if (not isinstance(row, tuple | list) or len(row) != 2
                 or not isinstance(row[0], str) or not isinstance(row[1], str)):
             raise ValueError(f"{name}[{i}] must be a (prompt, response) tuple of two str, got {row!r:.80}")
+        if not row[0] and not row[1]:
+            # one token (EOS) after an empty prompt: no next-token target, a loss of 0 that trains nothing
+            raise ValueError(f"{name}[{i}] has an empty prompt and an empty response: nothing to learn from")
 
 
 def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
