@@ -233,8 +233,11 @@ def train_command(args: TrainArguments, config: Any = None) -> int:
     if a.resume:
         if not list_checkpoints(out):
             raise ValueError(f"--resume: no checkpoint in {str(out)!r}")
+        # the initial evaluation lives in summary.json: without it a resumed run cannot report initial vs final
+        summary = io.read_json(summary_file, "--resume: the run's summary")
+        if not isinstance(summary, dict) or not isinstance(summary.get("initial"), dict):
+            raise ValueError(f"{summary_file}: no initial evaluation in it; cannot resume this run")
         agent = load_any(out)
-        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         print(f"resuming {agent.name} from {resolve_checkpoint(out)} at {agent.episodes} episodes")
     else:
         if list_checkpoints(out):

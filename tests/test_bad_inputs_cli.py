@@ -53,3 +53,17 @@ def test_finetune_api_refuses_empty_pairs_naming_the_row():
     with pytest.raises(ValueError, match=r"pairs\[1\] has an empty prompt and an empty response"):
         finetune(load_causal_lm("tiny", tokenizer=tok), tok, [("a", "b"), ("", "")], "unused",
                  TrainConfig(steps=1, progress=False))
+
+
+def test_resume_without_summary_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--agent", "grpo", "--env", "TextGen-Arithmetic-v0", "--policy", "tiny", "--out", str(out),
+            "--episodes", "16", "--eval-episodes", "8", "--batch-size", "8", "--group-size", "4", "--no-progress"]
+    assert main(args) == 0
+    (out / "summary.json").unlink()
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: the run's summary {str(out / 'summary.json')!r} does not exist" in err
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing trained or written
