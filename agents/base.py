@@ -115,6 +115,17 @@ class AgentConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
 
 
+def read_agent_meta(meta_file: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``agent.json`` of a checkpoint as a dict with a string ``"agent"``; anything else (a JSON list, an
+    empty or truncated file, a missing name) is a ``ValueError`` naming the file."""
+    meta = io.read_json(meta_file, "agent checkpoint")
+    if not isinstance(meta, dict):
+        raise ValueError(f"agent checkpoint {str(meta_file)!r} must hold a JSON object, got {type(meta).__name__}")
+    if not isinstance(meta.get("agent"), str):
+        raise ValueError(f"agent checkpoint {str(meta_file)!r} names no agent (\"agent\": {meta.get('agent')!r})")
+    return meta
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -342,16 +353,28 @@ class Agent(ABC):
         meta_file = path / CHECKPOINT_MARKER
         if not meta_file.exists():
             raise ValueError(f"{str(path)!r} is not an agent checkpoint (no {CHECKPOINT_MARKER})")
-        meta = io.read_json(meta_file, "agent checkpoint")
-        agent_cls = AGENT_CLASSES.get(meta.get("agent", ""))
+        meta = read_agent_meta(meta_file)
+        agent_cls = AGENT_CLASSES.get(meta["agent"])
         if agent_cls is None:
             raise ValueError(f"{str(meta_file)!r} names unknown agent {meta.get('agent')!r}")
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError(f"{str(meta_file)!r}: 'config' must be an object, got {meta.get('config')!r:.80}")
+        for key in ("episodes", "iteration"):
+            value = meta.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{str(meta_file)!r}: {key!r} must be an integer >= 0, got {value!r:.80}")
+        bad = set(meta["config"]) - {f.name for f in dataclasses.fields(agent_cls.Config)}
+        if bad:
+            raise ValueError(f"{str(meta_file)!r}: config field(s) {sorted(bad)} are not {agent_cls.Config.__name__}'s")
         if cls is not Agent and not issubclass(agent_cls, cls):
             raise ValueError(f"{str(path)!r} holds a {agent_cls.__name__}, not a {cls.__name__}")
         unknown = set(overrides) - {f.name for f in dataclasses.fields(agent_cls.Config)}
         if unknown:
             raise ValueError(f"unknown {agent_cls.Config.__name__} field(s) {sorted(unknown)}")
-        config = agent_cls.Config(**{**meta["config"], **overrides})
+        try:
+            config = agent_cls.Config(**{**meta["config"], **overrides})
+        except ValueError as exc:
+            raise ValueError(f"{str(meta_file)!r}: {exc}") from None
         from textenv.models import load_causal_lm
 
         source = meta.get("policy_source")

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from agents.base import CHECKPOINT_MARKER, Agent
+from agents.base import CHECKPOINT_MARKER, Agent, read_agent_meta
 from agents.registry import DEFAULT_EPISODES, SB3_AGENTS, make_agent
 from agents.rollout import sample_completions
 from agents.sb3_agent import SB3Agent, SB3Config
@@ -48,7 +48,7 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 def load_any(path: str | os.PathLike[str]) -> Agent | SB3Agent:
     """Load our agents or an SB3 run from a checkpoint directory."""
     ckpt = resolve_checkpoint(path)
-    meta = io.read_json(ckpt / CHECKPOINT_MARKER, "agent checkpoint")
+    meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
     if str(meta.get("agent", "")).startswith("sb3-"):
         return SB3Agent.load(ckpt)
     return Agent.load(ckpt)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.base import CHECKPOINT_MARKER, env_record, rebuild_env
+from agents.base import CHECKPOINT_MARKER, env_record, read_agent_meta, rebuild_env
 from agents.contract import evaluation_seed
 from agents.policy import LMPolicy
 from agents.rollout import evaluate_policy, sample_completions
@@ -212,7 +212,7 @@ class SB3Agent:
             raise ValueError(f"SB3Agent.load takes an env id (SB3 builds its own envs), got {type(env).__name__}")
         path = io.previous_dir(Path(path))
         meta_file = path / CHECKPOINT_MARKER
-        meta = io.read_json(meta_file, "agent checkpoint")
+        meta = read_agent_meta(meta_file)
         env_id, kwargs = rebuild_env(meta, str(meta_file), env, env_kwargs)
         agent = cls(meta["agent"].split("-", 1)[1], env_id, meta["policy_source"], meta["seed"],
                     env_kwargs=kwargs, **meta["kwargs"])

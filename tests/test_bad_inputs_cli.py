@@ -67,3 +67,26 @@ def test_resume_without_summary_is_refused_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--resume: the run's summary {str(out / 'summary.json')!r} does not exist" in err
     assert sorted(p.name for p in out.iterdir()) == before  # nothing trained or written
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda meta: [meta], "must hold a JSON object, got list"),
+    (lambda meta: {**meta, "agent": 3}, "names no agent"),
+    (lambda meta: {k: v for k, v in meta.items() if k != "config"}, "'config' must be an object, got None"),
+    (lambda meta: {**meta, "episodes": -5}, "'episodes' must be an integer >= 0, got -5"),
+    (lambda meta: {**meta, "config": {**meta["config"], "learning_rate": 1e400}},
+     "learning_rate must be a finite number, got inf"),
+    (lambda meta: {**meta, "config": {**meta["config"], "n_epochs": 2}}, "config field(s) ['n_epochs']"),
+])
+def test_an_edited_agent_json_is_refused_naming_the_file(tmp_path, capsys, edit, message):
+    from agents import GRPO
+
+    agent = GRPO("TextGen-Arithmetic-v0", policy="tiny", batch_size=8, group_size=4)
+    ckpt = agent.save(tmp_path / "ckpt")
+    meta_file = ckpt / "agent.json"
+    meta_file.write_text(json.dumps(edit(json.loads(meta_file.read_text()))))
+    with pytest.raises(ValueError) as info:
+        GRPO.load(ckpt)
+    assert message in str(info.value) and str(meta_file) in str(info.value)
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--episodes", "4"]) == 2
+    assert str(meta_file) in capsys.readouterr().err
