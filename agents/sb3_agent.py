@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
+import math
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from agents.base import CHECKPOINT_MARKER, env_record, read_agent_meta, rebuild_env
 from agents.contract import evaluation_seed
@@ -20,6 +26,13 @@ from textenv.vector import TextGenVectorEnv
 
 #: SB3Config fields that only PPO takes
 _PPO_ONLY = ("batch_size", "n_epochs", "clip_range")
+
+#: the ``format`` of an SB3 checkpoint's agent.json. 1 (no ``format`` key): SB3's ``sb3_model.zip``, which
+#: SB3's loader unpickles (so it can run code) and which is refused; 2: JSON, safetensors and plain tensors
+SB3_FORMAT = 2
+POLICY_FILE = "sb3_policy.safetensors"
+STATE_FILE = "sb3_state.pt"
+OLD_ZIP = "sb3_model.zip"
 
 
 @dataclasses.dataclass
@@ -90,7 +103,11 @@ class SB3Agent:
             16 (A2C); SB3's own defaults for the rest.
 
     ``learn(n)`` runs whole SB3 iterations (collect one rollout, then update on it) until at least ``n``
-    episodes have finished, so every collected step is trained on and ``learn`` can be called again;
+    episodes have finished, so every collected step is trained on and ``learn`` can be called again. ``n``
+    is a lower bound: the last rollout may finish up to about ``n_envs * n_steps`` more episodes, and those
+    count toward the next ``learn`` call, so ``learn(a); learn(b)`` trains exactly as ``learn(a + b)`` (a call
+    whose target is already met runs nothing). ``save``/``load`` in between, or a checkpoint written from
+    the callback, continue bitwise as if uninterrupted on CPU (see :meth:`load`);
     ``callback(agent, metrics)`` runs after each iteration, and returning ``False`` stops early. A
     history row per iteration holds ``reward``, ``gold_score`` and ``completions/mean_length`` of the
     episodes that finished in the rollout, the update's ``entropy``, ``value_loss`` (and PPO's
@@ -128,7 +145,11 @@ class SB3Agent:
         self.policy = LMPolicy(lm, tok, ref_model=copy.deepcopy(lm))
         self.envs: TextGenVectorEnv = gym.make_vec(  # type: ignore[assignment]
             env, num_envs=64, autoreset_mode=AutoresetMode.DISABLED, **make_kwargs).unwrapped
+        self.n_envs = n_envs
         self.episodes = 0
+        #: the target of the last learn call if it was reached (its episodes past it count toward the next
+        #: call's), ``None`` before any, while one runs, or after one stopped early
+        self._goal: int | None = None
         self.history: list[dict[str, float]] = []
 
     def learn(self, total_episodes: int, progress: bool = True, callback: Any = None) -> SB3Agent:
@@ -138,8 +159,11 @@ class SB3Agent:
         if isinstance(total_episodes, bool) or not isinstance(total_episodes, int) or total_episodes < 1:
             raise ValueError(f"total_episodes must be an integer >= 1, got {total_episodes!r}")
         agent = self
-        target = self.episodes + total_episodes
-        bar = tqdm(total=total_episodes, disable=not progress, unit="ep", dynamic_ncols=True)
+        # the episodes the last call ran past its target count toward this one, so learn(a); learn(b) runs
+        # what learn(a + b) runs; a checkpoint saved during a call (goal None) continues from its episodes
+        target = (self.episodes if self._goal is None else self._goal) + total_episodes
+        self._goal = None
+        bar = tqdm(total=max(target - self.episodes, 0), disable=not progress, unit="ep", dynamic_ncols=True)
         rows: list[dict[str, float]] = []
 
         class _Track(BaseCallback):
@@ -176,6 +200,8 @@ class SB3Agent:
             bar.set_postfix(reward=f"{m['reward']:.3f}", gold=f"{m['gold_score']:.3f}")
             if callback is not None and callback(self, m) is False:  # as Agent.learn: False stops early
                 break
+        else:
+            self._goal = target
         bar.close()
         return self
 
@@ -192,14 +218,28 @@ class SB3Agent:
                                   seed=evaluation_seed(self.seed) if seed is None else seed)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``sb3_model.zip`` (SB3's own format) and ``agent.json`` (what the run was built from,
-        including the reward-model spec, see :func:`agents.base.env_record`) atomically."""
+        """Write the run atomically, without pickle: ``agent.json`` (``format`` 2: what the SB3 model is rebuilt
+        from, i.e. the algorithm, its hyperparameters, the policy's source, the env record of
+        :func:`agents.base.env_record`, plus SB3's counters and the envs' episode state), ``sb3_policy.safetensors``
+        (the policy's weights) and ``sb3_state.pt`` (plain tensors: the optimizer state, the RNG states and
+        SB3's last observation), with the sha256 of both binary files recorded in ``agent.json``."""
+        from safetensors.torch import save_model
+
         path = Path(path)
-        state = {"agent": self.name, "env_id": self.env_id, "policy_source": self.policy_source, "seed": self.seed,
-                 **env_record(self.env_kwargs, self.env_id, self.envs),
-                 "kwargs": self.kwargs, "episodes": self.episodes, "history": self.history}
+        bad = {k: v for k, v in self.kwargs.items() if not _is_json_scalar(v)}
+        if bad:
+            raise ValueError(f"SB3Agent.save: SB3 arguments {sorted(bad)} are not JSON numbers, strings or "
+                             f"booleans ({bad!r:.120}); a checkpoint can only rebuild the model from those")
+        record = env_record(self.env_kwargs, self.env_id, self.envs)  # before the write: it may fail
+        sb3_json, tensors = _capture_sb3_state(self.model)
+        tensors["optimizer"] = self.model.policy.optimizer.state_dict()
         with io.atomic_dir(path) as tmp:
-            self.model.save(str(tmp / "sb3_model.zip"))
+            save_model(self.model.policy, str(tmp / POLICY_FILE))
+            torch.save(tensors, tmp / STATE_FILE)
+            state = {"format": SB3_FORMAT, "agent": self.name, "env_id": self.env_id,
+                     "policy_source": self.policy_source, "seed": self.seed, "n_envs": self.n_envs, **record,
+                     "kwargs": self.kwargs, "episodes": self.episodes, "goal": self._goal, "history": self.history,
+                     "sb3": sb3_json, "files": {name: _sha256(tmp / name) for name in (POLICY_FILE, STATE_FILE)}}
             (tmp / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=1))
         return path
 
@@ -207,16 +247,204 @@ class SB3Agent:
     def load(cls, path: str | os.PathLike[str], env: Any = None,
              env_kwargs: dict[str, Any] | None = None) -> SB3Agent:
         """Restore a checkpoint written by :meth:`save`; ``env`` (an env id: SB3 builds its own envs) or
-        ``env_kwargs`` replace the recorded ones, which a callable or object reward model requires."""
+        ``env_kwargs`` replace the recorded ones, which a callable or object reward model requires.
+
+        Nothing is unpickled: the SB3 model is rebuilt from ``agent.json``, its weights are read from
+        safetensors and the rest with ``torch.load(weights_only=True)``, after both files' sha256 are checked.
+        A run saved by an older textenv as SB3's ``sb3_model.zip`` is refused (SB3's loader unpickles that zip,
+        so loading it could run code); the zip is never opened. Training continues bitwise as if uninterrupted
+        (CPU): this sets the process's torch, numpy and ``random`` RNG states to the saved ones, since SB3
+        samples from those global generators."""
+        from safetensors.torch import load_model
+
         if env is not None and not isinstance(env, str):
             raise ValueError(f"SB3Agent.load takes an env id (SB3 builds its own envs), got {type(env).__name__}")
         path = io.previous_dir(Path(path))
         meta_file = path / CHECKPOINT_MARKER
+        if not meta_file.exists():
+            raise ValueError(f"{str(path)!r} is not an agent checkpoint (no {CHECKPOINT_MARKER})")
         meta = read_agent_meta(meta_file)
+        _check_meta(meta, path, meta_file)
         env_id, kwargs = rebuild_env(meta, str(meta_file), env, env_kwargs)
-        agent = cls(meta["agent"].split("-", 1)[1], env_id, meta["policy_source"], meta["seed"],
-                    env_kwargs=kwargs, **meta["kwargs"])
-        agent.model = agent.model.load(str(Path(path) / "sb3_model.zip"), env=agent.model.get_env())
-        agent.policy = LMPolicy(agent.model.policy.lm, agent.policy.tokenizer, ref_model=agent.policy.ref_model)
-        agent.episodes, agent.history = int(meta["episodes"]), list(meta["history"])
+        try:
+            agent = cls(meta["agent"].split("-", 1)[1], env_id, meta["policy_source"], meta["seed"],
+                        n_envs=meta["n_envs"], env_kwargs=kwargs, **meta["kwargs"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{str(meta_file)!r}: cannot rebuild the SB3 model from it: {exc}") from None
+        policy_file, state_file = path / POLICY_FILE, path / STATE_FILE
+        try:
+            missing, unexpected = load_model(agent.model.policy, str(policy_file), strict=False,
+                                             device=str(agent.model.device))
+        except Exception as exc:  # safetensors' own errors name no file
+            raise ValueError(f"{str(policy_file)!r}: not the weights of this SB3 policy ({exc})") from None
+        if missing or unexpected:
+            raise ValueError(f"{str(policy_file)!r}: not the weights of this SB3 policy (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+        try:
+            state = torch.load(state_file, map_location=agent.model.device, weights_only=True)
+            agent.model.policy.optimizer.load_state_dict(state["optimizer"])
+        except Exception as exc:
+            raise ValueError(f"{str(state_file)!r}: damaged SB3 state ({type(exc).__name__}: {exc})") from None
+        _restore_sb3_state(agent.model, meta["sb3"], state, str(state_file))
+        agent.episodes, agent.history, agent._goal = meta["episodes"], list(meta["history"]), meta["goal"]
         return agent
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _is_json_scalar(v: Any) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return v is None or isinstance(v, (bool, int, str))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_meta(meta: dict[str, Any], path: Path, meta_file: Path) -> None:
+    """Refuse an SB3 ``agent.json`` that is not format 2 (naming the old zip where there is one), has fields of
+    the wrong type, or whose binary files do not match their recorded sha256. Never opens ``sb3_model.zip``."""
+    where = repr(str(meta_file))
+    if meta.get("format") != SB3_FORMAT:
+        old = path / OLD_ZIP
+        if old.exists():
+            raise ValueError(
+                f"{str(old)!r}: an SB3 run saved by an older textenv as SB3's zip, which SB3's loader unpickles, "
+                "so loading it can run code stored in the file; it is refused and was not opened. Retrain the run, "
+                "or, only if you trust the file, load it yourself with stable_baselines3's PPO.load / A2C.load")
+        raise ValueError(f"{where}: 'format' must be {SB3_FORMAT} for an SB3 run, got {meta.get('format')!r:.40}")
+    if meta["agent"] not in ("sb3-ppo", "sb3-a2c"):
+        raise ValueError(f"{where} names {meta['agent']!r}, not an SB3 agent ('sb3-ppo' or 'sb3-a2c')")
+
+    def need(key: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{where}: {key!r} must be {what}, got {meta.get(key)!r:.80}")
+
+    def count(key: str, minimum: int) -> bool:
+        v = meta.get(key)
+        return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+    need("policy_source", isinstance(meta.get("policy_source"), str), "a string")
+    need("seed", count("seed", 0), "an integer >= 0")
+    need("n_envs", count("n_envs", 1), "an integer >= 1")
+    need("episodes", count("episodes", 0), "an integer >= 0")
+    goal = meta.get("goal")
+    need("goal", goal is None or (count("goal", 0) and goal <= meta["episodes"]), "null or an integer <= episodes")
+    need("history", isinstance(meta.get("history"), list) and all(isinstance(r, dict) for r in meta["history"]),
+         "a list of objects")
+    kw = meta.get("kwargs")
+    need("kwargs", isinstance(kw, dict) and all(_is_json_scalar(v) for v in kw.values()),
+         "an object of SB3 arguments (finite numbers, strings, booleans)")
+    known = {f.name for f in dataclasses.fields(SB3Config)} - {"n_envs"}
+    try:
+        SB3Config(n_envs=meta["n_envs"], **{k: v for k, v in kw.items() if k in known})
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    need("sb3", isinstance(meta.get("sb3"), dict), "an object")
+    files = meta.get("files")
+    need("files", isinstance(files, dict) and set(files) == {POLICY_FILE, STATE_FILE}
+         and all(isinstance(v, str) for v in files.values()), f"the sha256 of {POLICY_FILE} and {STATE_FILE}")
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file():
+            raise ValueError(f"{str(f)!r} is missing (the SB3 checkpoint {str(path)!r} is incomplete)")
+        if _sha256(f) != digest:
+            raise ValueError(f"{str(f)!r} does not match the sha256 recorded in {where}: it was changed or damaged "
+                             "after it was saved")
+
+
+# The state SB3's learn() carries from one call to the next, beyond the weights and the optimizer. These two
+# functions are the only places that read it. SB3 internals (private fields of BaseAlgorithm): _last_obs,
+# _last_episode_starts, _n_updates, _episode_num, _current_progress_remaining; and DummyVecEnv._reset_seeds().
+# Public: num_timesteps, ep_info_buffer, ep_success_buffer, the DummyVecEnv's envs and reset_infos, each
+# Monitor's rewards and total_steps, each env's np_random and completion_ids(). Each env's running episode is
+# rebuilt with its public API: reset(options={"prompt": ...}), then its generated tokens are stepped again.
+# Not restored (logging only, not used in training): the wall-clock time in SB3's ep_info_buffer ("t") and
+# Monitor's start time and its lists of finished episodes' returns, lengths and times.
+def _capture_sb3_state(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    venv = model.get_env()
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    js: dict[str, Any] = {
+        "num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
+        "episode_num": int(model._episode_num), "progress_remaining": float(model._current_progress_remaining),
+        "ep_info_buffer": None if model.ep_info_buffer is None else [
+            {k: float(v) for k, v in e.items()} for e in model.ep_info_buffer],
+        "ep_success_buffer": None if model.ep_success_buffer is None else [bool(b) for b in model.ep_success_buffer],
+        "numpy_rng": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python_rng": [py_state[0], py_state[2]],
+        "envs": None,
+    }
+    tensors: dict[str, Any] = {
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng_keys": torch.as_tensor(np.asarray(np_state[1], dtype=np.int64)),
+        "python_rng_keys": torch.tensor(py_state[1], dtype=torch.int64),
+    }
+    if torch.cuda.is_available() and model.device.type == "cuda":
+        tensors["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if model._last_obs is not None:
+        tensors["last_obs"] = {k: torch.as_tensor(np.asarray(v)) for k, v in model._last_obs.items()}
+        tensors["last_episode_starts"] = torch.as_tensor(np.asarray(model._last_episode_starts))
+        js["envs"] = [{"prompt": venv.reset_infos[i]["prompt"],
+                       "completion_ids": [int(t) for t in mon.unwrapped.completion_ids()],
+                       "monitor_rewards": [float(r) for r in mon.rewards], "monitor_total_steps": int(mon.total_steps),
+                       "np_random": mon.unwrapped.np_random.bit_generator.state}
+                      for i, mon in enumerate(venv.envs)]
+    return js, tensors
+
+
+def _restore_sb3_state(model: Any, js: dict[str, Any], tensors: dict[str, Any], state_file: str) -> None:
+    """Put back what :func:`_capture_sb3_state` saved; the RNG states last. Any inconsistency is a
+    ``ValueError`` naming ``state_file``."""
+    from collections import deque
+
+    venv = model.get_env()
+    try:
+        if js["envs"] is not None:
+            if len(js["envs"]) != venv.num_envs:
+                raise ValueError(f"{len(js['envs'])} envs saved, the model has {venv.num_envs}")
+            last_obs = {k: v.cpu().numpy() for k, v in tensors["last_obs"].items()}
+            for i, (mon, st) in enumerate(zip(venv.envs, js["envs"], strict=True)):
+                obs, info = mon.reset(options={"prompt": st["prompt"]})
+                for tok in st["completion_ids"]:
+                    obs, *_ = mon.env.step(int(tok))  # below the Monitor, which gets its saved rewards back
+                mon.rewards = [float(r) for r in st["monitor_rewards"]]
+                mon.total_steps = int(st["monitor_total_steps"])
+                venv.reset_infos[i] = info
+                for k, v in obs.items():
+                    if not np.array_equal(v, last_obs[k][i]):
+                        raise ValueError(f"env {i}'s replayed episode (prompt {st['prompt']!r:.60}) does not give "
+                                         f"the saved observation {k!r}: the envs are not built as when saved")
+                rng = np.random.Generator(getattr(np.random, st["np_random"]["bit_generator"])())
+                rng.bit_generator.state = st["np_random"]
+                mon.unwrapped.np_random = rng
+            venv._reset_seeds()  # the construction's seeds were used by the saved run's first reset
+            model._last_obs = last_obs
+            model._last_episode_starts = tensors["last_episode_starts"].cpu().numpy()
+        model.num_timesteps, model._n_updates = int(js["num_timesteps"]), int(js["n_updates"])
+        model._episode_num = int(js["episode_num"])
+        model._current_progress_remaining = float(js["progress_remaining"])
+        window = model._stats_window_size
+        if js["ep_info_buffer"] is not None:
+            model.ep_info_buffer = deque(js["ep_info_buffer"], maxlen=window)
+            model.ep_success_buffer = deque(js["ep_success_buffer"], maxlen=window)
+        np_rng = (js["numpy_rng"][0], tensors["numpy_rng_keys"].numpy().astype(np.uint32), *js["numpy_rng"][1:])
+        py_rng = (js["python_rng"][0], tuple(int(x) for x in tensors["python_rng_keys"].tolist()), js["python_rng"][1])
+        torch_rng = tensors["torch_rng"]
+        cuda_rng = tensors.get("cuda_rng")
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise ValueError(f"{state_file!r} and agent.json: cannot restore the SB3 state ({type(exc).__name__}: "
+                         f"{exc})") from None
+    # the RNG states last: nothing after this may draw
+    try:
+        np.random.set_state(np_rng)
+        random.setstate(py_rng)
+        torch.set_rng_state(torch_rng)
+        if cuda_rng is not None and model.device.type == "cuda":
+            torch.cuda.set_rng_state_all(cuda_rng)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{state_file!r}: damaged RNG state ({exc})") from None
