@@ -248,7 +248,8 @@ def train_command(args: TrainArguments, config: Any = None) -> int:
         summary = {"agent": agent.name, "env": a.env, "seed": a.seed, "episodes": episodes,
                    "initial": agent.evaluate(a.eval_episodes), "samples_before": agent.samples(4)}
         io.write_text(summary_file, json.dumps(summary, indent=1))
-    remaining = episodes - agent.episodes
+    # an SB3 run counts from its last target (its last rollout's extra episodes count toward this one)
+    remaining = episodes - getattr(agent, "requested_episodes", agent.episodes)
     every = 10  # iterations between checkpoints
 
     def save_checkpoint() -> None:

@@ -152,6 +152,13 @@ class SB3Agent:
         self._goal: int | None = None
         self.history: list[dict[str, float]] = []
 
+    @property
+    def requested_episodes(self) -> int:
+        """Where the next ``learn(n)`` counts from (it trains until ``requested_episodes + n`` episodes): the
+        last ``learn`` call's target if it was reached, otherwise (none yet, stopped early, or a checkpoint
+        written during a call) :attr:`episodes`. ``textenv train --resume`` counts ``--episodes`` from it."""
+        return self.episodes if self._goal is None else self._goal
+
     def learn(self, total_episodes: int, progress: bool = True, callback: Any = None) -> SB3Agent:
         from stable_baselines3.common.callbacks import BaseCallback
         from tqdm.auto import tqdm
@@ -161,7 +168,7 @@ class SB3Agent:
         agent = self
         # the episodes the last call ran past its target count toward this one, so learn(a); learn(b) runs
         # what learn(a + b) runs; a checkpoint saved during a call (goal None) continues from its episodes
-        target = (self.episodes if self._goal is None else self._goal) + total_episodes
+        target = self.requested_episodes + total_episodes
         self._goal = None
         bar = tqdm(total=max(target - self.episodes, 0), disable=not progress, unit="ep", dynamic_ncols=True)
         rows: list[dict[str, float]] = []
