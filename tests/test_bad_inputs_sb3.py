@@ -235,9 +235,12 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(lm_dir, tmp_path, algo)
         np.testing.assert_array_equal(resumed.model._last_obs[k], whole.model._last_obs[k])
 
 
-def test_split_learn_equals_one_learn(lm_dir):
-    whole = make(lm_dir).learn(13, progress=False)
-    split = make(lm_dir).learn(5, progress=False).learn(8, progress=False)
+@pytest.mark.parametrize("parts", [(1, 1, 1, 1), (5, 8)])
+def test_split_learn_equals_one_learn(lm_dir, parts):
+    whole = make(lm_dir).learn(sum(parts), progress=False)
+    split = make(lm_dir)
+    for n in parts:
+        split.learn(n, progress=False)
     assert split.episodes == whole.episodes and history(split) == history(whole) and same_weights(split, whole)
 
 
@@ -278,18 +281,32 @@ def test_the_cli_resume_is_bitwise_equal(lm_dir, tmp_path):
 def test_learn_episodes_is_a_lower_bound_and_the_excess_counts_toward_the_next_call(lm_dir):
     agent = make(lm_dir)
     per_rollout = agent.model.n_steps * agent.model.n_envs  # at most this many episodes end in one rollout
-    agent.learn(5, progress=False)
-    assert 5 <= agent.episodes < 5 + per_rollout
-    first = agent.episodes
-    agent.learn(first - 5 or 1, progress=False)  # already met when the excess covers it
-    assert agent.episodes >= first + (first - 5 or 1) - (first - 5)
+    agent.learn(1, progress=False)
+    first, steps = agent.episodes, agent.model.num_timesteps
+    assert 1 <= first < 1 + per_rollout and agent.requested_episodes == 1
+    assert first >= 2  # this setting finishes several episodes per rollout: the excess is real
+    agent.learn(first - 1, progress=False)  # covered by the first call's excess: no rollout runs
+    assert agent.model.num_timesteps == steps and agent.episodes == first == agent.requested_episodes
+    agent.learn(1, progress=False)
+    assert agent.episodes > first and agent.requested_episodes == first + 1
+    stopped = make(lm_dir)
+    stopped.learn(100, progress=False, callback=lambda ag, m: False)  # stopped early: counts from its episodes
+    assert stopped.requested_episodes == stopped.episodes < 100
 
 
-def test_evaluate_runs_the_requested_episodes(lm_dir):
-    """SB3Agent.evaluate goes through the shared seeded evaluation: N episodes give the same numbers
-    however the eval env's slots are filled."""
+def test_evaluate_runs_through_the_shared_evaluation_with_the_requested_count(lm_dir, monkeypatch):
+    """SB3Agent.evaluate has no episode loop of its own: the count goes to agents.rollout.evaluate_policy."""
+    import agents.sb3_agent as mod
+
+    seen: list[int] = []
+    real = mod.evaluate_policy
+
+    def spy(policy, envs, num_episodes, **kw):
+        seen.append(num_episodes)
+        return real(policy, envs, num_episodes, **kw)
+
+    monkeypatch.setattr(mod, "evaluate_policy", spy)
     agent = make(lm_dir)
-    a = agent.evaluate(3, seed=5)
-    assert a == agent.evaluate(3, seed=5)
+    assert agent.evaluate(3, seed=5) == agent.evaluate(3, seed=5) and seen == [3, 3]
     with pytest.raises(ValueError, match="num_episodes"):
         agent.evaluate(0)
