@@ -237,7 +237,9 @@ class LMActorCriticPolicy(ActorCriticPolicy):
     resolve at load time. If ``model`` was a ``PreTrainedModel`` object, SB3 pickles that object inside the
     saved ``policy_kwargs`` (the zip then holds the weights twice, and loading needs the model's class
     importable); to keep saves small and portable, ``save_pretrained`` the LM and pass its directory.
-    ``policy.save`` / ``LMActorCriticPolicy.load`` store only the config for an object-built LM.
+    ``policy.save`` / ``LMActorCriticPolicy.load`` store only the config for an object-built LM. SB3's zip
+    and ``.pth`` files hold pickles (``PPO.load`` unpickles ``:serialized:`` entries), so load only files you
+    trust; :class:`agents.sb3_agent.SB3Agent` (``textenv train``) saves without them (safetensors and JSON).
     """
 
     features_extractor: LMFeaturesExtractor

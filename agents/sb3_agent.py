@@ -343,7 +343,7 @@ def _check_meta(meta: dict[str, Any], path: Path, meta_file: Path) -> None:
     need("goal", goal is None or (count("goal", 0) and goal <= meta["episodes"]), "null or an integer <= episodes")
     need("history", isinstance(meta.get("history"), list) and all(isinstance(r, dict) for r in meta["history"]),
          "a list of objects")
-    kw = meta.get("kwargs")
+    kw: Any = meta.get("kwargs")
     need("kwargs", isinstance(kw, dict) and all(_is_json_scalar(v) for v in kw.values()),
          "an object of SB3 arguments (finite numbers, strings, booleans)")
     known = {f.name for f in dataclasses.fields(SB3Config)} - {"n_envs"}
@@ -352,7 +352,7 @@ def _check_meta(meta: dict[str, Any], path: Path, meta_file: Path) -> None:
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
     need("sb3", isinstance(meta.get("sb3"), dict), "an object")
-    files = meta.get("files")
+    files: Any = meta.get("files")
     need("files", isinstance(files, dict) and set(files) == {POLICY_FILE, STATE_FILE}
          and all(isinstance(v, str) for v in files.values()), f"the sha256 of {POLICY_FILE} and {STATE_FILE}")
     for name, digest in files.items():
@@ -374,8 +374,8 @@ def _check_meta(meta: dict[str, Any], path: Path, meta_file: Path) -> None:
 # Monitor's start time and its lists of finished episodes' returns, lengths and times.
 def _capture_sb3_state(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     venv = model.get_env()
-    np_state = np.random.get_state()
-    py_state = random.getstate()
+    np_state: Any = np.random.get_state()
+    py_state: Any = random.getstate()
     js: dict[str, Any] = {
         "num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
         "episode_num": int(model._episode_num), "progress_remaining": float(model._current_progress_remaining),
