@@ -72,8 +72,16 @@ class SB3Config:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         for name in ("learning_rate", "clip_range", "ent_coef", "vf_coef", "gamma", "gae_lambda", "max_grad_norm"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                  or v < 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("gamma", "gae_lambda"):
+            v = getattr(self, name)
+            if v is not None and v > 1:
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        if self.n_steps is not None and self.n_steps * self.n_envs < 2:
+            raise ValueError(f"n_steps x n_envs must be >= 2 (SB3 needs two steps per rollout), got n_steps="
+                             f"{self.n_steps}, n_envs={self.n_envs}")
 
     def overrides(self, algo: str) -> dict[str, Any]:
         """The SB3 constructor arguments set here (not ``None``), for ``algo`` (``"ppo"`` or ``"a2c"``)."""
@@ -127,6 +135,7 @@ class SB3Agent:
         algos = {"ppo": PPO, "a2c": A2C}
         if algo not in algos:
             raise ValueError(f"SB3 algorithm must be 'ppo' or 'a2c', got {algo!r}")
+        _check_arguments(algo, algos[algo], seed, n_envs, overrides)
         self.algo, self.env_id, self.policy_source, self.seed = algo, env, str(policy), seed
         self.name = f"sb3-{algo}"
         self.env_kwargs = dict(env_kwargs or {})
@@ -295,6 +304,22 @@ class SB3Agent:
         _restore_sb3_state(agent.model, meta["sb3"], state, str(state_file))
         agent.episodes, agent.history, agent._goal = meta["episodes"], list(meta["history"]), meta["goal"]
         return agent
+
+
+def _check_arguments(algo: str, algo_cls: Any, seed: Any, n_envs: Any, overrides: dict[str, Any]) -> None:
+    """Refuse, before SB3 sees them, a bad seed, an argument ``algo_cls`` does not take (or that the adapter sets
+    itself), and a value :class:`SB3Config` refuses (wrong type, non-finite, out of range)."""
+    import inspect
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    taken = set(inspect.signature(algo_cls.__init__).parameters) - {
+        "self", "policy", "env", "policy_kwargs", "seed", "device", "verbose", "_init_setup_model"}
+    unknown = sorted(set(overrides) - taken)
+    if unknown:
+        raise ValueError(f"sb3-{algo} does not take {unknown} (it takes {sorted(taken)})")
+    known = {f.name for f in dataclasses.fields(SB3Config)} - {"n_envs"}
+    SB3Config(n_envs=n_envs, **{k: v for k, v in overrides.items() if k in known})
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

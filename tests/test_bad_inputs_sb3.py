@@ -310,3 +310,38 @@ def test_evaluate_runs_through_the_shared_evaluation_with_the_requested_count(lm
     assert agent.evaluate(3, seed=5) == agent.evaluate(3, seed=5) and seen == [3, 3]
     with pytest.raises(ValueError, match="num_episodes"):
         agent.evaluate(0)
+
+
+# ---------------------------------------------------------------------------------------------- construction
+@pytest.mark.parametrize("kw, shown", [
+    ({"n_steps": 0}, "n_steps must be an integer >= 1, got 0"),
+    ({"n_steps": 1, "n_envs": 1}, "n_steps=1, n_envs=1"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a finite number >= 0, got inf"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a finite number >= 0, got nan"),
+    ({"max_grad_norm": float("inf")}, "max_grad_norm must be a finite number >= 0, got inf"),
+    ({"batch_size": 1.5}, "batch_size must be an integer >= 1, got 1.5"),
+    ({"gamma": 2.0}, "gamma must be in [0, 1], got 2.0"),
+    ({"foo": 1}, "does not take ['foo']"),
+    ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ({"seed": 1.5}, "seed must be an integer >= 0, got 1.5"),
+])
+def test_bad_sb3_arguments_are_refused_before_sb3_sees_them(lm_dir, kw, shown):
+    args = {"seed": 3, "n_envs": 2} | {k: kw.pop(k) for k in ("seed", "n_envs") if k in kw}
+    with pytest.raises(ValueError) as exc:
+        SB3Agent("ppo", "TextGen-Arithmetic-v0", str(lm_dir), device="cpu", **args, **kw)
+    assert shown in str(exc.value), str(exc.value)
+
+
+def test_a2c_refuses_ppo_arguments(lm_dir):
+    with pytest.raises(ValueError, match="batch_size"):
+        SB3Agent("a2c", "TextGen-Arithmetic-v0", str(lm_dir), device="cpu", n_envs=2, batch_size=8)
+
+
+def test_load_with_envs_unlike_the_saved_ones_names_the_state_file(lm_dir, tmp_path):
+    make(lm_dir).learn(2, progress=False).save(tmp_path / "run")
+    before = snapshot_dir(tmp_path / "run")
+    with pytest.raises(ValueError, match=STATE_FILE) as exc:
+        SB3Agent.load(tmp_path / "run", env_kwargs={"reward_model": "gold", "max_new_tokens": 3})
+    assert "not built as when saved" in str(exc.value)
+    assert snapshot_dir(tmp_path / "run") == before
+    assert SB3Agent.load(tmp_path / "run").learn(1, progress=False).episodes >= 2  # still usable
