@@ -27,10 +27,10 @@ def lm_dir(tmp_path, tiny_lm, tiny_tokenizer):
     return d
 
 
-def make(lm_dir, algo="ppo", **kw):
+def make(lm_dir, algo="ppo", env_kwargs=None, **kw):
     sets = {"n_steps": 3, "learning_rate": 1e-3} | ({"batch_size": 6, "n_epochs": 2} if algo == "ppo" else {})
     return SB3Agent(algo, "TextGen-Arithmetic-v0", str(lm_dir), seed=3, device="cpu", n_envs=2,
-                    env_kwargs={"reward_model": "gold", "max_new_tokens": 2}, **(sets | kw))
+                    env_kwargs=env_kwargs or {"reward_model": "gold", "max_new_tokens": 2}, **(sets | kw))
 
 
 def weights(agent: SB3Agent) -> dict[str, torch.Tensor]:
@@ -217,14 +217,22 @@ def test_save_refuses_arguments_it_cannot_record_before_writing(lm_dir, tmp_path
 
 
 # ---------------------------------------------------------------------------------------------- B16: bitwise
-@pytest.mark.parametrize("algo", ["ppo", "a2c"])
-def test_resume_is_bitwise_equal_to_an_uninterrupted_run(lm_dir, tmp_path, algo):
-    whole = make(lm_dir, algo).learn(12, progress=False)
-    half = make(lm_dir, algo).learn(6, progress=False)
+THREE = {"reward_model": "gold", "max_new_tokens": 3}
+DENSE = THREE | {"reward_mode": "dense"}
+
+
+@pytest.mark.parametrize("algo, env_kwargs", [("ppo", THREE), ("a2c", THREE), ("ppo", DENSE)])
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(lm_dir, tmp_path, algo, env_kwargs):
+    # 4 steps per env per rollout, 3-token episodes: after 4 episodes every env is 2 tokens into one
+    sets = {"n_steps": 4} | ({"batch_size": 8} if algo == "ppo" else {})
+    whole = make(lm_dir, algo, env_kwargs, **sets).learn(12, progress=False)
+    half = make(lm_dir, algo, env_kwargs, **sets).learn(4, progress=False)
     half.save(tmp_path / "half")
+    saved_envs = json.loads((tmp_path / "half" / "agent.json").read_text())["sb3"]["envs"]
+    assert any(e["completion_ids"] for e in saved_envs)  # saved mid-episode: the replay is exercised
     torch.manual_seed(123)
     np.random.seed(123)  # whatever ran in between, load restores the RNG states
-    resumed = SB3Agent.load(tmp_path / "half").learn(6, progress=False)
+    resumed = SB3Agent.load(tmp_path / "half").learn(8, progress=False)
     assert resumed.episodes == whole.episodes and resumed.model.num_timesteps == whole.model.num_timesteps
     assert history(resumed) == history(whole)
     assert same_weights(resumed, whole)
