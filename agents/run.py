@@ -117,7 +117,8 @@ class TrainArguments:
     env: str = "TextGen-v0"
     """a registered TextGen env id (TextGen-v0, TextGen-Sentiment-v0, TextGen-Arithmetic-v0, ...)"""
     episodes: int | None = None
-    """episodes to train (default: the agent's budget, agents.registry.DEFAULT_EPISODES)"""
+    """episodes to train (default: the agent's budget, agents.registry.DEFAULT_EPISODES); sb3-* agents train whole
+    rollouts, so for them it is a lower bound (up to n_envs x n_steps more)"""
     policy: str = "default"
     """'default' (the shipped fine-tuned LM), 'tiny' or an HF causal-LM directory"""
     reward_model: str = "default"
