@@ -353,3 +353,14 @@ def test_load_with_envs_unlike_the_saved_ones_names_the_state_file(lm_dir, tmp_p
     assert "not built as when saved" in str(exc.value)
     assert snapshot_dir(tmp_path / "run") == before
     assert SB3Agent.load(tmp_path / "run").learn(1, progress=False).episodes >= 2  # still usable
+
+
+def test_a_tiny_policy_run_gets_its_kl_reference_back(tmp_path):
+    """"tiny" is random: the reference is rebuilt from the recorded seed (SB3 seeds before building the
+    policy), so the loaded run's KL is the saved one's."""
+    agent = SB3Agent("ppo", "TextGen-Arithmetic-v0", "tiny", seed=3, device="cpu", n_envs=2, n_steps=3,
+                     batch_size=6, n_epochs=1, learning_rate=1e-2,
+                     env_kwargs={"reward_model": "gold", "max_new_tokens": 2}).learn(2, progress=False)
+    agent.save(tmp_path / "run")
+    want = agent.evaluate(4, seed=1)
+    assert want["kl"] > 0 and SB3Agent.load(tmp_path / "run").evaluate(4, seed=1) == want
