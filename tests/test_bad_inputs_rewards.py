@@ -4,7 +4,6 @@ clear error naming the value, raised before anything is stepped, and leaves the 
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 

@@ -28,9 +28,9 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
 
 
 def _is_async(fn: Any) -> bool:
-    call = getattr(type(fn), "__call__", None)
+    call = type(fn).__call__ if callable(fn) and not inspect.isfunction(fn) else None  # inherited too
     return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or (
-        not inspect.isfunction(fn) and call is not None and inspect.iscoroutinefunction(call))
+        call is not None and inspect.iscoroutinefunction(call))
 
 
 def calling_convention(fn: Callable[..., Any], columns: Sequence[str] = (), name: str | None = None) -> str:
@@ -167,9 +167,9 @@ class CallableReward:
     def _trl_kwargs(self, prompts: list[str], completions: list[str],
                     completion_ids: Sequence[Sequence[int]] | None,
                     columns: dict[str, Sequence[Any]] | None) -> dict[str, Any]:
-        if columns is None:
-            columns = self.task.prompt_columns(prompts) if self.task is not None else {}
-        kwargs: dict[str, Any] = {k: list(v) for k, v in columns.items() if k not in TRL_KEYWORDS}
+        given: dict[str, Sequence[Any]] = dict(columns) if columns is not None else (
+            dict(self.task.prompt_columns(prompts)) if self.task is not None else {})
+        kwargs: dict[str, Any] = {k: list(v) for k, v in given.items() if k not in TRL_KEYWORDS}
         kwargs["prompts"] = prompts
         kwargs["completions"] = completions
         if completion_ids is not None:
