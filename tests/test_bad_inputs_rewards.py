@@ -246,6 +246,8 @@ def test_other_pipelines_and_models_are_refused(tok):
     lm = GPT2LMHeadModel(tiny_gpt2_config(len(tok), n_layer=1, n_embd=32, n_head=2))
     with pytest.raises(TypeError, match="GPT2LMHeadModel, not a sequence-classification model"):
         gym.make("TextGen-v0", reward_model=lm, reward_tokenizer=tok)
+    with pytest.raises(TypeError, match="GPT2LMHeadModel, not a sequence-classification model"):
+        HFClassifierReward(lm, tokenizer=tok)  # the adapter itself, not only the resolver
     pipe = pipeline("text-generation", model=lm, tokenizer=tok, device="cpu")
     with pytest.raises(TypeError, match="for task 'text-generation'"):
         gym.make("TextGen-v0", reward_model=pipe)

@@ -157,6 +157,17 @@ def load_classifier(path: str | os.PathLike[str]) -> PreTrainedModel:
     return model.eval()
 
 
+def check_classifier_object(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` itself, or ``TypeError`` naming its class when it is not a sequence classifier."""
+    kind = type(model).__name__
+    if not kind.endswith("ForSequenceClassification"):
+        raise TypeError(
+            f"reward_model is a transformers {kind}, not a sequence-classification model; load one with "
+            f"AutoModelForSequenceClassification (or train one with `textenv train-reward`)"
+        )
+    return model
+
+
 def _load_dir_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
@@ -220,7 +231,7 @@ class HFClassifierReward:
             model = load_classifier(self.path)
         elif isinstance(path_or_model, PreTrainedModel):
             self.path = None
-            model = path_or_model
+            model = check_classifier_object(path_or_model)
         else:
             raise TypeError(
                 f"path_or_model must be a directory or a PreTrainedModel, got {type(path_or_model).__name__}"

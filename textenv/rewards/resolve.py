@@ -13,7 +13,12 @@ import torch
 from textenv.models import REWARD_DIR, ModelLoadError, quiet_progress
 from textenv.rewards.adapters import CallableReward, CompositeReward, GoldReward
 from textenv.rewards.base import REWARD_METADATA_FILE, RewardModel
-from textenv.rewards.hf import HFClassifierReward, LearnedRewardModel, check_model_dir
+from textenv.rewards.hf import (
+    HFClassifierReward,
+    LearnedRewardModel,
+    check_classifier_object,
+    check_model_dir,
+)
 
 if TYPE_CHECKING:
     from textenv.tasks.base import Task
@@ -176,12 +181,7 @@ def _transformers_reward(spec: Any, tokenizer: Any) -> HFClassifierReward | None
         return HFClassifierReward(spec.model, tokenizer=spec.tokenizer, device=spec.model.device)
     if not isinstance(spec, PreTrainedModel):
         return None
-    kind = type(spec).__name__
-    if not kind.endswith("ForSequenceClassification"):
-        raise TypeError(
-            f"reward_model is a transformers {kind}, not a sequence-classification model; load one with "
-            f"AutoModelForSequenceClassification (or train one with `textenv train-reward`)"
-        )
+    kind = type(check_classifier_object(spec)).__name__
     name = str(getattr(spec, "name_or_path", "") or "")
     if tokenizer is None:
         tokenizer = _own_tokenizer(name)
