@@ -312,3 +312,45 @@ def test_cli_help_says_ids_come_from_the_cache(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "local Hugging Face cache" in " ".join(capsys.readouterr().out.split())
+
+
+# ---------------------------------------------------------------------------------------------- battery siblings
+def test_tokenizer_larger_than_the_models_vocabulary_is_refused_naming_both_sizes(tok):
+    small = _classifier(50)
+    with pytest.raises(ValueError, match=f"has 50 token embeddings but its tokenizer has {len(tok)} tokens"):
+        gym.make("TextGen-v0", reward_model=small, reward_tokenizer=tok)
+
+
+@pytest.mark.parametrize("spec, error, fragment", [
+    (3, TypeError, "got 3 (int)"),
+    ("/no/such/tokenizer", ModelLoadError, "'/no/such/tokenizer' is not a directory"),
+])
+def test_bad_reward_tokenizer_names_the_value(tok, spec, error, fragment):
+    with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        gym.make("TextGen-v0", reward_model=_classifier(len(tok)), reward_tokenizer=spec)
+
+
+def test_a_tokenizer_or_an_empty_string_is_not_a_reward_model(tok):
+    with pytest.raises(TypeError, match="reward_model is a tokenizer"):
+        gym.make("TextGen-v0", reward_model=tok)
+    with pytest.raises(ValueError, match="reward_model is an empty string ''"):
+        gym.make("TextGen-v0", reward_model="")
+
+
+@pytest.mark.parametrize("returned, fragment", [
+    ([None], "non-number None at index 0"), (None, "returned a NoneType"), ("1.0", "returned a str"), ({"r": 1.0}, "returned a dict"),
+])
+def test_trl_style_bad_returns_are_reward_model_errors_and_the_env_stays_usable(returned, fragment):
+    from textenv.rewards import RewardModelError
+
+    state = {"bad": True}
+
+    def reward(completions, **kwargs):
+        return returned if state["bad"] else [0.5] * len(completions)
+
+    env = gym.make("TextGen-v0", task="arithmetic", reward_model=reward, max_new_tokens=1)
+    env.reset(seed=0)
+    with pytest.raises(RewardModelError, match=fragment):
+        env.step(5)
+    state["bad"] = False
+    assert env.step(5)[1] == 0.5

@@ -81,6 +81,9 @@ def resolve_reward_model(
             )
         return load_reward_model(path, device=device)
     if isinstance(spec, (str, os.PathLike)):
+        if not str(spec).strip():
+            raise ValueError(f"reward_model is an empty string {str(spec)!r}; give 'default', 'gold', a "
+                             f"directory or a Hugging Face id")
         if not Path(spec).expanduser().exists():
             return load_reward_model(cached_hf_snapshot(str(spec)), device=device)
         return load_reward_model(spec, device=device)
@@ -167,8 +170,13 @@ def cached_hf_snapshot(repo_id: str) -> Path:
 
 def _transformers_reward(spec: Any, tokenizer: Any) -> HFClassifierReward | None:
     """An :class:`HFClassifierReward` for a transformers model or pipeline object; None for anything else."""
-    from transformers import Pipeline, PreTrainedModel
+    from transformers import Pipeline, PreTrainedModel, PreTrainedTokenizerBase
 
+    if isinstance(spec, PreTrainedTokenizerBase):
+        raise TypeError(
+            f"reward_model is a tokenizer ({type(spec).__name__}), not a reward model; pass it as "
+            f"reward_tokenizer= next to a sequence-classification model"
+        )
     if isinstance(spec, Pipeline):
         task = getattr(spec, "task", "")
         if task not in ("text-classification", "sentiment-analysis"):
