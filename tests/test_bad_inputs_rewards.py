@@ -354,3 +354,26 @@ def test_trl_style_bad_returns_are_reward_model_errors_and_the_env_stays_usable(
         env.step(5)
     state["bad"] = False
     assert env.step(5)[1] == 0.5
+
+
+def test_hf_id_is_recorded_and_rebuilt_through_the_cache(tmp_path, monkeypatch, tok):
+    from textenv.rewards.spec import rebuild_reward_model
+
+    hub = tmp_path / "hub"
+    snapshot = _fake_cache(hub, "acme/tiny-rm", tok)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    desc = describe_reward_model("acme/tiny-rm")
+    assert desc == {"kind": "hf-id", "name": "acme/tiny-rm"}
+    rm = resolve_reward_model(rebuild_reward_model(desc))
+    assert rm.path == snapshot.resolve()
+
+
+def test_docstring_examples():
+    import doctest
+
+    import textenv.rewards.adapters
+    import textenv.tasks.arithmetic
+    import textenv.tasks.keywords
+
+    for module in (textenv.rewards.adapters, textenv.tasks.arithmetic, textenv.tasks.keywords):
+        assert doctest.testmod(module).failed == 0, module.__name__
