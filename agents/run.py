@@ -122,7 +122,7 @@ class TrainArguments:
     policy: str = "default"
     """'default' (the shipped fine-tuned LM), 'tiny' or an HF causal-LM directory"""
     reward_model: str = "default"
-    """'default' (the task's shipped model), 'gold', a reward-model directory or an HF id"""
+    """'default' (the task's shipped model), 'gold', a reward-model directory, or an HF id (org/name) already in the local Hugging Face cache (HF_HUB_CACHE or HF_HOME/hub; never downloaded)"""
     out: str | None = None
     """run directory (default: runs/<agent>-<env>)"""
     resume: bool = False
@@ -243,8 +243,8 @@ def train_command(args: TrainArguments, config: Any = None) -> int:
     else:
         if list_checkpoints(out):
             raise ValueError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
+        agent = _make_agent(a, config)  # first: a bad --reward-model, --policy... leaves no directory behind
         out.mkdir(parents=True, exist_ok=True)
-        agent = _make_agent(a, config)
         print(f"training {agent.name} on {a.env} for {episodes} episodes -> {out}")
         summary = {"agent": agent.name, "env": a.env, "seed": a.seed, "episodes": episodes,
                    "initial": agent.evaluate(a.eval_episodes), "samples_before": agent.samples(4)}

@@ -72,8 +72,12 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
     - ``prompts``: a list of str, or a path to a ``.txt`` (one per line) or ``.jsonl`` (``{"prompt"}``) file;
       replaces the task's prompt source (the gold scorer still comes from the task).
     - ``tokenizer``: ``"default"`` (the shipped BPE), a Hugging Face tokenizer directory or object.
-    - ``reward_model``: ``"default"`` (the task's shipped learned model), ``"gold"``, a directory, a callable
-      ``(prompts, completions) -> scores``, or a list of them / (model, weight) pairs.
+    - ``reward_model``: ``"default"`` (the task's shipped learned model), ``"gold"``, a directory, a Hugging
+      Face id in the local cache, a callable ``(prompts, completions) -> scores`` or a TRL-style
+      ``fn(completions, **kwargs)``, a ``transformers`` sequence-classification model or
+      ``pipeline("text-classification")``, or a list of them / (model, weight) pairs.
+    - ``reward_tokenizer``: the tokenizer of a reward model given as a model object (default: the one saved
+      with it, else ``tokenizer=`` when that is not ``"default"``).
     - ``max_prompt_tokens``, ``max_new_tokens``: budgets in tokens (task defaults).
     - ``reward_mode``: ``"terminal"`` or ``"dense"``. ``terminate_on_eos``: end the episode on EOS.
     - ``render_mode``: ``"ansi"`` returns the decoded context, ``"human"`` prints it.
@@ -97,6 +101,7 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         prompts: str | os.PathLike[str] | Sequence[str] | None = None,
         tokenizer: Any = "default",
         reward_model: Any = "default",
+        reward_tokenizer: Any = None,
         max_prompt_tokens: int | None = None,
         max_new_tokens: int | None = None,
         reward_mode: str = "terminal",
@@ -109,7 +114,7 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.setup: EnvSetup = build_setup(
             task=task, prompts=prompts, tokenizer=tokenizer, reward_model=reward_model,
-            max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, reward_mode=reward_mode,
+            reward_tokenizer=reward_tokenizer, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, reward_mode=reward_mode,
             terminate_on_eos=terminate_on_eos, split=split, prompt_truncation=prompt_truncation,
         )
         self.render_mode = render_mode
@@ -188,7 +193,8 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         if terminated or self._dense:
             try:
                 completion = self.setup.decode(self._ids[self._prompt_len:pos + 1])
-                score = float(self.setup.score([self._prompt], [completion])[0])
+                ids = [self._ids[self._prompt_len:pos + 1].tolist()] if self.setup.wants_extras else None
+                score = float(self.setup.score([self._prompt], [completion], ids)[0])
                 if terminated:
                     info = {"prompt": self._prompt, "completion": completion, "reward_model_score": score,
                             "gold_score": self.setup.gold([self._prompt], [completion])[0]}

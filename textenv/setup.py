@@ -135,11 +135,26 @@ class EnvSetup:
         self._fast = backend if backend is not None and not getattr(
             self.tokenizer, "clean_up_tokenization_spaces", False) else None
 
-    def score(self, prompts: list[str], completions: list[str]) -> np.ndarray:
-        """Reward-model scores, checked: one finite float per pair (float64 array)."""
+    @property
+    def wants_extras(self) -> bool:
+        """Whether the reward model takes ``completion_ids`` and the task's columns (a TRL-style function)."""
+        return bool(getattr(self.reward_model, "wants_extras", False))
+
+    def score(self, prompts: list[str], completions: list[str],
+              completion_ids: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+        """Reward-model scores, checked: one finite float per pair (float64 array).
+
+        A reward model that :attr:`wants_extras` also gets ``completion_ids`` and ``columns``, the task's
+        per-prompt fields (:meth:`~textenv.tasks.base.Task.prompt_columns`), as TRL passes them.
+        """
         from textenv.rewards import check_scores
 
-        return check_scores(self.reward_model(prompts, completions), len(prompts), self.reward_name)
+        if self.wants_extras:
+            out = self.reward_model(prompts, completions, completion_ids=completion_ids,
+                                    columns=self.task.prompt_columns(prompts))
+        else:
+            out = self.reward_model(prompts, completions)
+        return check_scores(out, len(prompts), self.reward_name)
 
     def gold(self, prompts: list[str], completions: list[str]) -> list[float]:
         return [float(s) for s in self.task.gold_score(prompts, completions)]
@@ -150,6 +165,7 @@ def build_setup(
     prompts: str | os.PathLike[str] | Sequence[str] | None = None,
     tokenizer: Any = "default",
     reward_model: Any = "default",
+    reward_tokenizer: Any = None,
     max_prompt_tokens: int | None = None,
     max_new_tokens: int | None = None,
     reward_mode: str = "terminal",
@@ -177,7 +193,11 @@ def build_setup(
         raise ValueError(f"terminate_on_eos must be a bool, got {terminate_on_eos!r}")
     check_split(split)
     tok = load_tokenizer(tokenizer)
-    rm = resolve_reward_model(reward_model, task_obj)
+    # a reward model given as a transformers model object needs its tokenizer: reward_tokenizer=, else the
+    # env's tokenizer= when the user chose one (the default one is not assumed to fit a foreign model)
+    rm_tok = reward_tokenizer if reward_tokenizer is not None else (
+        None if isinstance(tokenizer, str) and tokenizer == "default" else tok)
+    rm = resolve_reward_model(reward_model, task_obj, tokenizer=rm_tok)
     setup = EnvSetup(
         task=task_obj,
         tokenizer=tok,

@@ -212,7 +212,9 @@ class TextGenVectorEnv(VectorEnv):
                 prompts = [self._prompts[i] for i in scored_idx]
                 completions = [s.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
                                for i in scored_idx]
-                scores = s.score(prompts, completions)
+                ids = ([self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]].tolist()
+                        for i in scored_idx] if s.wants_extras else None)
+                scores = s.score(prompts, completions, ids)
                 if done_idx.size:
                     at_end = np.isin(scored_idx, done_idx)
                     end_prompts = [p for p, e in zip(prompts, at_end, strict=True) if e]

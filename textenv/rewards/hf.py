@@ -157,6 +157,17 @@ def load_classifier(path: str | os.PathLike[str]) -> PreTrainedModel:
     return model.eval()
 
 
+def check_classifier_object(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` itself, or ``TypeError`` naming its class when it is not a sequence classifier."""
+    kind = type(model).__name__
+    if not kind.endswith("ForSequenceClassification"):
+        raise TypeError(
+            f"reward_model is a transformers {kind}, not a sequence-classification model; load one with "
+            f"AutoModelForSequenceClassification (or train one with `textenv train-reward`)"
+        )
+    return model
+
+
 def _load_dir_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
@@ -171,6 +182,11 @@ def _load_dir_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 def _as_tokenizer(tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if isinstance(tokenizer, PreTrainedTokenizerBase):
         return tokenizer
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        raise TypeError(
+            f"a reward model's tokenizer must be a tokenizer object, 'default' or a directory, got "
+            f"{tokenizer!r} ({type(tokenizer).__name__})"
+        )
     if str(tokenizer) == "default":
         return load_tokenizer("default")
     p = Path(tokenizer).expanduser()
@@ -220,7 +236,7 @@ class HFClassifierReward:
             model = load_classifier(self.path)
         elif isinstance(path_or_model, PreTrainedModel):
             self.path = None
-            model = path_or_model
+            model = check_classifier_object(path_or_model)
         else:
             raise TypeError(
                 f"path_or_model must be a directory or a PreTrainedModel, got {type(path_or_model).__name__}"
@@ -239,6 +255,13 @@ class HFClassifierReward:
         model.to(self.device)  # type: ignore[arg-type]  # nn.Module.to, in place
         self.model = model.eval()
         ensure_pad_token(self.tokenizer, self.model)
+        embeddings = self.model.get_input_embeddings()
+        n_embed = getattr(embeddings, "num_embeddings", None)
+        if isinstance(n_embed, int) and len(self.tokenizer) > n_embed:
+            raise ValueError(
+                f"reward model {self.name!r} has {n_embed} token embeddings but its tokenizer has "
+                f"{len(self.tokenizer)} tokens; pass the tokenizer the model was trained with"
+            )
         self.label_index = resolve_label(self.model.config, label, f"reward model {self.name!r}")
         self.batch_size = batch_size
         self.max_length = context_length(self.model, self.tokenizer)

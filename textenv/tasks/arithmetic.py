@@ -119,6 +119,18 @@ class ArithmeticTask(Task):
             return str(answer)
         return _near_miss(answer, rng, quality)
 
+    prompt_column_names = ("answer",)
+
+    def prompt_columns(self, prompts: Sequence[str]) -> dict[str, list[object]]:
+        """``{"answer": [...]}``: each prompt's answer as a string (``"81"``), or None for a prompt with no problem.
+
+        Example:
+            >>> ArithmeticTask().prompt_columns(["23+58=", "hello"])
+            {'answer': ['81', None]}
+        """
+        answers = (parse_problem(p) for p in prompts)
+        return {"answer": [None if a is None else str(a) for a in answers]}
+
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """Exact match (1.0 / 0.0), or the share of right digits with ``partial_credit`` (see the class)."""
         if len(prompts) != len(completions):

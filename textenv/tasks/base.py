@@ -59,6 +59,18 @@ class Task(ABC):
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """The task's true objective in [0, 1], one float per (prompt, completion) pair."""
 
+    #: Names of the per-prompt fields :meth:`prompt_columns` returns (TRL's "dataset columns").
+    prompt_column_names: tuple[str, ...] = ()
+
+    def prompt_columns(self, prompts: Sequence[str]) -> dict[str, list[object]]:
+        """Per-prompt fields, one list per name in :attr:`prompt_column_names`, aligned with ``prompts``.
+
+        These are what TRL passes a reward function as keyword arguments besides ``prompts`` and
+        ``completions`` (its dataset's other columns); see :class:`textenv.rewards.CallableReward`.
+        The base task has none.
+        """
+        return {}
+
     # ------------------------------------------------------------------ prompt source
     def sample_prompt(self, rng: np.random.Generator, split: str = "train") -> str:
         """Draw prompts from ``rng`` until one falls in ``split`` (rejection sampling keeps splits disjoint)."""

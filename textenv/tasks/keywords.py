@@ -148,6 +148,17 @@ class KeywordsTask(Task):
             sentence = _break(sentence, rng)
         return " " + sentence
 
+    prompt_column_names = ("keywords",)
+
+    def prompt_columns(self, prompts: Sequence[str]) -> dict[str, list[object]]:
+        """``{"keywords": [...]}``: the keywords each prompt names (see :func:`parse_keywords`).
+
+        Example:
+            >>> KeywordsTask().prompt_columns(["Use: river, lamp, quiet ->"])
+            {'keywords': [['river', 'lamp', 'quiet']]}
+        """
+        return {"keywords": [parse_keywords(p) for p in prompts]}
+
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """Share of the prompt's keywords used, times 1 if the sentence is well formed else 0 (see class)."""
         if len(prompts) != len(completions):
