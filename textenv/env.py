@@ -10,17 +10,18 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.error import ResetNeeded
 
-from textenv.setup import EnvSetup, build_setup
+from textenv.setup import RESET_OPTIONS, EnvSetup, build_setup, check_reset_options, check_seed
 from textenv.tasks import Task
 
 
 def check_action(action: Any, vocab_size: int) -> int:
-    """``action`` as a Python int token id, or a ``ValueError`` naming it (bools and floats are refused)."""
+    """``action`` as a Python int token id, or a ``ValueError`` naming it (bools, floats and arrays of a shape
+    other than ``()`` or ``(1,)`` are refused)."""
     if type(action) is int or isinstance(action, np.integer):
         a = int(action)
-    elif isinstance(action, np.ndarray) and action.size == 1 and action.dtype.kind in "iu":
+    elif isinstance(action, np.ndarray) and action.shape in ((), (1,)) and action.dtype.kind in "iu":
         a = int(action.reshape(()))
-    elif hasattr(action, "dtype") and hasattr(action, "numel") and action.numel() == 1 and not (
+    elif hasattr(action, "dtype") and hasattr(action, "numel") and action.numel() == 1 and action.dim() <= 1 and not (
         action.dtype.is_floating_point or action.dtype.is_complex or str(action.dtype) == "torch.bool"
     ):  # a one-element integer torch tensor
         a = int(action.item())
@@ -151,12 +152,16 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        super().reset(seed=seed)
-        options = options or {}
+        # everything is checked before any state (the RNG included) changes: a refused reset leaves the env as it was
+        options = check_reset_options(options, RESET_OPTIONS)
+        seed = check_seed(seed)
         prompt = options.get("prompt")
+        if prompt is not None:
+            ids = self.setup.encode_prompt(prompt)
+        super().reset(seed=seed)
         if prompt is None:
             prompt = self.setup.sample_prompt(self.np_random, options.get("split"))
-        ids = self.setup.encode_prompt(prompt)
+            ids = self.setup.encode_prompt(prompt)
         self._ids.fill(self.setup.pad_id)
         self._mask.fill(0)
         n = len(ids)
