@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.base import CHECKPOINT_MARKER, env_record, read_agent_meta, rebuild_env
+from agents.base import CHECKPOINT_MARKER, check_policy_fits_env, env_record, read_agent_meta, rebuild_env
 from agents.contract import evaluation_seed
 from agents.policy import LMPolicy
 from agents.rollout import evaluate_policy, sample_completions
@@ -128,6 +128,7 @@ class SB3Agent:
         self.policy = LMPolicy(lm, tok, ref_model=copy.deepcopy(lm))
         self.envs: TextGenVectorEnv = gym.make_vec(  # type: ignore[assignment]
             env, num_envs=64, autoreset_mode=AutoresetMode.DISABLED, **make_kwargs).unwrapped
+        check_policy_fits_env(self.policy, self.envs)
         self.episodes = 0
         self.history: list[dict[str, float]] = []
 
