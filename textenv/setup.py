@@ -8,6 +8,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,20 @@ MAX_TOKENS = 65536
 #: the ``reset(options=...)`` keys of the single env; the vector env adds ``prompts`` and ``reset_mask``
 RESET_OPTIONS = ("prompt", "split")
 PROMPT_TRUNCATIONS = ("left", "error")
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child (``gym.make_vec(..., vectorization_mode="async")`` forks by default), use one torch
+    thread: torch's intra-op pool does not survive a fork, and a child that runs the reward model after the
+    parent started it waits forever on its dead threads. PyTorch's DataLoader workers do the same. Torch is
+    not imported here: a process that never used it is left alone."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; registered once, when textenv's envs are first imported
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def check_reset_options(options: Any, valid: Sequence[str]) -> dict[str, Any]:
