@@ -77,7 +77,8 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
       ``(prompts, completions) -> scores``, or a list of them / (model, weight) pairs.
     - ``max_prompt_tokens``, ``max_new_tokens``: budgets in tokens (task defaults).
     - ``reward_mode``: ``"terminal"`` or ``"dense"``. ``terminate_on_eos``: end the episode on EOS.
-    - ``render_mode``: ``"ansi"`` returns the decoded context, ``"human"`` prints it.
+    - ``render_mode``: ``"ansi"`` returns the decoded context, ``"human"`` prints it, ``"rgb_array"`` returns
+      it drawn as an ``(H, W, 3)`` uint8 image (what SB3's ``make_vec_env`` and video recorders ask for).
     - ``split``: ``"train"`` (default) or ``"test"``, the task's prompt split.
 
     ## Version History
@@ -90,7 +91,7 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     """
 
-    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -214,12 +215,18 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
             self.render()
         return self._obs(), reward, bool(terminated), False, info
 
-    def render(self) -> str | None:
-        """The decoded context (prompt + completion so far); printed for ``render_mode="human"``."""
+    def render(self) -> str | np.ndarray | None:  # type: ignore[override]
+        """The decoded context (prompt + completion so far); printed for ``render_mode="human"``, an image for
+        ``"rgb_array"`` (:func:`textenv.render.render_text`)."""
         if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'")
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi', 'human' or 'rgb_array'")
             return None
-        text = self._prompt + self.setup.decode(self._ids[self._prompt_len:self._prompt_len + self._n_gen])
+        completion = self.setup.decode(self._ids[self._prompt_len:self._prompt_len + self._n_gen])
+        if self.render_mode == "rgb_array":
+            from textenv.render import render_text
+
+            return render_text(self._prompt, completion)
+        text = self._prompt + completion
         if self.render_mode == "human":
             print(text)
             return None

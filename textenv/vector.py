@@ -54,14 +54,14 @@ class TextGenVectorEnv(VectorEnv):
         >>> obs, rewards, terminated, truncated, info = envs.step(envs.action_space.sample())
     """
 
-    metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 8, autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
                  render_mode: str | None = None, **env_kwargs: Any) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.setup: EnvSetup = build_setup(**env_kwargs)
         self.num_envs = N = int(num_envs)
         self.render_mode = render_mode
@@ -295,12 +295,18 @@ class TextGenVectorEnv(VectorEnv):
                 "reward_model_score": r, "_reward_model_score": mask.copy(),
                 "gold_score": g, "_gold_score": mask.copy()}
 
-    def render(self) -> list[str] | None:  # type: ignore[override]
-        """The decoded contexts of all slots (``render_mode="ansi"``)."""
+    def render(self) -> list[str] | tuple[np.ndarray, ...] | None:  # type: ignore[override]
+        """The decoded contexts of all slots (``render_mode="ansi"``), or one image per slot (``"rgb_array"``,
+        as Gymnasium's vector envs return them: a tuple)."""
         if self.render_mode is None:
             return None
-        return [self._prompts[i] + self.setup.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
-                for i in range(self.num_envs)]
+        completions = [self.setup.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
+                       for i in range(self.num_envs)]
+        if self.render_mode == "rgb_array":
+            from textenv.render import render_text
+
+            return tuple(render_text(p, c) for p, c in zip(self._prompts, completions))
+        return [p + c for p, c in zip(self._prompts, completions)]
 
     def prompts(self) -> list[str]:
         """The prompt of each slot's current (or last) episode."""
