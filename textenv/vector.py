@@ -153,7 +153,7 @@ class TextGenVectorEnv(VectorEnv):
         else:
             if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
                 raise ValueError(f"seed must be None, an integer >= 0 or a list of {N} of them, got {seed!r}")
-            seeds = [check_seed(s, f"seed[{i}]") for i, s in enumerate(seed)]
+            seeds = [check_seed(s, f"seed[{i}]") for i, s in enumerate(seed)]  # type: ignore[arg-type]
             if len(seeds) != N:
                 raise ValueError(f"seed as a list must have num_envs={N} entries, got {len(seeds)}")
         reset_mask = options.pop("reset_mask", None)
