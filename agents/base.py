@@ -193,6 +193,7 @@ class Agent(ABC):
     - ``env``: an env id (a native ``TextGenVectorEnv`` with ``batch_size`` slots is built, with
       ``env_kwargs``) or a user's ``TextGenVectorEnv`` in any autoreset mode (``gym.make_vec``'s default
       NEXT_STEP included), used as given: each rollout runs with autoreset disabled and restores the mode.
+      Without an explicit ``batch_size`` (or ``config``), the batch is the env's ``num_envs``.
     - ``policy``: ``"default"`` (the shipped fine-tuned LM), ``"tiny"``, a model directory or an
       :class:`~agents.policy.LMPolicy`. The policy as given is also the frozen KL reference.
     - ``config``: the agent's Config dataclass; ``overrides`` replace its fields.
@@ -224,6 +225,9 @@ class Agent(ABC):
         unknown = set(overrides) - {f.name for f in dataclasses.fields(config)}
         if unknown:
             raise ValueError(f"unknown {self.Config.__name__} field(s) {sorted(unknown)}")
+        if not isinstance(env, str) and not explicit_config and "batch_size" not in overrides:
+            # a user's vector env sets the batch: gym.make_vec("TextGen-v0", num_envs=16) gives 16-episode rollouts
+            overrides = {**overrides, "batch_size": check_env(env).num_envs}
         self.config = dataclasses.replace(config, **overrides)
         self.device = resolve_device(self.config.device)
         torch.manual_seed(self.config.seed)

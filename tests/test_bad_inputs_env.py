@@ -340,6 +340,18 @@ def test_agent_takes_make_vec_default_env(tiny_tokenizer):
         envs.step(np.full(4, 5))
 
 
+def test_issue_case_make_vec_16_with_a_reward_function():
+    from agents import GRPO
+
+    envs = gym.make_vec("TextGen-Arithmetic-v0", num_envs=16, reward_model=digit_share)
+    agent = GRPO(envs)  # no batch_size: the env's 16 slots are the batch (GRPO's group_size 8 divides it)
+    assert agent.config.batch_size == 16
+    agent.learn(16, progress=False)
+    assert agent.episodes == 16 and envs.unwrapped.autoreset_mode == AutoresetMode.NEXT_STEP
+    with pytest.raises(ValueError, match="16 slots but this agent's batch is 8"):
+        PPO(envs, batch_size=8)
+
+
 def test_same_step_env_is_restored_with_every_slot_running(tiny_tokenizer):
     envs = TextGenVectorEnv(num_envs=4, autoreset_mode="SAME_STEP", **env_kwargs(tiny_tokenizer))
     agent = PPO(envs, policy=tiny_policy(tiny_tokenizer), batch_size=4)
