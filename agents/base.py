@@ -126,6 +126,58 @@ def read_agent_meta(meta_file: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+def policy_context_length(model: Any) -> int | None:
+    """The number of positions ``model`` can attend over (``n_positions`` / ``max_position_embeddings`` of its
+    config), or None where the config does not say (e.g. rotary models without a limit)."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        v = getattr(config, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def check_policy_fits_env(policy: LMPolicy, env: Any) -> None:
+    """Refuse, with a ``ValueError`` naming both numbers, a policy that cannot act in ``env``:
+
+    - its LM head does not have one logit per token of the env's action space (fewer: it cannot emit some
+      tokens; more: it would sample ids the env refuses), or its embedding has fewer rows than the env's
+      vocabulary (it cannot read some tokens);
+    - its tokenizer has another size, or the same size but other tokens, than the env's (the policy would read
+      ids as other text);
+    - its context length (``n_positions``) is shorter than the env's ``max_prompt_tokens + max_new_tokens``.
+    """
+    env_tok = getattr(env, "tokenizer", None)
+    n_actions = int(env.vocab_size)
+    n_logits = int(policy.lm_head.weight.shape[0])
+    if n_logits != n_actions:
+        raise ValueError(f"vocabulary mismatch: the env's tokenizer has {n_actions} tokens but the policy's LM head "
+                         f"has {n_logits} logits; use a policy trained with the env's tokenizer (or pass the "
+                         f"policy's tokenizer to the env: env_kwargs={{'tokenizer': ...}})")
+    embed = policy.model.get_input_embeddings() if hasattr(policy.model, "get_input_embeddings") else None
+    n_embed = int(embed.weight.shape[0]) if embed is not None and hasattr(embed, "weight") else n_actions
+    if n_embed < n_actions:
+        raise ValueError(f"vocabulary mismatch: the env's tokenizer has {n_actions} tokens but the policy's "
+                         f"input embedding only {n_embed} rows")
+    pol_tok = getattr(policy, "tokenizer", None)
+    if pol_tok is not None and env_tok is not None and pol_tok is not env_tok:
+        n_pol = len(pol_tok)
+        if n_pol != n_actions:
+            raise ValueError(f"vocabulary mismatch: the env's tokenizer has {n_actions} tokens but the policy's "
+                             f"tokenizer has {n_pol}")
+        if hasattr(pol_tok, "get_vocab") and hasattr(env_tok, "get_vocab") and pol_tok.get_vocab() != env_tok.get_vocab():
+            raise ValueError(f"vocabulary mismatch: the env's tokenizer and the policy's both have {n_actions} tokens "
+                             f"but map them to different ids; build the env with the policy's tokenizer")
+    n_positions = policy_context_length(policy.model)
+    setup = getattr(env, "setup", None)
+    if n_positions is not None and setup is not None and n_positions < setup.max_length:
+        raise ValueError(
+            f"the policy's context length is {n_positions} positions but the env needs max_prompt_tokens + "
+            f"max_new_tokens = {setup.max_prompt_tokens} + {setup.max_new_tokens} = {setup.max_length}; lower "
+            f"max_new_tokens / max_prompt_tokens (env_kwargs) or use a policy with n_positions >= {setup.max_length}"
+        )
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,7 +191,9 @@ class Agent(ABC):
     ``evaluate``, ``save``, ``load``.
 
     - ``env``: an env id (a native ``TextGenVectorEnv`` with ``batch_size`` slots is built, with
-      ``env_kwargs``) or a user's ``TextGenVectorEnv`` (autoreset DISABLED), used as given.
+      ``env_kwargs``) or a user's ``TextGenVectorEnv`` in any autoreset mode (``gym.make_vec``'s default
+      NEXT_STEP included), used as given: each rollout runs with autoreset disabled and restores the mode.
+      Without an explicit ``batch_size`` (or ``config``), the batch is the env's ``num_envs``.
     - ``policy``: ``"default"`` (the shipped fine-tuned LM), ``"tiny"``, a model directory or an
       :class:`~agents.policy.LMPolicy`. The policy as given is also the frozen KL reference.
     - ``config``: the agent's Config dataclass; ``overrides`` replace its fields.
@@ -171,6 +225,9 @@ class Agent(ABC):
         unknown = set(overrides) - {f.name for f in dataclasses.fields(config)}
         if unknown:
             raise ValueError(f"unknown {self.Config.__name__} field(s) {sorted(unknown)}")
+        if not isinstance(env, str) and not explicit_config and "batch_size" not in overrides:
+            # a user's vector env sets the batch: gym.make_vec("TextGen-v0", num_envs=16) gives 16-episode rollouts
+            overrides = {**overrides, "batch_size": check_env(env).num_envs}
         self.config = dataclasses.replace(config, **overrides)
         self.device = resolve_device(self.config.device)
         torch.manual_seed(self.config.seed)
@@ -206,10 +263,7 @@ class Agent(ABC):
             if self.envs.num_envs != self.rollout_size():
                 raise ValueError(f"the vector env has {self.envs.num_envs} slots but this agent's batch is "
                                  f"{self.rollout_size()} episodes (batch_size)")
-        n_actions = self.envs.vocab_size
-        n_logits = int(self.policy.lm_head.weight.shape[0])
-        if n_actions > n_logits:
-            raise ValueError(f"the env's action space has {n_actions} tokens but the policy's LM head only {n_logits}")
+        check_policy_fits_env(self.policy, self.envs)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.config.learning_rate,
                                            weight_decay=self.config.weight_decay)
         self.episodes = 0

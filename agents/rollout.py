@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -49,15 +51,36 @@ def left_pad(obs_ids: np.ndarray, obs_mask: np.ndarray, pad_id: int) -> tuple[to
 
 
 def check_env(envs: Any) -> TextGenVectorEnv:
-    """The `TextGenVectorEnv` under ``envs``, which must run with autoreset DISABLED (synchronised episodes)."""
+    """The `TextGenVectorEnv` under ``envs`` (any autoreset mode: rollouts switch it, see :func:`synchronised`)."""
     inner = getattr(envs, "unwrapped", envs)
     if not isinstance(inner, TextGenVectorEnv):
-        raise ValueError(f"agents need a textenv TextGenVectorEnv (gym.make_vec(..., autoreset_mode="
-                         f"AutoresetMode.DISABLED)), got {type(envs).__name__}")
-    if inner.autoreset_mode != AutoresetMode.DISABLED:
-        raise ValueError(f"agents run synchronised episodes: build the vector env with autoreset_mode="
-                         f"AutoresetMode.DISABLED, got {inner.autoreset_mode}")
+        raise ValueError(f"agents need a textenv TextGenVectorEnv (gym.make_vec(\"TextGen-v0\", num_envs=...)), "
+                         f"got {type(envs).__name__}")
     return inner
+
+
+@contextmanager
+def synchronised(env: TextGenVectorEnv) -> Iterator[TextGenVectorEnv]:
+    """Run ``env`` with autoreset DISABLED inside the block (synchronised episodes: all slots start together,
+    finished slots idle) and restore its own autoreset mode after, so an agent takes the env as
+    ``gym.make_vec`` gives it (NEXT_STEP by default). On leaving, a NEXT_STEP env's finished slots are marked
+    to reset on the next step, as if their episodes had just ended under that mode."""
+    mode, metadata = env.autoreset_mode, env.metadata
+    if mode == AutoresetMode.DISABLED:
+        yield env
+        return
+    env.autoreset_mode = AutoresetMode.DISABLED
+    env.metadata = {**metadata, "autoreset_mode": AutoresetMode.DISABLED}
+    try:
+        yield env
+    finally:
+        env.autoreset_mode, env.metadata = mode, metadata
+        if mode == AutoresetMode.NEXT_STEP:
+            env._needs_reset |= ~env._active
+        elif mode == AutoresetMode.SAME_STEP:
+            finished = np.flatnonzero(~env._active)
+            for i in finished:
+                env._reset_slot(int(i), None, None)
 
 
 @torch.no_grad()
@@ -70,7 +93,14 @@ def collect_rollout(policy: LMPolicy, envs: TextGenVectorEnv, *, seed: int | Non
     the reference log-probs come from one batched forward of the reference model (``with_ref``).
     ``prompts`` (one per slot) fixes the prompts, e.g. groups of identical prompts for GRPO/RLOO.
     """
-    env = check_env(envs)
+    with synchronised(check_env(envs)) as env:
+        return _collect_rollout(policy, env, seed=seed, prompts=prompts, split=split, with_values=with_values,
+                                with_ref=with_ref, generator=generator)
+
+
+def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | None, prompts: list[str] | None,
+                     split: str | None, with_values: bool, with_ref: bool, generator: torch.Generator | None
+                     ) -> RolloutBatch:
     device = policy.device
     options: dict[str, Any] = {}
     if prompts is not None:

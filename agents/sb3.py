@@ -87,8 +87,8 @@ def make_sb3_env(env_id: str = "TextGen-v0", n_envs: int = 8, seed: int | None =
     ``Monitor`` is what makes SB3 log ``rollout/ep_rew_mean`` and ``ep_len_mean``. With ``seed``, env ``i``
     is reset with ``seed + i`` and its action space seeded the same way (as ``make_vec_env`` does).
     ``vec_env_cls`` defaults to ``DummyVecEnv``, which is the right choice here: the work is in the policy,
-    and the envs share one process's cached tokenizer and reward model. (SB3's own ``make_vec_env`` is not
-    used because it passes ``render_mode="rgb_array"``, which a text env does not have.)
+    and the envs share one process's cached tokenizer and reward model. (SB3's own ``make_vec_env`` works too:
+    the env supports the ``render_mode="rgb_array"`` it passes.)
 
     Example:
         >>> env = make_sb3_env("TextGen-Arithmetic-v0", n_envs=4, seed=0, reward_model="gold")

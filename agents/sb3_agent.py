@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import CHECKPOINT_MARKER, env_record, read_agent_meta, rebuild_env
+from agents.base import CHECKPOINT_MARKER, check_policy_fits_env, env_record, read_agent_meta, rebuild_env
 from agents.contract import evaluation_seed
 from agents.policy import LMPolicy
 from agents.rollout import evaluate_policy, sample_completions
@@ -155,6 +155,7 @@ class SB3Agent:
         self.envs: TextGenVectorEnv = gym.make_vec(  # type: ignore[assignment]
             env, num_envs=64, autoreset_mode=AutoresetMode.DISABLED, **make_kwargs).unwrapped
         self.n_envs = n_envs
+        check_policy_fits_env(self.policy, self.envs)
         self.episodes = 0
         #: the target of the last learn call if it was reached (its episodes past it count toward the next
         #: call's), ``None`` before any, while one runs, or after one stopped early

@@ -237,8 +237,6 @@ def test_resume_is_deterministic(tiny_tokenizer, tmp_path, cls, overrides):
     (lambda tok: PPO(make_envs(tok, 8), policy=tiny_policy(tok), batch_size=8, learning_rate=-1e-3),
      "learning_rate.*-0.001"),
     (lambda tok: PPO(make_envs(tok, 8), policy=tiny_policy(tok), batch_size=8, not_a_field=1), "not_a_field"),
-    (lambda tok: PPO(make_envs(tok, 8, AutoresetMode.NEXT_STEP), policy=tiny_policy(tok), batch_size=8),
-     "NEXT_STEP"),
     (lambda tok: PPO(make_envs(tok, 4), policy=tiny_policy(tok), batch_size=8), "4 slots.*8 episodes"),
     (lambda tok: PPO(make_envs(tok, 8), policy=tiny_policy(tok), config=agents.GRPOConfig(batch_size=8)),
      "GRPOConfig"),
@@ -246,7 +244,7 @@ def test_resume_is_deterministic(tiny_tokenizer, tmp_path, cls, overrides):
     (lambda tok: REINFORCE(make_envs(tok, 8), policy=tiny_policy(tok), batch_size=8, baseline="median"),
      "median"),
     (lambda tok: PPO(object(), policy=tiny_policy(tok), batch_size=8), "object"),
-], ids=["grpo-group", "rloo-group", "negative-lr", "unknown-field", "autoreset", "num-envs", "config-class",
+], ids=["grpo-group", "rloo-group", "negative-lr", "unknown-field", "num-envs", "config-class",
         "minibatches", "baseline", "not-an-env"])
 def test_bad_arguments(tiny_tokenizer, make, match):
     with pytest.raises(ValueError, match=match):

@@ -120,7 +120,7 @@ def test_render_modes(make, capsys):
     human.reset(seed=0)
     assert info["prompt"] in capsys.readouterr().out
     with pytest.raises(ValueError, match="render_mode"):
-        make(render_mode="rgb_array")
+        make(render_mode="rgb")  # rgb_array is supported (issue 10 A4, tests/test_bad_inputs_env.py)
 
 
 def test_custom_prompts_and_files(make, tmp_path):

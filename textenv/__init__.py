@@ -33,7 +33,11 @@ def _register() -> None:
             entry_point="textenv.env:TextGenEnv",
             vector_entry_point="textenv.vector:TextGenVectorEnv",
             kwargs={"task": task},
-            disable_env_checker=False,
+            # Gymnasium's PassiveEnvChecker marks its first reset as checked before calling it, so after a
+            # first reset that raised (a refused prompt) every later step() fails inside the checker with
+            # "cannot unpack non-iterable NoneType". The env is checked by our tests with Gymnasium's and
+            # SB3's full checkers instead (tests/test_defaults.py).
+            disable_env_checker=True,
         )
 
 

@@ -10,17 +10,18 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.error import ResetNeeded
 
-from textenv.setup import EnvSetup, build_setup
+from textenv.setup import RESET_OPTIONS, EnvSetup, build_setup, check_reset_options, check_seed
 from textenv.tasks import Task
 
 
 def check_action(action: Any, vocab_size: int) -> int:
-    """``action`` as a Python int token id, or a ``ValueError`` naming it (bools and floats are refused)."""
+    """``action`` as a Python int token id, or a ``ValueError`` naming it (bools, floats and arrays of a shape
+    other than ``()`` or ``(1,)`` are refused)."""
     if type(action) is int or isinstance(action, np.integer):
         a = int(action)
-    elif isinstance(action, np.ndarray) and action.size == 1 and action.dtype.kind in "iu":
+    elif isinstance(action, np.ndarray) and action.shape in ((), (1,)) and action.dtype.kind in "iu":
         a = int(action.reshape(()))
-    elif hasattr(action, "dtype") and hasattr(action, "numel") and action.numel() == 1 and not (
+    elif hasattr(action, "dtype") and hasattr(action, "numel") and action.numel() == 1 and action.dim() <= 1 and not (
         action.dtype.is_floating_point or action.dtype.is_complex or str(action.dtype) == "torch.bool"
     ):  # a one-element integer torch tensor
         a = int(action.item())
@@ -80,7 +81,8 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
       with it, else ``tokenizer=`` when that is not ``"default"``).
     - ``max_prompt_tokens``, ``max_new_tokens``: budgets in tokens (task defaults).
     - ``reward_mode``: ``"terminal"`` or ``"dense"``. ``terminate_on_eos``: end the episode on EOS.
-    - ``render_mode``: ``"ansi"`` returns the decoded context, ``"human"`` prints it.
+    - ``render_mode``: ``"ansi"`` returns the decoded context, ``"human"`` prints it, ``"rgb_array"`` returns
+      it drawn as an ``(H, W, 3)`` uint8 image (what SB3's ``make_vec_env`` and video recorders ask for).
     - ``split``: ``"train"`` (default) or ``"test"``, the task's prompt split.
 
     ## Version History
@@ -93,7 +95,7 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     """
 
-    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -156,12 +158,16 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        super().reset(seed=seed)
-        options = options or {}
+        # everything is checked before any state (the RNG included) changes: a refused reset leaves the env as it was
+        options = check_reset_options(options, RESET_OPTIONS)
+        seed = check_seed(seed)
         prompt = options.get("prompt")
+        if prompt is not None:
+            ids = self.setup.encode_prompt(prompt)
+        super().reset(seed=seed)
         if prompt is None:
             prompt = self.setup.sample_prompt(self.np_random, options.get("split"))
-        ids = self.setup.encode_prompt(prompt)
+            ids = self.setup.encode_prompt(prompt)
         self._ids.fill(self.setup.pad_id)
         self._mask.fill(0)
         n = len(ids)
@@ -215,12 +221,18 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
             self.render()
         return self._obs(), reward, bool(terminated), False, info
 
-    def render(self) -> str | None:
-        """The decoded context (prompt + completion so far); printed for ``render_mode="human"``."""
+    def render(self) -> str | np.ndarray | None:  # type: ignore[override]
+        """The decoded context (prompt + completion so far); printed for ``render_mode="human"``, an image for
+        ``"rgb_array"`` (:func:`textenv.render.render_text`)."""
         if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'")
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi', 'human' or 'rgb_array'")
             return None
-        text = self._prompt + self.setup.decode(self._ids[self._prompt_len:self._prompt_len + self._n_gen])
+        completion = self.setup.decode(self._ids[self._prompt_len:self._prompt_len + self._n_gen])
+        if self.render_mode == "rgb_array":
+            from textenv.render import render_text
+
+            return render_text(self._prompt, completion)
+        text = self._prompt + completion
         if self.render_mode == "human":
             print(text)
             return None

@@ -8,6 +8,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,54 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from textenv.jsonl import read_jsonl
+from textenv.jsonl import read_jsonl, read_text_lines
 from textenv.tasks import Task, get_task
 from textenv.tasks.base import check_split
 
 REWARD_MODES = ("terminal", "dense")
+#: the largest ``max_prompt_tokens`` / ``max_new_tokens`` accepted (observations are allocated at this length)
+MAX_TOKENS = 65536
+#: the ``reset(options=...)`` keys of the single env; the vector env adds ``prompts`` and ``reset_mask``
+RESET_OPTIONS = ("prompt", "split")
 PROMPT_TRUNCATIONS = ("left", "error")
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child (``gym.make_vec(..., vectorization_mode="async")`` forks by default), use one torch
+    thread: torch's intra-op pool does not survive a fork, and a child that runs the reward model after the
+    parent started it waits forever on its dead threads. PyTorch's DataLoader workers do the same. Torch is
+    not imported here: a process that never used it is left alone."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; registered once, when textenv's envs are first imported
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def check_reset_options(options: Any, valid: Sequence[str]) -> dict[str, Any]:
+    """``options`` as a dict (``None``: empty), or a ``ValueError`` naming an unknown key (a misspelling is
+    not ignored) or a bad ``split``; nothing is changed."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"reset options must be a dict or None, got {options!r}")
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise ValueError(f"unknown reset option {unknown[0]!r}; valid options are {list(valid)}")
+    if options.get("split") is not None:
+        check_split(options["split"])
+    return dict(options)
+
+
+def check_seed(seed: Any, where: str = "seed") -> int | None:
+    """``seed`` as a Python int >= 0 or None, or a ``ValueError`` naming it (bools, floats, str refused)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{where} must be None or an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 def load_prompts(prompts: str | os.PathLike[str] | Sequence[str]) -> list[str]:
@@ -39,7 +82,7 @@ def load_prompts(prompts: str | os.PathLike[str] | Sequence[str]) -> list[str]:
                     raise ValueError(f"{path}:{lineno}: expected a string \"prompt\", got {prompt!r}")
                 out.append(prompt)
         elif path.suffix == ".txt":
-            out = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            out = [line for line in read_text_lines(path) if line.strip()]
         else:
             raise ValueError(f"prompts file must end in .txt or .jsonl, got {str(prompts)!r}")
         if not out:
@@ -183,8 +226,8 @@ def build_setup(
     if max_new_tokens is None:
         max_new_tokens = task_obj.default_max_new_tokens
     for name, value in (("max_prompt_tokens", max_prompt_tokens), ("max_new_tokens", max_new_tokens)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_TOKENS:
+            raise ValueError(f"{name} must be an integer in [1, {MAX_TOKENS}], got {value!r}")
     if reward_mode not in REWARD_MODES:
         raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
     if prompt_truncation not in PROMPT_TRUNCATIONS:

@@ -10,7 +10,10 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.setup import EnvSetup, build_setup
+from textenv.setup import RESET_OPTIONS, EnvSetup, build_setup, check_reset_options, check_seed
+
+#: the ``reset(options=...)`` keys of the vector env
+VECTOR_RESET_OPTIONS = (*RESET_OPTIONS, "prompts", "reset_mask")
 
 
 def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
@@ -51,14 +54,14 @@ class TextGenVectorEnv(VectorEnv):
         >>> obs, rewards, terminated, truncated, info = envs.step(envs.action_space.sample())
     """
 
-    metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 8, autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
                  render_mode: str | None = None, **env_kwargs: Any) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.setup: EnvSetup = build_setup(**env_kwargs)
         self.num_envs = N = int(num_envs)
         self.render_mode = render_mode
@@ -138,14 +141,19 @@ class TextGenVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        # everything is checked before any slot (or its RNG) changes: a refused reset leaves the env as it was
         N = self.num_envs
-        options = dict(options or {})
+        options = check_reset_options(options, VECTOR_RESET_OPTIONS)
         if seed is None:
             seeds: list[int | None] = [None] * N
         elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            seeds = [int(seed) + i for i in range(N)]
+            first = check_seed(seed)
+            assert first is not None
+            seeds = [first + i for i in range(N)]
         else:
-            seeds = list(seed)  # type: ignore[arg-type]
+            if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
+                raise ValueError(f"seed must be None, an integer >= 0 or a list of {N} of them, got {seed!r}")
+            seeds = [check_seed(s, f"seed[{i}]") for i, s in enumerate(seed)]  # type: ignore[arg-type]
             if len(seeds) != N:
                 raise ValueError(f"seed as a list must have num_envs={N} entries, got {len(seeds)}")
         reset_mask = options.pop("reset_mask", None)
@@ -158,9 +166,12 @@ class TextGenVectorEnv(VectorEnv):
             if not reset_mask.any():
                 raise ValueError(f"options['reset_mask'] must have at least one True value, got {reset_mask!r}")
         prompts = options.get("prompts")
-        if prompts is not None and (len(prompts) != N or not all(isinstance(p, str) for p in prompts)):
+        if prompts is not None and (isinstance(prompts, str) or not hasattr(prompts, "__len__") or len(prompts) != N
+                                    or not all(isinstance(p, str) for p in prompts)):
             raise ValueError(f"options['prompts'] must be a list of {N} str, got {prompts!r}")
         one_prompt = options.get("prompt")
+        if prompts is not None and one_prompt is not None:
+            raise ValueError("pass options['prompt'] (one for every slot) or options['prompts'] (one per slot), not both")
         split = options.get("split")
         idx = np.flatnonzero(reset_mask)
         for i in idx:  # encode first, so a bad prompt fails before any slot is touched
@@ -286,12 +297,18 @@ class TextGenVectorEnv(VectorEnv):
                 "reward_model_score": r, "_reward_model_score": mask.copy(),
                 "gold_score": g, "_gold_score": mask.copy()}
 
-    def render(self) -> list[str] | None:  # type: ignore[override]
-        """The decoded contexts of all slots (``render_mode="ansi"``)."""
+    def render(self) -> list[str] | tuple[np.ndarray, ...] | None:  # type: ignore[override]
+        """The decoded contexts of all slots (``render_mode="ansi"``), or one image per slot (``"rgb_array"``,
+        as Gymnasium's vector envs return them: a tuple)."""
         if self.render_mode is None:
             return None
-        return [self._prompts[i] + self.setup.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
-                for i in range(self.num_envs)]
+        completions = [self.setup.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
+                       for i in range(self.num_envs)]
+        if self.render_mode == "rgb_array":
+            from textenv.render import render_text
+
+            return tuple(render_text(p, c) for p, c in zip(self._prompts, completions))
+        return [p + c for p, c in zip(self._prompts, completions)]
 
     def prompts(self) -> list[str]:
         """The prompt of each slot's current (or last) episode."""

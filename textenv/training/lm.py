@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
-from textenv.jsonl import read_jsonl
+from textenv.jsonl import read_jsonl, read_text_lines
 from textenv.training.loop import TrainConfig, autocast, install_final, smoothed, train
 
 if TYPE_CHECKING:
@@ -68,8 +68,7 @@ def load_text_corpus(path: str | os.PathLike[str]) -> list[str]:
         raise FileNotFoundError(f"text corpus {str(path)!r} does not exist or is not a file")
     texts: list[str] = []
     if p.suffix == ".txt":
-        with p.open(encoding="utf-8") as f:
-            texts = [line.rstrip("\r\n") for line in f if line.strip()]
+        texts = [line for line in read_text_lines(p) if line.strip()]
     elif p.suffix == ".jsonl":
         for lineno, row in read_jsonl(p):
             text = row.get("text")
