@@ -28,12 +28,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -191,6 +192,43 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{what} {str(p)!r} is not valid JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------- file hashes
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of the file ``path``."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(directory: str | os.PathLike[str], names: Iterable[str] | None = None) -> dict[str, str]:
+    """``{name: sha256}`` of the files ``names`` (paths relative to ``directory``, ``/``-separated); every
+    file under ``directory`` (recursively, sorted) when ``names`` is None."""
+    d = Path(directory)
+    if names is None:
+        names = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+    return {name: sha256_file(d / name) for name in names}
+
+
+def check_digests(directory: str | os.PathLike[str], recorded: Any, where: str = "") -> None:
+    """Raise ``ValueError`` naming the file when a file of ``directory`` is missing or its sha256 is not the
+    one ``recorded`` (``{name: sha256}``, as :func:`file_digests` returns; ``where``: the record's file)."""
+    d = Path(directory)
+    src = f" (recorded in {where!r})" if where else ""
+    if not isinstance(recorded, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in recorded.items()):
+        raise ValueError(f"the file hashes{src} must be an object of name: sha256 strings, got {recorded!r:.80}")
+    for name, digest in recorded.items():
+        p = d / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"file hash entry {name!r}{src} is not a name inside {str(d)!r}")
+        if not p.is_file():
+            raise ValueError(f"{str(p)!r} is missing (its hash is recorded{src})")
+        if sha256_file(p) != digest:
+            raise ValueError(f"{str(p)!r} is damaged or was changed: its sha256 is not the one recorded{src}")
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
