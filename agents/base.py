@@ -30,6 +30,7 @@ from agents.rollout import (
 )
 from textenv import io
 from textenv.models import quiet_progress
+from textenv.training.loop import check_finite, check_finite_weights
 from textenv.rewards.spec import describe_reward_model, rebuild_reward_model
 
 if TYPE_CHECKING:
@@ -329,6 +330,7 @@ class Agent(ABC):
         reference is not a named model), ``agent.json`` (state, with the sha256 of every other file under
         ``"files"``, which :meth:`load` checks) and ``optimizer.pt`` (tensors only)."""
         path = Path(path)
+        check_finite_weights(f"{self.name} after {self.episodes} episodes", self.policy)
         state = self.state()  # before the write: hashing a reward-model directory may fail
         with io.atomic_dir(path) as tmp:
             self.policy.save(tmp / "policy")
@@ -406,12 +408,18 @@ class Agent(ABC):
 
     # ------------------------------------------------------------------------------ helpers
     def _step(self, loss: torch.Tensor) -> float:
-        """Backward, clip, AdamW step; returns the gradient norm before clipping."""
+        """Backward, clip, AdamW step; returns the gradient norm before clipping.
+
+        A non-finite loss or gradient norm raises :class:`~textenv.training.loop.NonFiniteError` naming the
+        iteration, before the optimizer applies it."""
+        where = f"{self.name} iteration {self.iteration + 1} (after {self.episodes} episodes)"
+        check_finite(where, loss=float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm))
+        check_finite(where, grad_norm=grad_norm)
         self.optimizer.step()
-        return float(grad_norm)
+        return grad_norm
 
 
 # ---------------------------------------------------------------------------------------------- env records
