@@ -294,6 +294,25 @@ def train_command(args: TrainArguments, config: Any = None) -> int:
     """
     a = args
     out = Path(a.out or f"runs/{a.agent}-{a.env}")
+    io.refuse_foreign_dir(out, is_run_dir(out))
+    if a.resume and not list_checkpoints(out):  # before the lock, which makes the directory
+        raise ValueError(f"--resume: no checkpoint in {str(out)!r}")
+    with io.run_lock(out, "textenv train"):
+        return _train(a, config, out)
+
+
+def is_run_dir(out: Path) -> bool:
+    """Whether ``out`` holds a ``textenv train`` run: an agent checkpoint, or the ``summary.json`` of one."""
+    if list_checkpoints(out):
+        return True
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "agent" in summary and "initial" in summary
+
+
+def _train(a: TrainArguments, config: Any, out: Path) -> int:
     episodes = a.episodes if a.episodes is not None else DEFAULT_EPISODES[a.agent]
     torch.manual_seed(a.seed)
     summary_file = out / "summary.json"

@@ -446,7 +446,9 @@ def _check_out_dir(out_dir: str | os.PathLike[str], resume: bool = False) -> Pat
         if not out.is_dir():
             raise ValueError(f"out_dir {str(out_dir)!r} exists and is not a directory")
         ours = (out / "config.json").exists() or latest_checkpoint(out) is not None
-        if any(out.iterdir()) and not ours:
+        from textenv.io import LOCK_NAME
+
+        if any(c.name != LOCK_NAME for c in out.iterdir()) and not ours:  # the lock of this very run aside
             raise ValueError(
                 f"out_dir {str(out_dir)!r} is a non-empty directory without a model in it; refusing to replace it"
             )
