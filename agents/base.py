@@ -30,8 +30,8 @@ from agents.rollout import (
 )
 from textenv import io
 from textenv.models import quiet_progress
-from textenv.training.loop import check_finite, check_finite_weights
 from textenv.rewards.spec import describe_reward_model, rebuild_reward_model
+from textenv.training.loop import check_finite, check_finite_weights
 
 if TYPE_CHECKING:
     from textenv.vector import TextGenVectorEnv

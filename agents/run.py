@@ -326,6 +326,7 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
         ckpt = resolve_checkpoint(out)
         meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
         resume_conflicts(a, config, meta, str(ckpt / CHECKPOINT_MARKER))
+        agent: Agent | SB3Agent
         if "device" in _given(a) and not str(meta["agent"]).startswith("sb3-"):
             agent = Agent.load(ckpt, device=a.device)  # the device may change on resume
         else:
