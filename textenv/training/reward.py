@@ -563,7 +563,9 @@ def build_default_reward_model(
     Returns the metrics of :func:`train_reward_model`, including ``gold/spearman`` on held-out texts.
     """
     cfg = {**DEFAULT_BUILD, **TASK_BUILD.get(task.name, {})}
-    rows = default_reward_rows(task, n_train or cfg["n_train"], seed=seed, perturb=cfg["perturb"])
+    # None means the tuned value; 0 is not replaced by it (it is refused downstream)
+    rows = default_reward_rows(task, n_train if n_train is not None else cfg["n_train"], seed=seed,
+                               perturb=cfg["perturb"])
     eval_rows = task.scored_texts(cfg["n_eval"], seed=seed + 1, split="test")
     base = None
     if cfg.get("init_from_pretrained"):
@@ -575,7 +577,7 @@ def build_default_reward_model(
         out_dir,
         loss="mse",
         tokenizer=tokenizer,
-        steps=steps or cfg["steps"],
+        steps=steps if steps is not None else cfg["steps"],
         batch_size=cfg["batch_size"],
         lr=cfg["lr"],
         seed=seed,
