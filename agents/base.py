@@ -31,6 +31,7 @@ from agents.rollout import (
 from textenv import io
 from textenv.models import quiet_progress
 from textenv.rewards.spec import describe_reward_model, rebuild_reward_model
+from textenv.training.loop import check_finite, check_finite_weights
 
 if TYPE_CHECKING:
     from textenv.vector import TextGenVectorEnv
@@ -380,8 +381,10 @@ class Agent(ABC):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a checkpoint directory atomically: ``policy/`` (safetensors), ``reference/`` (when the
-        reference is not a named model), ``agent.json`` (state) and ``optimizer.pt`` (tensors only)."""
+        reference is not a named model), ``agent.json`` (state, with the sha256 of every other file under
+        ``"files"``, which :meth:`load` checks) and ``optimizer.pt`` (tensors only)."""
         path = Path(path)
+        check_finite_weights(f"{self.name} after {self.episodes} episodes", self.policy)
         state = self.state()  # before the write: hashing a reward-model directory may fail
         with io.atomic_dir(path) as tmp:
             self.policy.save(tmp / "policy")
@@ -389,6 +392,7 @@ class Agent(ABC):
                 with quiet_progress():
                     self.policy.ref_model.save_pretrained(str(tmp / "reference"))
             torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "optimizer.pt")
+            state["files"] = io.file_digests(tmp)  # checked by load: a changed byte is an error
             (tmp / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=1))
         return path
 
@@ -429,6 +433,8 @@ class Agent(ABC):
             config = agent_cls.Config(**{**meta["config"], **overrides})
         except ValueError as exc:
             raise ValueError(f"{str(meta_file)!r}: {exc}") from None
+        if "files" in meta:  # checkpoints from before file hashes load unchecked
+            io.check_digests(path, meta["files"], str(meta_file))
         from textenv.models import load_causal_lm
 
         source = meta.get("policy_source")
@@ -440,8 +446,13 @@ class Agent(ABC):
         env, env_kwargs = rebuild_env(meta, str(meta_file), env, env_kwargs)
         agent = agent_cls(env, policy=policy, config=config, env_kwargs=env_kwargs)
         agent.policy_source = source
-        opt = torch.load(path / "optimizer.pt", map_location=agent.device, weights_only=True)
-        agent.optimizer.load_state_dict(opt["optimizer"])
+        opt_file = path / "optimizer.pt"
+        try:
+            opt = torch.load(opt_file, map_location=agent.device, weights_only=True)
+            agent.optimizer.load_state_dict(opt["optimizer"])
+        except Exception as exc:  # truncated, not a torch file, or a state of another optimizer
+            raise ValueError(f"cannot load the optimizer state {str(opt_file)!r}: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400]) from None
         for group in agent.optimizer.param_groups:  # load_state_dict restores the saved ones; overrides win
             group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
         agent.episodes, agent.iteration = int(meta["episodes"]), int(meta["iteration"])
@@ -451,12 +462,18 @@ class Agent(ABC):
 
     # ------------------------------------------------------------------------------ helpers
     def _step(self, loss: torch.Tensor) -> float:
-        """Backward, clip, AdamW step; returns the gradient norm before clipping."""
+        """Backward, clip, AdamW step; returns the gradient norm before clipping.
+
+        A non-finite loss or gradient norm raises :class:`~textenv.training.loop.NonFiniteError` naming the
+        iteration, before the optimizer applies it."""
+        where = f"{self.name} iteration {self.iteration + 1} (after {self.episodes} episodes)"
+        check_finite(where, loss=float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm))
+        check_finite(where, grad_norm=grad_norm)
         self.optimizer.step()
-        return float(grad_norm)
+        return grad_norm
 
 
 # ---------------------------------------------------------------------------------------------- env records

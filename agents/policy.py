@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -94,12 +95,14 @@ class LMPolicy(nn.Module):
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  with_reference: bool = True) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be None or >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+                math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                                  or not 0 < top_p <= 1):
+            raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
         if top_k is not None or top_p is not None:
             warnings.warn("top_k/top_p truncate the sampling distribution: log-probs and the KL to the "
                           "reference are those of the truncated policy (biased)", stacklevel=2)
@@ -138,13 +141,27 @@ class LMPolicy(nn.Module):
         model = load_causal_lm(name_or_path, tokenizer=tokenizer)  # "tiny" is sized for this tokenizer
         saved = path / "policy.json"
         if path.is_dir() and saved.exists():  # the sampling settings :meth:`save` wrote, unless given here
-            kwargs = {**json.loads(saved.read_text()), **kwargs}
-        policy = cls(model, tokenizer, **kwargs)
+            from textenv.io import read_json
+
+            settings = read_json(saved, "policy settings")
+            if not isinstance(settings, dict) or set(settings) - {"temperature", "top_k", "top_p"}:
+                raise ValueError(f"policy settings {str(saved)!r} must be an object with temperature, top_k "
+                                 f"and top_p, got {settings!r:.80}")
+            kwargs = {**settings, **kwargs}
+        try:
+            policy = cls(model, tokenizer, **kwargs)
+        except (TypeError, ValueError) as exc:
+            where = f" (from {str(saved)!r})" if path.is_dir() and saved.exists() else ""
+            raise ValueError(f"bad policy settings{where}: {exc}") from None
         head = path / "value_head.safetensors"
         if path.is_dir() and head.exists():
             from safetensors.torch import load_file
 
-            policy.value_head.load_state_dict(load_file(str(head)))
+            try:
+                policy.value_head.load_state_dict(load_file(str(head)))
+            except Exception as exc:  # truncated, not safetensors, or the wrong shapes
+                raise ValueError(f"cannot load the value head {str(head)!r}: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}"[:400]) from None
         return policy
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -176,11 +176,22 @@ def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
     }
 
 
+def trim_batch(batch: RolloutBatch, n: int) -> RolloutBatch:
+    """The first ``n`` episodes of ``batch`` (all of it when it has no more)."""
+    if n >= batch.scores.shape[0]:
+        return batch
+    cut: dict[str, Any] = {k: v[:n] for k, v in batch._asdict().items() if k != "stats"}
+    return batch._replace(**cut)
+
+
 @torch.no_grad()
 def evaluate_policy(policy: LMPolicy, envs: TextGenVectorEnv, num_episodes: int = 64, split: str = "test",
                     seed: int = 0) -> dict[str, float]:
     """Mean ``reward``, ``gold_score``, ``kl``, ``entropy`` and ``completions/mean_length`` of ``policy``
-    over ``num_episodes`` seeded episodes on ``split`` prompts (the same seed gives the same numbers)."""
+    over ``num_episodes`` seeded episodes on ``split`` prompts (the same seed gives the same numbers).
+
+    Episodes come in batches of the env's ``num_envs``; of the last batch only the first episodes up to
+    ``num_episodes`` are counted, so exactly ``num_episodes`` episodes make the means."""
     from agents.core import masked_mean
 
     if isinstance(num_episodes, bool) or not isinstance(num_episodes, int) or num_episodes < 1:
@@ -193,12 +204,13 @@ def evaluate_policy(policy: LMPolicy, envs: TextGenVectorEnv, num_episodes: int 
         s = seed + 1009 * k
         batch = collect_rollout(policy, envs, seed=s, split=split, with_values=False,
                                 generator=torch.Generator(device=device).manual_seed(s))
+        take = min(batch.scores.shape[0], num_episodes - n)
+        batch = trim_batch(batch, take)  # the last batch counts only the episodes asked for
         m = rollout_metrics(batch)
         m.pop("tokens_per_s")
         ent = policy.per_token_logps(batch.query_ids.to(device), batch.query_mask.to(device),
                                      batch.tokens.to(device), batch.mask.to(device)).entropy
         m["entropy"] = float(masked_mean(ent, batch.mask.to(device)))
-        take = min(batch.scores.shape[0], num_episodes - n)
         rows.append(m)
         weights.append(take)
         n += take
@@ -209,10 +221,24 @@ def evaluate_policy(policy: LMPolicy, envs: TextGenVectorEnv, num_episodes: int 
 
 def sample_completions(policy: LMPolicy, envs: TextGenVectorEnv, n: int = 4, split: str = "test",
                        seed: int = 0, prompts: list[str] | None = None) -> list[tuple[str, str]]:
-    """``n`` (prompt, completion) pairs sampled from ``policy`` (on ``prompts`` if given, cycled)."""
+    """``n`` (prompt, completion) pairs sampled from ``policy`` (on ``prompts`` if given, cycled).
+
+    More than the env's ``num_envs`` pairs take several batches (the first batch is seeded with ``seed``, as
+    a single batch always was), so exactly ``n`` pairs come back."""
     env = check_env(envs)
-    if prompts is not None:
-        prompts = [prompts[i % len(prompts)] for i in range(env.num_envs)]
-    batch = collect_rollout(policy, envs, seed=seed, split=split, prompts=prompts, with_values=False,
-                            with_ref=False, generator=torch.Generator(device=policy.device).manual_seed(seed))
-    return list(zip(batch.prompts, batch.completions))[:n]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if prompts is not None and not prompts:
+        raise ValueError("prompts must hold at least one prompt")
+    pairs: list[tuple[str, str]] = []
+    k = 0
+    while len(pairs) < n:
+        s = seed + 1009 * k
+        chunk = None
+        if prompts is not None:
+            chunk = [prompts[(len(pairs) + i) % len(prompts)] for i in range(env.num_envs)]
+        batch = collect_rollout(policy, envs, seed=s, split=split, prompts=chunk, with_values=False,
+                                with_ref=False, generator=torch.Generator(device=policy.device).manual_seed(s))
+        pairs += list(zip(batch.prompts, batch.completions))[:n - len(pairs)]
+        k += 1
+    return pairs

@@ -218,16 +218,102 @@ def _make_agent(args: TrainArguments, config: Any = None) -> Agent | SB3Agent:
                       **config_overrides(config))
 
 
+def _given(instance: Any) -> set[str]:
+    """The fields of a flags instance the user set: those named on the command line, or (for a caller of the
+    library, see :func:`textenv.cli_framework.passed_fields`) those that differ from their default."""
+    from textenv.cli_framework import passed_fields
+
+    passed = passed_fields(instance)
+    if passed is not None:
+        return set(passed)
+    return {f.name for f in dataclasses.fields(instance)
+            if f.default is not dataclasses.MISSING and getattr(instance, f.name) != f.default}
+
+
+def _same_policy(given: str, recorded: Any) -> bool:
+    if given == recorded:
+        return True
+    return given not in ("default", "tiny") and isinstance(recorded, str) and str(Path(given).resolve()) == recorded
+
+
+def resume_conflicts(args: TrainArguments, config: Any, meta: dict[str, Any], where: str) -> None:
+    """Raise ``ValueError`` when a flag given with ``--resume`` disagrees with the checkpoint it resumes
+    (``meta``: its ``agent.json``, in the file ``where``), naming the flag, both values and the file.
+
+    ``--agent``, ``--env``, ``--seed``, ``--policy``, ``--reward-model`` and the agent's settings are the
+    run's: given equal to the checkpoint's they are accepted, otherwise refused (even when the value given
+    is the default). ``--episodes`` (the total to reach), ``--eval-episodes`` and ``--progress`` may change.
+    """
+    from textenv.rewards.spec import describe_reward_model
+
+    given = _given(args)
+    sb3 = str(meta.get("agent", "")).startswith("sb3-")
+    recorded_config = meta.get("kwargs" if sb3 else "config") or {}
+    seed = meta.get("seed") if sb3 else recorded_config.get("seed")
+    conflicts: list[str] = []
+
+    def conflict(flag: str, value: Any, recorded: Any) -> None:
+        conflicts.append(f"--{flag} {value!r} (the checkpoint's: {recorded!r})")
+
+    if "agent" in given and args.agent != meta.get("agent"):
+        conflict("agent", args.agent, meta.get("agent"))
+    if "env" in given and args.env != meta.get("env_id"):
+        conflict("env", args.env, meta.get("env_id"))
+    if "seed" in given and args.seed != seed:
+        conflict("seed", args.seed, seed)
+    if "policy" in given and not _same_policy(args.policy, meta.get("policy_source")):
+        conflict("policy", args.policy, meta.get("policy_source"))
+    if "reward_model" in given and "reward_model" in meta:
+        try:
+            same = describe_reward_model(args.reward_model) == meta["reward_model"]
+        except (ValueError, OSError):
+            same = False
+        if not same:
+            conflict("reward-model", args.reward_model, meta["reward_model"].get("name", meta["reward_model"])
+                     if isinstance(meta["reward_model"], dict) else meta["reward_model"])
+    if config is not None:
+        for name in sorted(_given(config)):
+            if sb3 and name == "n_envs" and "n_envs" not in meta:
+                continue  # not recorded by this checkpoint
+            value = getattr(config, name)
+            recorded = meta.get("n_envs") if name == "n_envs" else recorded_config.get(name)
+            if value != recorded:
+                conflict(name.replace("_", "-"), value, recorded)
+    if conflicts:
+        raise ValueError(f"--resume: {', '.join(conflicts)} conflict with the checkpoint {where!r}; drop the "
+                         "flag(s) to continue the run as it was, or train a new run into another --out")
+
+
 # ---------------------------------------------------------------------------------------------- commands
 def train_command(args: TrainArguments, config: Any = None) -> int:
     """``textenv train``: train, checkpoint, and report initial vs final metrics and samples.
 
     ``config``: the agent's settings, an instance of the flags dataclass of ``args.agent``'s config (see
     :func:`agents.cli.train_types`) or an :class:`~agents.sb3_agent.SB3Config`; ``None``: the defaults.
-    On ``--resume`` the checkpoint's settings are used.
+    On ``--resume`` the checkpoint's settings are used; a flag that conflicts with them is refused (see
+    :func:`resume_conflicts`); ``--device`` moves a native agent.
     """
     a = args
     out = Path(a.out or f"runs/{a.agent}-{a.env}")
+    io.refuse_foreign_dir(out, is_run_dir(out))
+    if a.resume and not list_checkpoints(out):  # before the lock, which makes the directory
+        raise ValueError(f"--resume: no checkpoint in {str(out)!r}")
+    with io.run_lock(out, "textenv train"):
+        return _train(a, config, out)
+
+
+def is_run_dir(out: Path) -> bool:
+    """Whether ``out`` holds a ``textenv train`` run: an agent checkpoint, or the ``summary.json`` of one."""
+    if list_checkpoints(out):
+        return True
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "agent" in summary and "initial" in summary
+
+
+def _train(a: TrainArguments, config: Any, out: Path) -> int:
     episodes = a.episodes if a.episodes is not None else DEFAULT_EPISODES[a.agent]
     torch.manual_seed(a.seed)
     summary_file = out / "summary.json"
@@ -238,7 +324,14 @@ def train_command(args: TrainArguments, config: Any = None) -> int:
         summary = io.read_json(summary_file, "--resume: the run's summary")
         if not isinstance(summary, dict) or not isinstance(summary.get("initial"), dict):
             raise ValueError(f"{summary_file}: no initial evaluation in it; cannot resume this run")
-        agent = load_any(out)
+        ckpt = resolve_checkpoint(out)
+        meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
+        resume_conflicts(a, config, meta, str(ckpt / CHECKPOINT_MARKER))
+        agent: Agent | SB3Agent
+        if "device" in _given(a) and not str(meta["agent"]).startswith("sb3-"):
+            agent = Agent.load(ckpt, device=a.device)  # the device may change on resume
+        else:
+            agent = load_any(ckpt)
         print(f"resuming {agent.name} from {resolve_checkpoint(out)} at {agent.episodes} episodes")
     else:
         if list_checkpoints(out):

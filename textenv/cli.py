@@ -196,7 +196,52 @@ def _hold_out(items: list[T]) -> tuple[list[T], list[T]]:
     return items[n_eval:] or items, items[:n_eval]
 
 
+def _stage_dir_is_ours(out: Path, *markers: str) -> bool:
+    """Whether ``out`` holds a stage run of ours: a checkpoint of the training loop or a final ``marker``."""
+    from textenv.training.loop import latest_checkpoint
+
+    return latest_checkpoint(out) is not None or any((out / m).is_file() for m in markers)
+
+
+def _guarded(out: str | Path, ours: bool, what: str, fn: Any) -> int:
+    """Run ``fn()`` holding the lock of the run directory ``out``, after refusing a foreign non-empty one
+    (:func:`textenv.io.refuse_foreign_dir`, :func:`textenv.io.run_lock`)."""
+    from textenv import io
+
+    io.refuse_foreign_dir(out, ours)
+    with io.run_lock(out, what):
+        return int(fn())
+
+
 def _cmd_pretrain(a: PretrainArgs) -> int:
+    from textenv.training.lm import METRICS_NAME
+
+    return _guarded(a.out, _stage_dir_is_ours(Path(a.out), METRICS_NAME), "textenv pretrain",
+                    lambda: _pretrain(a))
+
+
+def _cmd_finetune(a: FinetuneArgs) -> int:
+    from textenv.training.lm import METRICS_NAME
+
+    return _guarded(a.out, _stage_dir_is_ours(Path(a.out), METRICS_NAME), "textenv finetune",
+                    lambda: _finetune(a))
+
+
+def _cmd_train_reward(a: TrainRewardArgs) -> int:
+    from textenv.rewards.base import REWARD_METADATA_FILE
+
+    return _guarded(a.out, _stage_dir_is_ours(Path(a.out), REWARD_METADATA_FILE, "config.json"),
+                    "textenv train-reward", lambda: _train_reward(a))
+
+
+def _cmd_build_defaults(a: BuildDefaultsArgs) -> int:
+    from textenv.training.defaults import DATA_DIR
+
+    out = Path(a.out) if a.out is not None else DATA_DIR
+    return _guarded(out, (out / "MANIFEST.json").is_file(), "textenv build-defaults", lambda: _build_defaults(a))
+
+
+def _pretrain(a: PretrainArgs) -> int:
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.tasks import get_task
     from textenv.training.lm import load_text_corpus, pretrain
@@ -218,7 +263,7 @@ def _cmd_pretrain(a: PretrainArgs) -> int:
     return 0
 
 
-def _cmd_finetune(a: FinetuneArgs) -> int:
+def _finetune(a: FinetuneArgs) -> int:
     from textenv.models import load_causal_lm, load_tokenizer
     from textenv.tasks import get_task
     from textenv.training.lm import finetune, load_pairs_jsonl
@@ -240,7 +285,7 @@ def _cmd_finetune(a: FinetuneArgs) -> int:
     return 0
 
 
-def _cmd_train_reward(a: TrainRewardArgs) -> int:
+def _train_reward(a: TrainRewardArgs) -> int:
     from textenv.tasks import get_task
     from textenv.training.reward import load_reward_rows, train_reward_model
 
@@ -267,7 +312,7 @@ def _cmd_train_reward(a: TrainRewardArgs) -> int:
     return 0
 
 
-def _cmd_build_defaults(a: BuildDefaultsArgs) -> int:
+def _build_defaults(a: BuildDefaultsArgs) -> int:
     from textenv.training.defaults import build_defaults
 
     if a.threads is not None:

@@ -12,6 +12,7 @@ commands on top and runs them all through :func:`run`.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import inspect
@@ -91,11 +92,33 @@ def make_parser(prog: str, types: ArgTypes, description: str | None = None) -> A
     return parser
 
 
+_PASSED = "_cli_passed_fields"
+
+
+def passed_fields(instance: Any) -> frozenset[str] | None:
+    """The fields of ``instance`` that were given on its command line (even when equal to the default), or
+    ``None`` when it was not made by :func:`parse` (a caller of the library: any field may have been set)."""
+    found = getattr(instance, _PASSED, None)
+    return found if isinstance(found, frozenset) else None
+
+
 def parse(command: Command, argv: Sequence[str], prog: str = "textenv") -> tuple[Any, ...]:
-    """The dataclass instances of ``command`` from its argv (``--help`` and usage errors exit, as argparse)."""
+    """The dataclass instances of ``command`` from its argv (``--help`` and usage errors exit, as argparse).
+
+    Each instance records which of its fields the argv named (see :func:`passed_fields`)."""
     argv = list(argv)
-    parser = make_parser(f"{prog} {command.name}", command.types_for(argv), description=command.help)
-    return tuple(parser.parse_args_into_dataclasses(argv, look_for_args_file=False))
+    types = command.types_for(argv)
+    parser = make_parser(f"{prog} {command.name}", types, description=command.help)
+    instances = tuple(parser.parse_args_into_dataclasses(argv, look_for_args_file=False))
+    # the same flags with no defaults: what is left in the namespace is what the argv named
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    named = set(vars(parser.parse_known_args(argv)[0]))
+    for instance in instances:
+        fields = {f.name for f in dataclasses.fields(instance)}
+        object.__setattr__(instance, _PASSED, frozenset(named & fields))
+    return instances
 
 
 def _usage(commands: Sequence[Command], prog: str) -> str:

@@ -74,6 +74,32 @@ MIN_LR_RATIO = 0.1
 Batch = TypeVar("Batch")
 
 
+class NonFiniteError(FloatingPointError, ValueError):
+    """A training step produced a non-finite loss, gradient norm or weights: the run stops before the
+    optimizer applies it (a ``ValueError`` too, so the CLI reports it as one line with exit status 2)."""
+
+
+def check_finite(where: str, **values: float) -> None:
+    """Raise :class:`NonFiniteError` naming ``where`` (e.g. ``"pretrain step 7"``) and the first of ``values``
+    (``loss=..., grad_norm=...``) that is NaN or infinite."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise NonFiniteError(f"{where}: the {name.replace('_', ' ')} is {value} (not finite); training "
+                                 "stopped before applying it, the last checkpoint written is kept (lower the "
+                                 "learning rate or check the data)")
+
+
+def check_finite_weights(where: str, module: Any) -> None:
+    """Raise :class:`NonFiniteError` naming ``where`` and the first parameter of ``module`` holding a NaN or
+    an infinity (checked before a checkpoint is written, so no checkpoint holds such weights)."""
+    import torch
+
+    for name, param in module.named_parameters():
+        if not bool(torch.isfinite(param.detach()).all()):
+            raise NonFiniteError(f"{where}: weight {name!r} holds non-finite values; not saved (the last "
+                                 "checkpoint written is kept; lower the learning rate)")
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of :func:`train` (stages 1-3).
@@ -217,6 +243,7 @@ def save_checkpoint(out_dir: str | os.PathLike[str], state: TrainState, model: P
 
     out = Path(out_dir)
     path = out / checkpoint_name(state.step)
+    check_finite_weights(f"{stage} step {state.step}", model)
     with atomic_dir(path) as tmp:
         with quiet_progress():
             model.save_pretrained(tmp)
@@ -392,13 +419,19 @@ def train(model: PreTrainedModel, config: TrainConfig, out_dir: str | os.PathLik
             with amp:
                 loss = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
+            loss_value = float(loss.detach())
+            check_finite(f"{stage} step {step}", loss=loss_value)
             loss.backward()
             if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+            else:
+                grads = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+                grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+            check_finite(f"{stage} step {step}", grad_norm=grad_norm)
             optimizer.step()
             scheduler.step()
 
-            loss_history.append(float(loss.item()))
+            loss_history.append(loss_value)
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 loss_now = smoothed(loss_history, config.log_every)

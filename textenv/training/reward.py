@@ -446,7 +446,9 @@ def _check_out_dir(out_dir: str | os.PathLike[str], resume: bool = False) -> Pat
         if not out.is_dir():
             raise ValueError(f"out_dir {str(out_dir)!r} exists and is not a directory")
         ours = (out / "config.json").exists() or latest_checkpoint(out) is not None
-        if any(out.iterdir()) and not ours:
+        from textenv.io import LOCK_NAME
+
+        if any(c.name != LOCK_NAME for c in out.iterdir()) and not ours:  # the lock of this very run aside
             raise ValueError(
                 f"out_dir {str(out_dir)!r} is a non-empty directory without a model in it; refusing to replace it"
             )
@@ -561,7 +563,9 @@ def build_default_reward_model(
     Returns the metrics of :func:`train_reward_model`, including ``gold/spearman`` on held-out texts.
     """
     cfg = {**DEFAULT_BUILD, **TASK_BUILD.get(task.name, {})}
-    rows = default_reward_rows(task, n_train or cfg["n_train"], seed=seed, perturb=cfg["perturb"])
+    # None means the tuned value; 0 is not replaced by it (it is refused downstream)
+    rows = default_reward_rows(task, n_train if n_train is not None else cfg["n_train"], seed=seed,
+                               perturb=cfg["perturb"])
     eval_rows = task.scored_texts(cfg["n_eval"], seed=seed + 1, split="test")
     base = None
     if cfg.get("init_from_pretrained"):
@@ -573,7 +577,7 @@ def build_default_reward_model(
         out_dir,
         loss="mse",
         tokenizer=tokenizer,
-        steps=steps or cfg["steps"],
+        steps=steps if steps is not None else cfg["steps"],
         batch_size=cfg["batch_size"],
         lr=cfg["lr"],
         seed=seed,
