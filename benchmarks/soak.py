@@ -13,11 +13,12 @@ Samples: ``rss`` (VmRSS) and ``rss_anon`` (RssAnon: heap and anonymous maps, the
 is retained; VmRSS also counts mapped files and libraries) in MiB, ``fds`` (entries of /proc/self/fd) and
 ``threads`` (OS threads of the process, /proc/self/status). ``growth`` of a series is
 ``(last - first) / first`` over the samples after warm-up (the first ``--warmup`` fraction of the episodes);
-a phase passes when RssAnon and VmRSS grow less than 3% and fds and threads do not grow.
+a phase passes when RssAnon and VmRSS grow less than 3% and fds and threads do not grow. ``--control`` adds
+the learn phase without the fix (``TEXTENV_MALLOC_TRIM=0``, see :mod:`textenv.memory`), outside the verdict.
 
 Usage::
 
-    python -m benchmarks.soak            # full run (~5 min on 2 cores): writes benchmarks/results/soak-cpu.json
+    python -m benchmarks.soak --control  # full run (~10 min on 2 cores): writes benchmarks/results/soak-cpu.json
     python -m benchmarks.soak --quick    # ~1 min, fewer episodes: writes a temporary file, never the result
 """
 
@@ -174,11 +175,14 @@ def run_phase(phase: str, episodes: int, every: int, warmup: float, **kwargs: An
             **summarize_phase(sampler.rows, episodes, warmup), "samples": sampler.rows}
 
 
-def run_in_subprocess(phase: str, episodes: int, every: int, warmup: float, extra: list[str]) -> dict[str, Any]:
-    """:func:`run_phase` in a fresh interpreter, so each phase starts from the same clean process."""
+def run_in_subprocess(phase: str, episodes: int, every: int, warmup: float, extra: list[str],
+                      trim: bool = True) -> dict[str, Any]:
+    """:func:`run_phase` in a fresh interpreter, so each phase starts from the same clean process
+    (``trim=False``: with ``TEXTENV_MALLOC_TRIM=0``, the control run without the fix)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "phase.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        env["TEXTENV_MALLOC_TRIM"] = "1" if trim else "0"
         cmd = [sys.executable, "-m", "benchmarks.soak", "--phase", phase, "--episodes", str(episodes),
                "--every", str(every), "--warmup", str(warmup), "--json", str(out), *extra]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -199,7 +203,7 @@ def versions() -> dict[str, str]:
 
 def report(result: dict[str, Any]) -> str:
     lines = []
-    for name, p in result["phases"].items():
+    for name, p in [*result["phases"].items(), *result.get("control", {}).items()]:
         g = p["growth"]
 
         def pct(k: str, g: dict[str, Any] = g) -> str:
@@ -225,6 +229,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=None, help="episodes between samples (default: 1/64 of them)")
     parser.add_argument("--warmup", type=float, default=0.1, help="fraction of the episodes left out as warm-up")
     parser.add_argument("--policy", default="default", help="the learn phase's policy ('tiny': fast, for tests)")
+    parser.add_argument("--control", action="store_true", help="also run the learn phase without malloc_trim "
+                        "(TEXTENV_MALLOC_TRIM=0), reported under 'control' and not part of the verdict")
     parser.add_argument("--json", type=Path, default=None, help="where to write the result")
     args = parser.parse_args(argv)
     if args.episodes is None:
@@ -255,10 +261,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     phases = {p: run_in_subprocess(p, args.episodes, args.every, args.warmup, extra if p == "learn" else [])
               for p in args.phases}
+    control = ({"learn_without_malloc_trim": run_in_subprocess("learn", args.episodes, args.every, args.warmup,
+                                                               extra, trim=False)} if args.control else {})
     result = {"passed": all(p["passed"] for p in phases.values()), "max_growth": MAX_GROWTH,
               "episodes_per_phase": args.episodes, "warmup_fraction": args.warmup, "sample_every": args.every,
               "statistic": "growth = (last - first) / first of the samples after warm-up; fds and threads must "
-                           "not grow", "phases": phases, "wall_s": time.perf_counter() - t0,
+                           "not grow", "phases": phases, "control": control, "wall_s": time.perf_counter() - t0,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "versions": versions(),
               "command": "python -m benchmarks.soak" + (" " + " ".join(argv) if argv else "")}
     print(report(result))
