@@ -113,7 +113,7 @@ class WandbReporter(Reporter):
         import wandb
 
         self.dir = Path(run_dir)
-        mode = os.environ.get("WANDB_MODE", "offline")  # never reach the network unless the user says so
+        mode: Any = os.environ.get("WANDB_MODE", "offline")  # never reach the network unless the user says so
         self.run: Any = wandb.init(project=os.environ.get("WANDB_PROJECT", "textenv"), name=run_name,
                                    dir=str(self.dir), mode=mode, config=config or {}, reinit=True)
 
