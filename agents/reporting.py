@@ -31,6 +31,8 @@ REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb")
 TRL_NAMES = {"clip_ratio": "clip_ratio/region_mean"}
 #: bookkeeping columns of metrics.csv that are the step or the x axis, not curves
 NOT_CURVES = frozenset({"episodes", "iteration"})
+#: the values of WANDB_MODE that wandb accepts
+WANDB_MODES = ("offline", "online", "disabled", "shared", "dryrun", "run")
 #: the package each reporter needs, and the extra of pyproject.toml that installs it
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -49,6 +51,9 @@ def check_report_to(report_to: str) -> None:
     install) when its package is missing, before anything is written."""
     if report_to not in REPORT_TO:
         raise ValueError(f"--report-to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
+    mode = os.environ.get("WANDB_MODE", "offline")
+    if report_to == "wandb" and mode not in WANDB_MODES:
+        raise ValueError(f"--report-to wandb: WANDB_MODE must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
     package = _PACKAGES.get(report_to)
     if package is not None and importlib.util.find_spec(package) is None:
         raise MissingReporterError(f"--report-to {report_to} needs the {package!r} package, which is not "

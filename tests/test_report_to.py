@@ -30,6 +30,16 @@ def test_unknown_reporter_is_refused():
         reporting.make_reporter("tensorbord", "unused")
 
 
+def test_bad_wandb_mode_is_refused_before_writing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="'ofline'"):
+        reporting.check_report_to("wandb")
+    assert main([*TRAIN, "--out", str(out), "--report-to", "wandb"]) == 2
+    assert "WANDB_MODE" in capsys.readouterr().err and not out.exists()
+    reporting.check_report_to("tensorboard")  # WANDB_MODE only matters to wandb
+
+
 def test_none_reporter_writes_nothing(tmp_path):
     with reporting.make_reporter("none", tmp_path / "run") as r:
         r.log({"reward": 1.0}, step=1)
