@@ -77,3 +77,11 @@ def test_partial_soak_never_writes_the_committed_result(tmp_path):
     assert soak.parse_args(["--quick"]).json != soak.RESULT
     assert soak.parse_args(["--episodes", "100"]).json != soak.RESULT
     assert soak.parse_args([]).json == soak.RESULT
+
+
+def test_soak_cli_writes_its_json(tmp_path, capsys):
+    out = tmp_path / "soak.json"
+    r = soak.main(["--episodes", "64", "--phases", "env", "--json", str(out)])
+    assert out.exists() and not out.with_name(out.name + ".tmp").exists()
+    assert set(r["phases"]) == {"env"} and r["control"] == {} and r["episodes_per_phase"] == 64
+    assert "env" in capsys.readouterr().out

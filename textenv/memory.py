@@ -3,7 +3,7 @@
 Why: an agent's ``learn`` allocates and frees tensors of varying shapes every iteration (rollouts whose
 completions differ in length, minibatches, autograd buffers). glibc's ``malloc`` keeps freed chunks in its
 heaps instead of returning them, and with varying sizes the heaps fragment and the retained memory keeps
-growing: GRPO on ``TextGen-Arithmetic-v0`` (batch 64, 1 thread) grew RssAnon from 357 to 444 MB (+24%) over
+growing: GRPO on ``TextGen-Arithmetic-v0`` (batch 64, 1 thread) grew RssAnon from 357 to 444 MiB (+24%) over
 20,480 episodes with no plateau, while the Python heap stayed flat. It is not a leak: ``malloc_trim(0)``
 (which returns the free pages of every arena) brings it back, and once per iteration keeps RssAnon flat
 (+0.8% over the same run). ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` in the environment flatten
@@ -23,7 +23,8 @@ import os
 import sys
 from typing import Any
 
-#: iterations of ``Agent.learn`` between two trims (measured in benchmarks/soak.py: see README "Memory")
+#: iterations of ``Agent.learn`` between two trims: every 4 or 16 peaked 20-26% above the warm-up level between
+#: trims (GRPO arithmetic, 20k episodes); 1 stays flat at ~4 ms a trim, 2% of an iteration
 TRIM_EVERY = 1
 
 
