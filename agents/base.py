@@ -28,7 +28,7 @@ from agents.rollout import (
     rollout_metrics,
     sample_completions,
 )
-from textenv import io
+from textenv import io, memory
 from textenv.models import quiet_progress
 from textenv.rewards.spec import describe_reward_model, rebuild_reward_model
 from textenv.training.loop import check_finite, check_finite_weights
@@ -339,6 +339,10 @@ class Agent(ABC):
             metrics.update({"episodes": float(self.episodes), "iteration": float(self.iteration),
                             "time_s": time.perf_counter() - t0})
             self.history.append(metrics)
+            if self.iteration % memory.TRIM_EVERY == 0:
+                # glibc keeps the freed rollout and autograd buffers and its heaps grow without bound
+                # (issue 10 A21): hand them back (a no-op off glibc; see textenv.memory)
+                memory.release_free_memory()
             bar.update(batch.scores.shape[0])
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", gold=f"{metrics['gold_score']:.3f}",
                             kl=f"{metrics['kl']:.3f}")

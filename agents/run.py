@@ -23,6 +23,7 @@ import torch
 
 from agents.base import CHECKPOINT_MARKER, Agent, read_agent_meta
 from agents.registry import DEFAULT_EPISODES, SB3_AGENTS, make_agent
+from agents.reporting import ReportTo, check_report_to, make_reporter
 from agents.rollout import sample_completions
 from agents.sb3_agent import SB3Agent, SB3Config
 from textenv import io
@@ -135,6 +136,8 @@ class TrainArguments:
     """held-out episodes of the initial and final evaluations"""
     progress: bool = True
     """show a progress bar (--no-progress: none)"""
+    report_to: ReportTo = "none"
+    """also send the metrics to: none, tensorboard (<out>/tensorboard) or wandb (offline, <out>/wandb)"""
 
     def __post_init__(self) -> None:
         from agents.registry import agent_names
@@ -148,6 +151,7 @@ class TrainArguments:
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         check_textgen_env_id(self.env)
+        check_report_to(self.report_to)  # a missing package fails here, before anything is written
         if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"--out {self.out!r} is a file, not a run directory")
 
@@ -345,6 +349,18 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
     # an SB3 run counts from its last target (its last rollout's extra episodes count toward this one)
     remaining = episodes - getattr(agent, "requested_episodes", agent.episodes)
     every = 10  # iterations between checkpoints
+    reporter = make_reporter(a.report_to, out, config={"agent": agent.name, "env": a.env, "seed": a.seed,
+                                                      "episodes": episodes}, run_name=out.name)
+    try:
+        return _train(a, agent, out, summary, summary_file, episodes, remaining, every, reporter)
+    finally:
+        reporter.close()
+
+
+def _train(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any], summary_file: Path, episodes: int,
+           remaining: int, every: int, reporter: Any) -> int:
+    if not a.resume:
+        reporter.log(summary["initial"], step=0, prefix="eval/")
 
     def save_checkpoint() -> None:
         agent.save(out / io.checkpoint_name(agent.episodes))
@@ -352,6 +368,7 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
 
     def on_iteration(ag: Any, metrics: dict[str, float]) -> None:
         write_metrics_csv(out / "metrics.csv", ag.history)
+        reporter.log(metrics, step=ag.episodes)
         if len(ag.history) % every == 0:
             save_checkpoint()
 
@@ -362,6 +379,7 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
     save_checkpoint()
     write_metrics_csv(out / "metrics.csv", agent.history)
     summary["final"] = agent.evaluate(a.eval_episodes)
+    reporter.log(summary["final"], step=agent.episodes, prefix="eval/")
     summary["samples_after"] = agent.samples(4)
     io.write_text(summary_file, json.dumps(summary, indent=1))
     plotted = agent.history and plot_learning_curve(out / "learning_curve.png", agent.history, f"{agent.name} on {a.env}")

@@ -21,7 +21,7 @@ from agents.base import CHECKPOINT_MARKER, check_policy_fits_env, env_record, re
 from agents.contract import evaluation_seed
 from agents.policy import LMPolicy
 from agents.rollout import evaluate_policy, sample_completions
-from textenv import io
+from textenv import io, memory
 from textenv.vector import TextGenVectorEnv
 
 #: SB3Config fields that only PPO takes
@@ -214,6 +214,8 @@ class SB3Agent:
             m.update({"episodes": float(self.episodes), "iteration": float(len(self.history) + 1),
                       "time_s": elapsed, "tokens_per_s": steps_per_rollout / elapsed})
             self.history.append(m)
+            if len(self.history) % memory.TRIM_EVERY == 0:
+                memory.release_free_memory()  # as Agent.learn (issue 10 A21; a no-op off glibc)
             bar.set_postfix(reward=f"{m['reward']:.3f}", gold=f"{m['gold_score']:.3f}")
             if callback is not None and callback(self, m) is False:  # as Agent.learn: False stops early
                 break
