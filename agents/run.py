@@ -352,12 +352,12 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
     reporter = make_reporter(a.report_to, out, config={"agent": agent.name, "env": a.env, "seed": a.seed,
                                                       "episodes": episodes}, run_name=out.name)
     try:
-        return _train(a, agent, out, summary, summary_file, episodes, remaining, every, reporter)
+        return _train_loop(a, agent, out, summary, summary_file, episodes, remaining, every, reporter)
     finally:
         reporter.close()
 
 
-def _train(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any], summary_file: Path, episodes: int,
+def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any], summary_file: Path, episodes: int,
            remaining: int, every: int, reporter: Any) -> int:
     if not a.resume:
         reporter.log(summary["initial"], step=0, prefix="eval/")
