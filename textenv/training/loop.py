@@ -85,8 +85,8 @@ def check_finite(where: str, **values: float) -> None:
     for name, value in values.items():
         if not math.isfinite(value):
             raise NonFiniteError(f"{where}: the {name.replace('_', ' ')} is {value} (not finite); training "
-                                 "stopped before applying it, the last checkpoint written is kept (lower the "
-                                 "learning rate or check the data)")
+                                 "stopped before applying it; checkpoints already written are kept, none is written "
+                                 "from this state (lower the learning rate or check the data)")
 
 
 def check_finite_weights(where: str, module: Any) -> None:
@@ -96,8 +96,8 @@ def check_finite_weights(where: str, module: Any) -> None:
 
     for name, param in module.named_parameters():
         if not bool(torch.isfinite(param.detach()).all()):
-            raise NonFiniteError(f"{where}: weight {name!r} holds non-finite values; not saved (the last "
-                                 "checkpoint written is kept; lower the learning rate)")
+            raise NonFiniteError(f"{where}: weight {name!r} holds non-finite values; not saved ("
+                                 "checkpoints already written are kept; lower the learning rate)")
 
 
 @dataclass
