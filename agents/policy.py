@@ -205,7 +205,8 @@ class LMPolicy(nn.Module):
 
         bfloat16 is mixed precision: the trained weights (LM and value head) stay float32 master weights, so
         AdamW's states and small updates keep full precision, and every forward (acting, training, the
-        reference) runs under ``torch.autocast(dtype=bfloat16)`` (matmuls and activations in bf16). A
+        reference) runs under ``torch.autocast(dtype=bfloat16)``: matmuls and their outputs in bf16, layer norms
+        and the residual stream in float32 (autocast's rules). A
         reference that is a model of its own is frozen, so it is stored in bf16 (half its memory). Logits are
         cast to float32 before any log-softmax: log-probs, entropy, values and losses are float32.
         """
