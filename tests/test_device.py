@@ -233,7 +233,7 @@ def test_config_records_dtype(tiny_tokenizer):
 
 # ---------------------------------------------------------------------------------------------- CLI
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--device", "tpu"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+    (["--device", "tpu"], "--device must be 'auto', 'cpu' or 'cuda[:N]', got 'tpu'"),
     (["--dtype", "float8"], "--dtype must be one of ['auto', 'float32', 'bfloat16'], got 'float8'"),
     (["--agent", "sb3-ppo", "--dtype", "bfloat16"], "--dtype 'bfloat16' is for the native agents"),
     *([] if CUDA else [(["--device", "cuda"], "--device 'cuda' asked for but CUDA is not available")]),

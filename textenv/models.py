@@ -59,7 +59,7 @@ class ModelLoadError(ValueError):
 
 
 #: the ``--device`` / ``device=`` values: ``"auto"`` (cuda when available, else cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
-DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+DEVICE_CHOICES = "'auto', 'cpu' or 'cuda[:N]'"
 #: the ``--dtype`` / ``dtype=`` values (float16 is not offered: it needs loss scaling, bf16 does not)
 DTYPES = ("auto", "float32", "bfloat16")
 
