@@ -258,9 +258,9 @@ class Agent(ABC):
             # checkpoint stores its reference (see save)
             self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", "tiny")
                                   else str(policy))
-        self.policy.to(self.device)
         self.dtype: torch.dtype = resolve_dtype(self.config.dtype, self.device)
-        self.policy.set_dtype(self.dtype)
+        self.policy.set_dtype(self.dtype)  # before the move: a bf16 reference goes to the GPU at half the size
+        self.policy.to(self.device)
         self.env_kwargs = dict(env_kwargs or {})
         self.env_id = env if isinstance(env, str) else None
         if isinstance(env, str):

@@ -45,7 +45,8 @@ def _model(n_layer: int, n_embd: int, device: torch.device, dtype: torch.dtype) 
     tok = load_tokenizer("default")
     torch.manual_seed(0)
     cfg = tiny_gpt2_config(len(tok), n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 64),
-                           n_positions=256, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                           n_positions=256, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                           bos_token_id=tok.eos_token_id)
     return fuse_activations(GPT2LMHeadModel(cfg)).to(device=device, dtype=dtype).eval()
 
 

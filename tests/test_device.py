@@ -246,3 +246,27 @@ def test_cli_refuses_bad_device_and_dtype(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks
+def test_host_sync_benchmark_counts_one_copy_per_token(monkeypatch):
+    from benchmarks import host_sync
+
+    r = host_sync.measure(batch_size=4, new_tokens=4, rollouts=2, policy="tiny")
+    assert r["host_copies_per_token_step_by_method"].get("cpu") == 1.0  # the actions, and nothing else
+    assert set(r["host_copies_per_token_step_by_method"]) <= {"cpu", "numpy"}  # numpy of a CPU tensor: no copy
+    assert r["rollout_tokens_per_s"] > 0 and r["decode_steps"] >= 2
+    assert torch.Tensor.cpu.__qualname__ == "TensorBase.cpu"  # the counting wrappers were removed
+
+
+def test_static_cache_decoder_of_the_benchmark_decodes_the_same_tokens():
+    """The static-KV-cache loop of benchmarks/decode_compile.py (eager; compiling takes a minute on CPU)
+    gives the tokens of the rollout's dynamic-cache loop, from the same seed and left-padded prompts."""
+    from benchmarks import decode_compile as dc
+
+    model = dc._model(1, 64, torch.device("cpu"), torch.float32)
+    ids, mask = dc._prompts(4, 6, model.config.vocab_size, torch.device("cpu"))
+    ref = dc.eager_dynamic(model, ids, mask, 5, seed=3)
+    static = dc.StaticDecoder(model, 4, 11, compiled=False)
+    assert torch.equal(static.run(ids, mask, 5, seed=3), ref)
+    assert torch.equal(static.run(ids, mask, 5, seed=3), ref)  # the cache resets between runs
