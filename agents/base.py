@@ -114,7 +114,7 @@ class AgentConfig:
                 raise ValueError(f"{name} must be >= 0, got {v!r}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
-        check_device(self.device)
+        self.device = check_device(self.device)  # a torch.device becomes its string (checkpoints are JSON)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 

@@ -39,6 +39,10 @@ def test_cuda_without_cuda_is_refused_naming_it(value):
         resolve_device(value)
 
 
+def test_a_torch_device_is_recorded_as_its_string():
+    assert AgentConfig(device=torch.device("cpu")).device == "cpu"
+
+
 def test_auto_device_and_dtype_on_this_machine():
     assert resolve_device("auto").type == ("cuda" if CUDA else "cpu")
     assert resolve_dtype("auto", "cpu") == torch.float32  # CPU: fp32 by default
@@ -270,3 +274,37 @@ def test_static_cache_decoder_of_the_benchmark_decodes_the_same_tokens():
     static = dc.StaticDecoder(model, 4, 11, compiled=False)
     assert torch.equal(static.run(ids, mask, 5, seed=3), ref)
     assert torch.equal(static.run(ids, mask, 5, seed=3), ref)  # the cache resets between runs
+
+
+def test_cuda_without_cuda_leaves_the_python_api_objects_usable(tiny_tokenizer):
+    if CUDA:
+        pytest.skip("tests the machine without CUDA")
+    policy = tiny_policy(tiny_tokenizer)
+    envs = make_agent(PPO, tiny_tokenizer, batch_size=4).envs
+    with pytest.raises(ValueError, match="device 'cuda:0' asked for but CUDA is not available"):
+        PPO(envs, policy=policy, batch_size=4, device="cuda:0")
+    with pytest.raises(ValueError, match="device 'cuda' asked for but CUDA is not available"):
+        gym.make("TextGen-v0", reward_model="gold", device="cuda")
+    agent = PPO(envs, policy=policy, batch_size=4, device="cpu")  # the same env and policy still work
+    agent.learn(4, progress=False)
+    assert policy.device.type == "cpu" and policy.compute_dtype == torch.float32
+
+
+def test_cli_train_in_bf16_then_resume_in_float32(tmp_path, capsys):
+    """``textenv train --dtype bfloat16`` end to end (CPU), and ``--resume --dtype float32`` changes it."""
+    import json
+
+    from agents.cli import main
+
+    out = tmp_path / "run"
+    common = ["--no-progress", "--eval-episodes", "4", "--out", str(out)]
+    assert main(["train", "--agent", "grpo", "--env", "TextGen-Arithmetic-v0", "--policy", "tiny",
+                 "--reward-model", "gold", "--batch-size", "4", "--group-size", "2", "--episodes", "8",
+                 "--device", "cpu", "--dtype", "bfloat16", *common]) == 0
+    ckpt = sorted(out.glob("checkpoint-*"))[-1]
+    assert json.loads((ckpt / "agent.json").read_text())["config"]["dtype"] == "bfloat16"
+    assert main(["train", "--resume", "--episodes", "12", "--dtype", "float32", *common]) == 0
+    ckpt = sorted(out.glob("checkpoint-*"))[-1]
+    meta = json.loads((ckpt / "agent.json").read_text())
+    assert meta["config"]["dtype"] == "float32" and meta["episodes"] == 12
+    assert "resuming grpo" in capsys.readouterr().out
