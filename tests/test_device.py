@@ -86,9 +86,9 @@ def test_the_agent_passes_its_device_to_the_envs_reward_model(tiny_tokenizer, mo
     seen = []
     real = rewards.resolve_reward_model
 
-    def spy(spec, task=None, device="cpu", tokenizer=None):
+    def spy(spec, task=None, device=None, tokenizer=None):  # None: the env gave no device
         seen.append(device)
-        return real(spec, task, device, tokenizer)
+        return real(spec, task, "cpu" if device is None else device, tokenizer)
 
     monkeypatch.setattr(rewards, "resolve_reward_model", spy)
     agent = PPO("TextGen-Arithmetic-v0", policy=tiny_policy(tiny_tokenizer), batch_size=4, device="cpu",
