@@ -29,7 +29,8 @@ from agents.rollout import (
     sample_completions,
 )
 from textenv import io, memory
-from textenv.models import quiet_progress
+from textenv.models import DTYPES, check_device, quiet_progress, resolve_dtype
+from textenv.models import resolve_device as _resolve_device
 from textenv.rewards.spec import describe_reward_model, rebuild_reward_model
 from textenv.training.loop import check_finite, check_finite_weights
 
@@ -56,6 +57,7 @@ class AgentConfig:
     temperature: float = 1.0  # sampling temperature of the policy
     seed: int = 0  # seed of the rollouts and of the evaluation stream
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "auto"  # "auto" (bf16 on GPUs that support it, else fp32) | "float32" | "bfloat16"
 
     def __post_init__(self) -> None:
         self.check_types()
@@ -112,8 +114,9 @@ class AgentConfig:
                 raise ValueError(f"{name} must be >= 0, got {v!r}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
-        if not (self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda")):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        self.device = check_device(self.device)  # a torch.device becomes its string (checkpoints are JSON)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
 
 def read_agent_meta(meta_file: str | os.PathLike[str]) -> dict[str, Any]:
@@ -180,11 +183,19 @@ def check_policy_fits_env(policy: LMPolicy, env: Any) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available")
-    return torch.device(device)
+    """The agent's ``torch.device`` (:func:`textenv.models.resolve_device`: ``"auto"`` = cuda if available)."""
+    return _resolve_device(device)  # type: ignore[no-any-return]
+
+
+def make_optimizer(params: Any, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over ``params``; the fused kernel (one launch for all parameters) on CUDA, torch's default
+    (foreach) elsewhere."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adamw_kwargs(device))
+
+
+def adamw_kwargs(device: torch.device) -> dict[str, Any]:
+    """``{"fused": True}`` on a CUDA device, ``{}`` elsewhere (the fused kernel is what TRL/HF use there)."""
+    return {"fused": True} if torch.device(device).type == "cuda" else {}
 
 
 class Agent(ABC):
@@ -247,6 +258,8 @@ class Agent(ABC):
             # checkpoint stores its reference (see save)
             self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", "tiny")
                                   else str(policy))
+        self.dtype: torch.dtype = resolve_dtype(self.config.dtype, self.device)
+        self.policy.set_dtype(self.dtype)  # before the move: a bf16 reference goes to the GPU at half the size
         self.policy.to(self.device)
         self.env_kwargs = dict(env_kwargs or {})
         self.env_id = env if isinstance(env, str) else None
@@ -256,7 +269,8 @@ class Agent(ABC):
 
             import textenv  # noqa: F401  (registers the ids)
 
-            kwargs = {"tokenizer": self.policy.tokenizer, **self.env_kwargs}
+            # the env's reward model runs on the agent's device unless env_kwargs say otherwise
+            kwargs = {"tokenizer": self.policy.tokenizer, "device": str(self.device), **self.env_kwargs}
             self.envs: TextGenVectorEnv = gym.make_vec(  # type: ignore[assignment]
                 env, num_envs=self.rollout_size(), autoreset_mode=AutoresetMode.DISABLED, **kwargs).unwrapped
         else:
@@ -265,8 +279,8 @@ class Agent(ABC):
                 raise ValueError(f"the vector env has {self.envs.num_envs} slots but this agent's batch is "
                                  f"{self.rollout_size()} episodes (batch_size)")
         check_policy_fits_env(self.policy, self.envs)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.config.learning_rate,
-                                           weight_decay=self.config.weight_decay)
+        self.optimizer = make_optimizer(self.policy.parameters(), self.config.learning_rate,
+                                        self.config.weight_decay, self.device)
         self.episodes = 0
         self.iteration = 0
         self.history: list[dict[str, float]] = []
@@ -459,6 +473,7 @@ class Agent(ABC):
                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400]) from None
         for group in agent.optimizer.param_groups:  # load_state_dict restores the saved ones; overrides win
             group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
+            group["fused"] = adamw_kwargs(agent.device).get("fused")  # the kernel of this device, not the saver's
         agent.episodes, agent.iteration = int(meta["episodes"]), int(meta["iteration"])
         agent.history = list(meta.get("history", []))
         agent.load_extra_state(meta.get("extra", {}))

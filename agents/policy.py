@@ -7,6 +7,7 @@ log-probs, values and entropy of whole completions from one forward (:meth:`LMPo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -120,6 +121,7 @@ class LMPolicy(nn.Module):
         # kept out of the module tree: it is frozen, not trained, not in state_dict / optimizer
         self.__dict__["ref_model"] = ref_model
         self._decoder: KVDecoder | None = None  # the acting KV cache, between start() and end()
+        self.compute_dtype: torch.dtype = torch.float32  # see set_dtype: bfloat16 = every forward under autocast
 
     # ------------------------------------------------------------------------------------ construction
     @classmethod
@@ -197,6 +199,31 @@ class LMPolicy(nn.Module):
             self.ref_model.to(*args, **kwargs)
         return self
 
+    # ------------------------------------------------------------------------------------ precision
+    def set_dtype(self, dtype: torch.dtype) -> LMPolicy:
+        """Compute in ``dtype`` (``torch.float32`` or ``torch.bfloat16``); returns ``self``.
+
+        bfloat16 is mixed precision: the trained weights (LM and value head) stay float32 master weights, so
+        AdamW's states and small updates keep full precision, and every forward (acting, training, the
+        reference) runs under ``torch.autocast(dtype=bfloat16)``: matmuls and their outputs in bf16, layer norms
+        and the residual stream in float32 (autocast's rules). A
+        reference that is a model of its own is frozen, so it is stored in bf16 (half its memory). Logits are
+        cast to float32 before any log-softmax: log-probs, entropy, values and losses are float32.
+        """
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"compute dtype must be torch.float32 or torch.bfloat16, got {dtype!r}")
+        self.compute_dtype = dtype
+        ref = self.ref_model
+        if ref is not None and ref is not self.model and any(p.is_floating_point() for p in ref.parameters()):
+            ref.to(dtype)
+        return self
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context of this policy's forwards (a no-op in float32)."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
     # ------------------------------------------------------------------------------------ trunk
     @staticmethod
     def _trunk(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
@@ -225,8 +252,9 @@ class LMPolicy(nn.Module):
               with_values: bool = True) -> StepOutput:
         """Run the left-padded prompts ``(B, P)``, fill the KV cache and sample the first tokens."""
         self._decoder = KVDecoder(self.model.base_model)
-        out = self._decoder.start(query_ids, query_mask)
-        return self._act(out.last_hidden_state[:, -1], generator, with_values)
+        with self.autocast():
+            out = self._decoder.start(query_ids, query_mask)
+            return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None,
@@ -234,8 +262,9 @@ class LMPolicy(nn.Module):
         """Feed the last sampled token of every slot ``(B,)`` through the cache and sample the next."""
         if self._decoder is None:
             raise RuntimeError("call start() before step()")
-        out = self._decoder.step(tokens)
-        return self._act(out.last_hidden_state[:, -1], generator, with_values)
+        with self.autocast():
+            out = self._decoder.step(tokens)
+            return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:
         logits = self.lm_head(h)  # (B, V)
@@ -266,9 +295,10 @@ class LMPolicy(nn.Module):
         ``mask`` marks real completion tokens; positions after an episode's end get values too, which the
         losses mask out.
         """
-        logits, h = self._completion_logits(self.model, query_ids, query_mask, tokens, mask)
-        return PerTokenLogps(logprobs_from_logits(logits, tokens), self.value_head(h).squeeze(-1).float(),
-                            entropy_from_logits(logits))
+        with self.autocast():
+            logits, h = self._completion_logits(self.model, query_ids, query_mask, tokens, mask)
+            values = self.value_head(h).squeeze(-1).float()  # (B, T); h is bf16 under autocast
+        return PerTokenLogps(logprobs_from_logits(logits, tokens), values, entropy_from_logits(logits))
 
     @torch.no_grad()
     def ref_logprobs(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
@@ -276,5 +306,6 @@ class LMPolicy(nn.Module):
         """Per-token log-probs ``(B, T)`` of ``tokens`` under the frozen reference model."""
         if self.ref_model is None:
             raise RuntimeError("this policy was built with with_reference=False")
-        logits, _ = self._completion_logits(self.ref_model, query_ids, query_mask, tokens, mask)
+        with self.autocast():
+            logits, _ = self._completion_logits(self.ref_model, query_ids, query_mask, tokens, mask)
         return logprobs_from_logits(logits, tokens)

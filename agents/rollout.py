@@ -89,7 +89,9 @@ def collect_rollout(policy: LMPolicy, envs: TextGenVectorEnv, *, seed: int | Non
                     with_ref: bool = True, generator: torch.Generator | None = None) -> RolloutBatch:
     """Run one synchronised episode in every slot of ``envs`` (all start together, finished slots idle).
 
-    Acting uses the policy's KV cache: one token of forward per slot per step. After the episodes end,
+    Acting uses the policy's KV cache: one token of forward per slot per step. The batch's tensors are on
+    the policy's device (built there: the only host copy per token is the actions the env steps with;
+    rewards and scores come from the env and are uploaded once per rollout). After the episodes end,
     the reference log-probs come from one batched forward of the reference model (``with_ref``).
     ``prompts`` (one per slot) fixes the prompts, e.g. groups of identical prompts for GRPO/RLOO.
     """
@@ -112,9 +114,11 @@ def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | Non
     B, T = env.num_envs, env.max_new_tokens
     query_ids, query_mask = left_pad(obs["input_ids"], obs["attention_mask"], env.pad_id)
     query_ids, query_mask = query_ids.to(device), query_mask.to(device)
-    tokens = torch.full((B, T), env.pad_id, dtype=torch.long)
-    logprobs = torch.zeros(B, T)
-    values = torch.zeros(B, T)
+    # the per-token buffers live on the policy's device: the decode loop writes them there, and the only
+    # copy to the host per token is the actions the env steps with
+    tokens = torch.full((B, T), env.pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(B, T, device=device)
+    values = torch.zeros(B, T, device=device)
     rewards = np.zeros((B, T), dtype=np.float64)
     scores = np.zeros(B, dtype=np.float64)
     gold = np.zeros(B, dtype=np.float64)
@@ -125,12 +129,11 @@ def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | Non
     out = policy.start(query_ids, query_mask, generator=generator, with_values=with_values)
     t = 0
     for t in range(T):
-        actions = out.actions.cpu()
-        tokens[:, t] = actions
-        logprobs[:, t] = out.logprobs.cpu()
+        tokens[:, t] = out.actions
+        logprobs[:, t] = out.logprobs
         if out.values is not None:
-            values[:, t] = out.values.cpu()
-        _, r, terminated, _, info = env.step(actions.numpy())
+            values[:, t] = out.values
+        _, r, terminated, _, info = env.step(out.actions.cpu().numpy())  # the one host copy per token
         rewards[:, t] = r
         scores += r
         ended = np.flatnonzero(terminated)
@@ -145,20 +148,22 @@ def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | Non
         out = policy.step(out.actions, generator=generator, with_values=with_values)
     policy.end()
     T_used = t + 1
-    mask = (torch.arange(T)[None, :] < torch.from_numpy(lengths)[:, None]).float()  # (B, T)
-    tokens = tokens.masked_fill(mask == 0, env.pad_id)
-    tokens, mask = tokens[:, :T_used], mask[:, :T_used]
+    lengths_dev = torch.from_numpy(lengths).to(device)
+    mask = (torch.arange(T_used, device=device)[None, :] < lengths_dev[:, None]).float()  # (B, T_used)
+    tokens = tokens[:, :T_used].masked_fill(mask == 0, env.pad_id)
     batch_prompts = env.prompts()
     rollout_s = time.perf_counter() - t0
-    q_dev, m_dev = tokens.to(device), mask.to(device)
-    ref = (policy.ref_logprobs(query_ids, query_mask, q_dev, m_dev).cpu() if with_ref and policy.ref_model is not None
-           else torch.zeros(B, T_used))
+    ref = (policy.ref_logprobs(query_ids, query_mask, tokens, mask) if with_ref and policy.ref_model is not None
+           else torch.zeros(B, T_used, device=device))
+    host = torch.from_numpy(np.concatenate([rewards[:, :T_used], scores[:, None], gold[:, None]], axis=1))
+    host = host.float().to(device)  # (B, T_used + 2): rewards, scores and gold in one upload
+    n_tokens = int(lengths.clip(max=T_used).sum())  # from the host copy of the lengths: no device sync
     return RolloutBatch(
-        query_ids=query_ids.cpu(), query_mask=query_mask.cpu(), tokens=tokens, mask=mask,
+        query_ids=query_ids, query_mask=query_mask, tokens=tokens, mask=mask,
         logprobs=logprobs[:, :T_used] * mask, ref_logprobs=ref * mask, values=values[:, :T_used] * mask,
-        rewards=torch.from_numpy(rewards[:, :T_used]).float(), scores=torch.from_numpy(scores).float(),
-        gold_scores=torch.from_numpy(gold).float(), prompts=batch_prompts, completions=completions,
-        stats={"rollout_s": rollout_s, "tokens_per_s": float(mask.sum()) / max(rollout_s, 1e-9)},
+        rewards=host[:, :T_used], scores=host[:, T_used], gold_scores=host[:, T_used + 1], prompts=batch_prompts,
+        completions=completions,
+        stats={"rollout_s": rollout_s, "tokens_per_s": n_tokens / max(rollout_s, 1e-9)},
     )
 
 

@@ -131,7 +131,9 @@ class TrainArguments:
     seed: int = 0
     """seed of the agent, its rollouts and its evaluation stream (agents.contract.evaluation_seed)"""
     device: str = "auto"
-    """'auto', 'cpu', 'cuda' or 'cuda:N'"""
+    """'auto' (cuda when available, else cpu), 'cpu', 'cuda' or 'cuda:N': the policy, its reference, the reward model and the rollout buffers"""
+    dtype: str = "auto"
+    """'auto' (bfloat16 on GPUs that support it, float32 on CPU), 'float32' or 'bfloat16' (fp32 master weights, forwards under autocast)"""
     eval_episodes: int = 128
     """held-out episodes of the initial and final evaluations"""
     progress: bool = True
@@ -148,8 +150,13 @@ class TrainArguments:
             raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
         if isinstance(self.eval_episodes, bool) or self.eval_episodes < 1:
             raise ValueError(f"--eval-episodes must be >= 1, got {self.eval_episodes}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ValueError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        from textenv.models import resolve_device, resolve_dtype
+
+        # the values, and CUDA asked for without CUDA, are refused here: before any directory is made
+        resolve_dtype(self.dtype, resolve_device(self.device, "--device"), "--dtype")
+        if self.agent in SB3_AGENTS and self.dtype == "bfloat16":
+            raise ValueError(f"--dtype 'bfloat16' is for the native agents; {self.agent} trains in float32 "
+                             f"(use --dtype auto or float32)")
         check_textgen_env_id(self.env)
         check_report_to(self.report_to)  # a missing package fails here, before anything is written
         if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
@@ -218,8 +225,8 @@ def _make_agent(args: TrainArguments, config: Any = None) -> Agent | SB3Agent:
         sb3 = config if isinstance(config, SB3Config) else SB3Config()
         return make_agent(args.agent, args.env, args.policy, seed=args.seed, device=args.device,
                           env_kwargs=env_kwargs, n_envs=sb3.n_envs, **sb3.overrides(args.agent.split("-", 1)[1]))
-    return make_agent(args.agent, args.env, args.policy, seed=args.seed, device=args.device, env_kwargs=env_kwargs,
-                      **config_overrides(config))
+    return make_agent(args.agent, args.env, args.policy, seed=args.seed, device=args.device, dtype=args.dtype,
+                      env_kwargs=env_kwargs, **config_overrides(config))
 
 
 def _given(instance: Any) -> set[str]:
@@ -332,8 +339,9 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
         meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
         resume_conflicts(a, config, meta, str(ckpt / CHECKPOINT_MARKER))
         agent: Agent | SB3Agent
-        if "device" in _given(a) and not str(meta["agent"]).startswith("sb3-"):
-            agent = Agent.load(ckpt, device=a.device)  # the device may change on resume
+        moved = {k: getattr(a, k) for k in ("device", "dtype") if k in _given(a)}
+        if moved and not str(meta["agent"]).startswith("sb3-"):
+            agent = Agent.load(ckpt, **moved)  # the device and dtype may change on resume
         else:
             agent = load_any(ckpt)
         print(f"resuming {agent.name} from {resolve_checkpoint(out)} at {agent.episodes} episodes")

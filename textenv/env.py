@@ -84,6 +84,9 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
     - ``render_mode``: ``"ansi"`` returns the decoded context, ``"human"`` prints it, ``"rgb_array"`` returns
       it drawn as an ``(H, W, 3)`` uint8 image (what SB3's ``make_vec_env`` and video recorders ask for).
     - ``split``: ``"train"`` (default) or ``"test"``, the task's prompt split.
+    - ``device``: where a reward model loaded from a directory (``"default"``, a saved or HF model) runs:
+      ``"cpu"`` (default, safe in forked async vector envs), ``"auto"`` (cuda when available) or
+      ``"cuda[:N]"``. The native agents pass their own device. Model objects stay where they are.
 
     ## Version History
     - v0: initial release.
@@ -111,13 +114,14 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         render_mode: str | None = None,
         split: str = "train",
         prompt_truncation: str = "left",
+        device: Any = "cpu",
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.setup: EnvSetup = build_setup(
             task=task, prompts=prompts, tokenizer=tokenizer, reward_model=reward_model,
             reward_tokenizer=reward_tokenizer, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, reward_mode=reward_mode,
-            terminate_on_eos=terminate_on_eos, split=split, prompt_truncation=prompt_truncation,
+            terminate_on_eos=terminate_on_eos, split=split, prompt_truncation=prompt_truncation, device=device,
         )
         self.render_mode = render_mode
         self.observation_space = self.setup.observation_space()  # type: ignore[assignment]

@@ -58,6 +58,76 @@ class ModelLoadError(ValueError):
     """A model or tokenizer name or directory could not be loaded; the message names the path."""
 
 
+#: the ``--device`` / ``device=`` values: ``"auto"`` (cuda when available, else cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+DEVICE_CHOICES = "'auto', 'cpu' or 'cuda[:N]'"
+#: the ``--dtype`` / ``dtype=`` values (float16 is not offered: it needs loss scaling, bf16 does not)
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def check_device(device: Any, what: str = "device") -> str:
+    """``device`` as a string if it is one of :data:`DEVICE_CHOICES` (a ``torch.device`` of type cpu/cuda is
+    accepted too), else a ``ValueError`` naming it. Does not look at the hardware (see :func:`resolve_device`)."""
+    import re
+
+    import torch
+
+    text = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(text, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise ValueError(f"{what} must be {DEVICE_CHOICES}, got {device!r}")
+    return text
+
+
+def resolve_device(device: Any = "auto", what: str = "device") -> Any:
+    """The ``torch.device`` for ``device`` (see :func:`check_device`): ``"auto"`` is cuda when CUDA is
+    available, else cpu. ``"cuda"``/``"cuda:N"`` without CUDA, or with fewer GPUs than N + 1, is a
+    ``ValueError`` naming the value.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    import torch
+
+    text = check_device(device, what)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {text!r} asked for but CUDA is not available on this machine "
+                             f"(use 'cpu' or 'auto')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{what} {text!r} asked for but this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s)")
+    return dev
+
+
+def resolve_dtype(dtype: Any = "auto", device: Any = "cpu", what: str = "dtype") -> Any:
+    """The compute ``torch.dtype`` for ``dtype`` (one of :data:`DTYPES`) on ``device``: ``"auto"`` is bfloat16
+    on a CUDA device that supports it (``torch.cuda.is_bf16_supported()``), float32 otherwise (CPU
+    included). ``"bfloat16"`` on a GPU without bf16 support, or any other value (``"float8"``,
+    ``"float16"``), is a ``ValueError`` naming it.
+
+    Example:
+        >>> resolve_dtype("auto", "cpu"), resolve_dtype("bfloat16", "cpu")
+        (torch.float32, torch.bfloat16)
+    """
+    import torch
+
+    if dtype in (torch.float32, torch.bfloat16):
+        dtype = str(dtype).removeprefix("torch.")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ValueError(f"{what} must be one of {list(DTYPES)}, got {dtype!r}")
+    dev = torch.device(device)
+    bf16_ok = dev.type != "cuda" or torch.cuda.is_bf16_supported()
+    if dtype == "auto":
+        return torch.bfloat16 if dev.type == "cuda" and bf16_ok else torch.float32
+    if dtype == "bfloat16" and not bf16_ok:
+        raise ValueError(f"{what} 'bfloat16' asked for but CUDA device {str(dev)!r} does not support bf16 "
+                         f"(use 'float32' or 'auto')")
+    return torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+
 def _check_dir(path: str | os.PathLike[str], what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
@@ -121,21 +191,24 @@ def tiny_gpt2_config(vocab_size: int, n_layer: int = 4, n_embd: int = 128, n_hea
 
 
 def load_causal_lm(name_or_path: str | os.PathLike[str] = "default", tokenizer: PreTrainedTokenizerBase | None = None,
-                   **config_overrides: Any) -> PreTrainedModel:
+                   dtype: Any = "float32", **config_overrides: Any) -> PreTrainedModel:
     """A fresh (uncached) causal LM: ``"default"`` (the shipped policy), ``"tiny"`` or a directory.
 
     ``"tiny"`` builds a random GPT-2 from :func:`tiny_gpt2_config` sized for ``tokenizer`` (default: the
-    shipped tokenizer); ``config_overrides`` go to that config. The model is returned in eval mode, float32.
+    shipped tokenizer); ``config_overrides`` go to that config. The model is returned in eval mode, with
+    weights in ``dtype``: ``"float32"`` (default; what a trained policy keeps as master weights),
+    ``"bfloat16"`` (half the memory: frozen models such as a KL reference) or a ``torch.dtype`` of those;
+    ``"auto"`` is float32 here (no device is known). Any other value is a ``ValueError`` naming it.
     """
-    import torch
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
+    weights_dtype = resolve_dtype(dtype, "cpu", what="load_causal_lm dtype")
     name = str(name_or_path)
     if name == "tiny":
         tok = tokenizer if tokenizer is not None else load_tokenizer("default")
         cfg = tiny_gpt2_config(len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                pad_token_id=tok.pad_token_id, **config_overrides)
-        return GPT2LMHeadModel(cfg).eval()
+        return GPT2LMHeadModel(cfg).to(weights_dtype).eval()
     if name == "default":
         if not (POLICY_DIR / "config.json").exists():
             raise ModelLoadError(f"the default policy is missing from {POLICY_DIR}; run `textenv build-defaults`")
@@ -146,7 +219,7 @@ def load_causal_lm(name_or_path: str | os.PathLike[str] = "default", tokenizer: 
         raise ModelLoadError(f"model directory {str(path)!r} has no config.json")
     try:
         with quiet_progress():
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=weights_dtype)
     except Exception as exc:
         raise ModelLoadError(f"could not load a causal LM from {str(path)!r}: {exc}") from exc
     return model.eval()

@@ -215,9 +215,10 @@ def build_setup(
     terminate_on_eos: bool = True,
     split: str = "train",
     prompt_truncation: str = "left",
+    device: Any = "cpu",
 ) -> EnvSetup:
     """Check and resolve the env keyword arguments (see :class:`textenv.env.TextGenEnv`)."""
-    from textenv.models import load_tokenizer
+    from textenv.models import load_tokenizer, resolve_device
     from textenv.rewards import resolve_reward_model
 
     task_obj = get_task(task)
@@ -235,12 +236,14 @@ def build_setup(
     if not isinstance(terminate_on_eos, (bool, np.bool_)):
         raise ValueError(f"terminate_on_eos must be a bool, got {terminate_on_eos!r}")
     check_split(split)
+    # where a reward model loaded from a directory runs; checked before anything is loaded
+    rm_device = resolve_device(device, "device")
     tok = load_tokenizer(tokenizer)
     # a reward model given as a transformers model object needs its tokenizer: reward_tokenizer=, else the
     # env's tokenizer= when the user chose one (the default one is not assumed to fit a foreign model)
     rm_tok = reward_tokenizer if reward_tokenizer is not None else (
         None if isinstance(tokenizer, str) and tokenizer == "default" else tok)
-    rm = resolve_reward_model(reward_model, task_obj, tokenizer=rm_tok)
+    rm = resolve_reward_model(reward_model, task_obj, device=rm_device, tokenizer=rm_tok)
     setup = EnvSetup(
         task=task_obj,
         tokenizer=tok,

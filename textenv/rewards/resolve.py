@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from textenv.models import REWARD_DIR, ModelLoadError, quiet_progress
+from textenv.models import REWARD_DIR, ModelLoadError, quiet_progress, resolve_device
 from textenv.rewards.adapters import CallableReward, CompositeReward, GoldReward
 from textenv.rewards.base import REWARD_METADATA_FILE, RewardModel
 from textenv.rewards.hf import (
@@ -52,7 +52,10 @@ def resolve_reward_model(
     - a list of the above, each optionally as a ``(spec, weight)`` tuple: a :class:`CompositeReward`
       (weight 1 where none is given); elements are resolved recursively.
 
-    Directory models are loaded once per process and resolved path (see :func:`load_reward_model`).
+    Directory models (the default included) are loaded once per process, resolved path and device (see
+    :func:`load_reward_model`) onto ``device``: ``"cpu"`` (default), ``"auto"`` (cuda when available) or
+    ``"cuda[:N]"``; a bad value or CUDA asked for without CUDA is a ``ValueError`` naming it. Model and
+    pipeline objects stay on their own device.
 
     Raises:
         ModelLoadError: a missing default, a missing directory that is not a cached HF id, or a directory
@@ -66,6 +69,7 @@ def resolve_reward_model(
         >>> rm.name  # doctest: +SKIP
         '0.5*<lambda> + 1*gold:sentiment'
     """
+    device = resolve_device(device, "reward model device")
     if isinstance(spec, _ADAPTERS):
         return spec
     if isinstance(spec, str) and spec in ("default", "gold"):
@@ -111,13 +115,14 @@ def resolve_reward_model(
 
 
 def load_reward_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> HFClassifierReward:
-    """The reward model in directory ``path``, loaded once per process per (resolved path, device).
+    """The reward model in directory ``path``, loaded once per process per (resolved path, device) onto
+    ``device`` (``"cpu"``, ``"auto"``, ``"cuda[:N]"`` or a ``torch.device``).
 
     A directory with ``textenv_reward.json`` gives a :class:`LearnedRewardModel`, any other
     sequence-classification directory an :class:`HFClassifierReward` with the default label. The same
     object is returned on every call (never copied); ``load_reward_model.cache_clear()`` forgets them.
     """
-    return _load_reward_dir(str(check_model_dir(path)), str(torch.device(device)))
+    return _load_reward_dir(str(check_model_dir(path)), str(resolve_device(device, "reward model device")))
 
 
 @functools.lru_cache(maxsize=16)
