@@ -151,7 +151,7 @@ def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | Non
     batch_prompts = env.prompts()
     rollout_s = time.perf_counter() - t0
     q_dev, m_dev = tokens.to(device), mask.to(device)
-    ref = (policy.ref_logprobs(query_ids, query_mask, q_dev, m_dev).cpu() if with_ref and policy.ref_model is not None
+    ref = (policy.ref_logprobs(query_ids, query_mask, q_dev, m_dev).cpu() if with_ref and policy.has_reference
            else torch.zeros(B, T_used))
     return RolloutBatch(
         query_ids=query_ids.cpu(), query_mask=query_mask.cpu(), tokens=tokens, mask=mask,
