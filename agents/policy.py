@@ -388,9 +388,14 @@ class LMPolicy(nn.Module):
         if enabled:
             if not getattr(self.model, "supports_gradient_checkpointing", False):
                 raise ValueError(f"{type(self.model).__name__} does not support gradient checkpointing")
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.x renamed it activation_checkpointing_enable; earlier versions have only the old name
+            enable = getattr(self.model, "activation_checkpointing_enable", None) or \
+                self.model.gradient_checkpointing_enable
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         elif self.gradient_checkpointing:
-            self.model.gradient_checkpointing_disable()
+            disable = getattr(self.model, "activation_checkpointing_disable", None) or \
+                self.model.gradient_checkpointing_disable
+            disable()
         self.gradient_checkpointing = enabled
         return self
 
