@@ -389,9 +389,11 @@ class LMPolicy(nn.Module):
             if not getattr(self.model, "supports_gradient_checkpointing", False):
                 raise ValueError(f"{type(self.model).__name__} does not support gradient checkpointing")
             # transformers 5.x renamed it activation_checkpointing_enable; earlier versions have only the old name
-            enable = getattr(self.model, "activation_checkpointing_enable", None) or \
-                self.model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}  # no inputs that need grad (LoRA freezes the embeddings)
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         elif self.gradient_checkpointing:
             disable = getattr(self.model, "activation_checkpointing_disable", None) or \
                 self.model.gradient_checkpointing_disable
