@@ -339,8 +339,10 @@ class LMPolicy(nn.Module):
             raise ImportError("LoRA needs peft: pip install 'textenv[lora]'") from None
         model_type = str(getattr(self.model.config, "model_type", ""))
         targets = resolve_lora_targets(model_type, target_modules)
-        config = peft.LoraConfig(r=r, lora_alpha=float(alpha), target_modules=targets, lora_dropout=0.0,
-                                 bias="none", fan_in_fan_out=model_type == "gpt2")  # GPT-2's Conv1D is (in, out)
+        # peft annotates lora_alpha as int but scales by lora_alpha / r: a float alpha works (and is saved)
+        config = peft.LoraConfig(r=r, lora_alpha=float(alpha), target_modules=targets,  # type: ignore[arg-type]
+                                 lora_dropout=0.0, bias="none",
+                                 fan_in_fan_out=model_type == "gpt2")  # GPT-2's Conv1D is (in, out)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
