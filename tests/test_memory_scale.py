@@ -224,3 +224,36 @@ def test_a_head_smaller_than_the_vocabulary_is_still_refused(tiny_tokenizer):
     with pytest.raises(ValueError, match=rf"{V} tokens but the policy's LM head has {V + 2} logits"):
         check_policy_fits_env(make_policy(tiny_tokenizer, head_rows=V + 2), envs, larger_head=False)
     GRPO(envs, policy=make_policy(tiny_tokenizer), batch_size=4, group_size=2).learn(4, progress=False)
+
+
+# ------------------------------------------------------------------------------ the memory benchmark
+def test_memory_benchmark_cases_run_at_smoke_size(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
+    from benchmarks import memory
+
+    for name in ("unchunked", "chunked"):
+        r = memory.run_logprob_case(name, memory.SMOKE)
+        assert r["peak_rss_mib"] >= r["baseline_rss_mib"] > 0 and r["V"] == memory.SMOKE["vocab"]
+    r = memory.run_grpo_case("lora", memory.SMOKE)
+    assert 0 < r["trainable_params"] < r["params"] and r["peak_rss_mib"] > 0
+
+
+def test_memory_benchmark_smoke_never_writes_the_committed_results(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    results = repo / "benchmarks" / "results" / "memory-cpu.json"
+    before = results.read_bytes() if results.exists() else None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--smoke", "--cases", "logprob:chunked",
+                           "--threads", "1"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (results.read_bytes() if results.exists() else None) == before
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--cases", "grpo:nope"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "unknown case 'grpo:nope'" in proc.stderr
