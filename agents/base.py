@@ -19,7 +19,7 @@ import torch
 
 from agents.contract import evaluation_seed
 from agents.core import KLKind
-from agents.policy import LMPolicy
+from agents.policy import LMPolicy, resolve_lora_targets
 from agents.rollout import (
     RolloutBatch,
     check_env,
@@ -58,6 +58,10 @@ class AgentConfig:
     seed: int = 0  # seed of the rollouts and of the evaluation stream
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str = "auto"  # "auto" (bf16 on GPUs that support it, else fp32) | "float32" | "bfloat16"
+    gradient_checkpointing: bool = False  # recompute the trunk's activations in the backward (less memory)
+    lora_r: int | None = None  # LoRA rank (peft, pip install 'textenv[lora]'); unset: full fine-tuning
+    lora_alpha: float | None = None  # LoRA scale alpha (the update is alpha / r times B A); unset: 2 * lora_r
+    lora_target_modules: str = "auto"  # LoRA layers: auto (by architecture), all-linear, or comma-separated names
 
     def __post_init__(self) -> None:
         self.check_types()
@@ -77,6 +81,11 @@ class AgentConfig:
                 if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                     raise ValueError(f"{f.name} must be an integer, got {v!r}")
                 setattr(self, f.name, int(v))  # numpy ints become plain ints (JSON in checkpoints)
+            elif default is None and f.type in ("int | None", "Optional[int]"):  # e.g. lora_r
+                if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                    raise ValueError(f"{f.name} must be None or an integer, got {v!r}")
+                if v is not None:
+                    setattr(self, f.name, int(v))
             elif isinstance(default, float) or (default is None and isinstance(v, (int, float))):
                 if v is None and default is None:
                     continue
@@ -117,6 +126,14 @@ class AgentConfig:
         self.device = check_device(self.device)  # a torch.device becomes its string (checkpoints are JSON)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.lora_r is not None:
+            self.check_ints("lora_r")
+        if self.lora_alpha is not None:
+            if self.lora_r is None:
+                raise ValueError(f"lora_alpha {self.lora_alpha!r} is given but lora_r is not (LoRA is off)")
+            if not self.lora_alpha > 0:
+                raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        resolve_lora_targets("", self.lora_target_modules)  # a bad name list raises here, naming it
 
 
 def read_agent_meta(meta_file: str | os.PathLike[str]) -> dict[str, Any]:
@@ -141,11 +158,12 @@ def policy_context_length(model: Any) -> int | None:
     return None
 
 
-def check_policy_fits_env(policy: LMPolicy, env: Any) -> None:
+def check_policy_fits_env(policy: LMPolicy, env: Any, *, larger_head: bool = True) -> None:
     """Refuse, with a ``ValueError`` naming both numbers, a policy that cannot act in ``env``:
 
-    - its LM head does not have one logit per token of the env's action space (fewer: it cannot emit some
-      tokens; more: it would sample ids the env refuses), or its embedding has fewer rows than the env's
+    - its LM head has fewer logits than the env's action space has tokens (it cannot emit some), or more and
+      ``larger_head`` is False or the policy would use them (its ``vocab_size``: it would sample ids the env
+      refuses; an :class:`LMPolicy` uses only its tokenizer's first ``len(tokenizer)``), or its embedding has fewer rows than the env's
       vocabulary (it cannot read some tokens);
     - its tokenizer has another size, or the same size but other tokens, than the env's (the policy would read
       ids as other text);
@@ -154,7 +172,9 @@ def check_policy_fits_env(policy: LMPolicy, env: Any) -> None:
     env_tok = getattr(env, "tokenizer", None)
     n_actions = int(env.vocab_size)
     n_logits = int(policy.lm_head.weight.shape[0])
-    if n_logits != n_actions:
+    # a head padded beyond the vocabulary (Qwen: 151936 rows, 151665 tokens) is fine for an LMPolicy, which
+    # only uses its first vocab_size logits; SB3's policy samples from all of them (larger_head=False)
+    if n_logits < n_actions or (n_logits > n_actions and (not larger_head or policy.vocab_size != n_actions)):
         raise ValueError(f"vocabulary mismatch: the env's tokenizer has {n_actions} tokens but the policy's LM head "
                          f"has {n_logits} logits; use a policy trained with the env's tokenizer (or pass the "
                          f"policy's tokenizer to the env: env_kwargs={{'tokenizer': ...}})")
@@ -252,12 +272,14 @@ class Agent(ABC):
                 self.policy.temperature = float(self.config.temperature)
             else:
                 self.config = dataclasses.replace(self.config, temperature=self.policy.temperature)
-        else:
-            self.policy = LMPolicy.from_pretrained(policy, temperature=self.config.temperature)
+        else:  # with LoRA the reference is the adapter-disabled base: no copy
+            self.policy = LMPolicy.from_pretrained(policy, temperature=self.config.temperature,
+                                                   with_reference=self.config.lora_r is None)
             # a directory is recorded absolute (the reference is reloaded from it); "tiny" is random, so a
             # checkpoint stores its reference (see save)
             self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", "tiny")
                                   else str(policy))
+        self._apply_memory_settings()  # LoRA first: with it the reference is the model itself, not cast
         self.dtype: torch.dtype = resolve_dtype(self.config.dtype, self.device)
         self.policy.set_dtype(self.dtype)  # before the move: a bf16 reference goes to the GPU at half the size
         self.policy.to(self.device)
@@ -284,6 +306,22 @@ class Agent(ABC):
         self.episodes = 0
         self.iteration = 0
         self.history: list[dict[str, float]] = []
+
+    def _apply_memory_settings(self) -> None:
+        """LoRA and gradient checkpointing of the config on the policy (issue 11 item 5). A policy that already
+        has an adapter (a loaded checkpoint, a user's) keeps it; the config then records its settings."""
+        cfg, lora = self.config, self.policy.lora_settings
+        if lora is not None:
+            if cfg.lora_r is not None and (cfg.lora_r != lora["r"] or (cfg.lora_alpha is not None
+                                                                       and cfg.lora_alpha != lora["alpha"])):
+                raise ValueError(f"the policy already has a LoRA adapter (r={lora['r']}, alpha={lora['alpha']}) "
+                                 f"but the config asks for lora_r={cfg.lora_r}, lora_alpha={cfg.lora_alpha}")
+            self.config = dataclasses.replace(cfg, lora_r=lora["r"], lora_alpha=lora["alpha"])
+        elif cfg.lora_r is not None:
+            self.policy.enable_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)
+            self.config = dataclasses.replace(cfg, lora_alpha=self.policy.lora_settings["alpha"])  # type: ignore[index]
+        if cfg.gradient_checkpointing:
+            self.policy.set_gradient_checkpointing(True)
 
     # ------------------------------------------------------------------------------ per algorithm
     def rollout_size(self) -> int:
@@ -457,8 +495,9 @@ class Agent(ABC):
 
         source = meta.get("policy_source")
         ref_dir = path / "reference"
-        ref = (load_causal_lm(ref_dir) if ref_dir.is_dir() else load_causal_lm(source) if source is not None
-               else None)
+        lora = (path / "policy" / "adapter").is_dir()  # the reference is the policy's own base
+        ref = (None if lora else load_causal_lm(ref_dir) if ref_dir.is_dir()
+               else load_causal_lm(source) if source is not None else None)
         policy = LMPolicy.from_pretrained(path / "policy", ref_model=ref, temperature=config.temperature,
                                           with_reference=ref is not None)
         env, env_kwargs = rebuild_env(meta, str(meta_file), env, env_kwargs)

@@ -3,6 +3,12 @@
 Acting (:meth:`LMPolicy.start` / :meth:`LMPolicy.step` / :meth:`LMPolicy.end`) runs the trunk through
 :class:`textenv.decoding.KVDecoder`, the one cached decoder of the project; training reads per-token
 log-probs, values and entropy of whole completions from one forward (:meth:`LMPolicy.per_token_logps`).
+
+Memory (issue 11 item 5): the LM head is applied in chunks of completion tokens (:func:`chunked_logps_entropy`),
+so the ``(B, T, V)`` float32 logits never exist at once, in the forward or the backward; a LoRA policy
+(:meth:`LMPolicy.enable_lora`, through ``peft``) uses its own base with the adapters disabled as the reference
+instead of a second copy; :meth:`LMPolicy.set_gradient_checkpointing` recomputes the trunk's layers in the
+backward of the training forward.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from agents.core import entropy_from_logits, logprobs_from_logits
 from textenv.decoding import KVDecoder, positions_from_mask, sample_categorical
 from textenv.models import quiet_progress
 
@@ -76,6 +84,84 @@ def new_value_head(hidden: int, device: torch.device | str | None = None) -> nn.
     return head
 
 
+#: the most float32 logits one chunk of :func:`chunked_logps_entropy` holds (64 MiB): 440 tokens at a 150k
+#: vocabulary, the whole batch at the shipped 1.4k one (where the chunking is then a no-op)
+LOGITS_CHUNK_ELEMENTS = 2**24
+
+#: LoRA target modules by ``config.model_type`` (every linear layer of the blocks; the LM head is never
+#: adapted); other architectures get peft's ``"all-linear"``
+LORA_TARGET_MODULES: dict[str, list[str]] = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    **{t: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+       for t in ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")},
+}
+
+
+def _chunk_logps_entropy(h: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of ``tokens`` (N,) and entropy (N,) (empty unless ``with_entropy``) under
+    ``h (N, H) @ weight.T`` at ``temperature``, in float32."""
+    logits = F.linear(h, weight, bias).float() / temperature  # (N, V)
+    logz = torch.logsumexp(logits, dim=-1)  # (N,)
+    logp = logits.gather(-1, tokens[:, None]).squeeze(-1) - logz  # (N,)
+    if not with_entropy:
+        return logp, logp.new_empty(0)
+    entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # (N,)
+    return logp, entropy
+
+
+def chunked_logps_entropy(h: torch.Tensor, tokens: torch.Tensor, head: nn.Linear, *, temperature: float = 1.0,
+                          vocab_size: int | None = None, chunk_tokens: int | None = None,
+                          with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropy ``(B, T)`` (float32) of ``tokens`` under ``head(h) / temperature``,
+    without the ``(B, T, V)`` logits: the head is applied to ``chunk_tokens`` tokens at a time (default: as
+    many as :data:`LOGITS_CHUNK_ELEMENTS` float32 logits allow; the entropy is empty without
+    ``with_entropy``). Under autograd each chunk is checkpointed
+    (``torch.utils.checkpoint``), so the backward recomputes one chunk's logits at a time instead of keeping
+    every chunk's; with one chunk it is the plain computation.
+
+    Only the first ``vocab_size`` logits are used (the tokenizer's tokens): a head padded beyond the
+    vocabulary (Qwen's 151936 rows for 151665 tokens) never gives the padding any probability.
+
+    Example:
+        >>> head = nn.Linear(4, 10)
+        >>> logp, ent = chunked_logps_entropy(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), head,
+        ...                                   chunk_tokens=2)
+        >>> logp.shape, ent.shape
+        (torch.Size([2, 3]), torch.Size([2, 3]))
+    """
+    if h.shape[:-1] != tokens.shape:
+        raise ValueError(f"hidden states {tuple(h.shape)} do not match tokens {tuple(tokens.shape)}")
+    n_rows = int(head.weight.shape[0])
+    V = n_rows if vocab_size is None else int(vocab_size)
+    if not 1 <= V <= n_rows:
+        raise ValueError(f"vocab_size must be in [1, {n_rows}] (the head's rows), got {vocab_size!r}")
+    weight = head.weight if V == n_rows else head.weight[:V]  # (V, H)
+    bias = head.bias if head.bias is None or V == n_rows else head.bias[:V]
+    if chunk_tokens is None:
+        chunk_tokens = max(1, LOGITS_CHUNK_ELEMENTS // V)
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
+    B, T = tokens.shape
+    flat_h, flat_tokens = h.reshape(B * T, h.shape[-1]), tokens.reshape(B * T)  # (N, H), (N,)
+    if B * T <= chunk_tokens:
+        logp, entropy = _chunk_logps_entropy(flat_h, flat_tokens, weight, bias, temperature, with_entropy)
+        return logp.view(B, T), entropy.view(B, T) if with_entropy else entropy
+    grad = torch.is_grad_enabled() and (flat_h.requires_grad or weight.requires_grad)
+    logps, entropies = [], []
+    for start in range(0, B * T, chunk_tokens):
+        h_c, t_c = flat_h[start:start + chunk_tokens], flat_tokens[start:start + chunk_tokens]
+        if grad:  # saves h_c only; the backward recomputes this chunk's logits
+            lp, ent = checkpoint(_chunk_logps_entropy, h_c, t_c, weight, bias, temperature, with_entropy,
+                                 use_reentrant=False)
+        else:
+            lp, ent = _chunk_logps_entropy(h_c, t_c, weight, bias, temperature, with_entropy)
+        logps.append(lp)
+        entropies.append(ent)
+    entropy = torch.cat(entropies)
+    return torch.cat(logps).view(B, T), entropy.view(B, T) if with_entropy else entropy
+
+
 class LMPolicy(nn.Module):
     """A causal LM policy with a scalar value head on the last hidden state, and a frozen reference copy.
 
@@ -94,7 +180,7 @@ class LMPolicy(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer: Any, ref_model: nn.Module | None = None, *,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 with_reference: bool = True) -> None:
+                 with_reference: bool = True, logits_chunk: int | None = None) -> None:
         super().__init__()
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
                 math.isfinite(temperature) and temperature > 0):
@@ -104,13 +190,21 @@ class LMPolicy(nn.Module):
         if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
                                   or not 0 < top_p <= 1):
             raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+        if logits_chunk is not None and (isinstance(logits_chunk, bool) or not isinstance(logits_chunk, int)
+                                         or logits_chunk < 1):
+            raise ValueError(f"logits_chunk must be None or an integer >= 1, got {logits_chunk!r}")
         if top_k is not None or top_p is not None:
             warnings.warn("top_k/top_p truncate the sampling distribution: log-probs and the KL to the "
                           "reference are those of the truncated policy (biased)", stacklevel=2)
         self.model: Any = fuse_activations(model)  # a transformers causal LM (any AutoModelForCausalLM)
         self.tokenizer = tokenizer
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
-        hidden = _lm_head(model).weight.shape[1]
+        head_rows, hidden = _lm_head(model).weight.shape
+        #: the logits used: the tokenizer's tokens (a head padded beyond them never samples the padding ids)
+        self.vocab_size = min(int(head_rows), len(tokenizer)) if hasattr(tokenizer, "__len__") else int(head_rows)
+        #: completion tokens per chunk of the LM head in training forwards (None: LOGITS_CHUNK_ELEMENTS logits)
+        self.logits_chunk = logits_chunk
+        self.gradient_checkpointing = False
         self.value_head = new_value_head(hidden)
         if ref_model is None and with_reference:
             ref_model = copy.deepcopy(model)
@@ -120,6 +214,7 @@ class LMPolicy(nn.Module):
             ref_model.requires_grad_(False)
         # kept out of the module tree: it is frozen, not trained, not in state_dict / optimizer
         self.__dict__["ref_model"] = ref_model
+        self.__dict__["peft_model"] = None  # the peft wrapper of ``model`` once LoRA is on (enable_lora)
         self._decoder: KVDecoder | None = None  # the acting KV cache, between start() and end()
         self.compute_dtype: torch.dtype = torch.float32  # see set_dtype: bfloat16 = every forward under autocast
 
@@ -129,8 +224,8 @@ class LMPolicy(nn.Module):
                         **kwargs: Any) -> LMPolicy:
         """A policy from ``"default"`` (the shipped fine-tuned LM), ``"tiny"`` or a model directory.
 
-        A directory written by :meth:`save` restores the value head and the sampling settings (temperature,
-        top_k, top_p) too. The tokenizer defaults to the one saved with the model, else the shipped one.
+        A directory written by :meth:`save` restores the value head, the sampling settings (temperature,
+        top_k, top_p) and a LoRA adapter (``adapter/``, see :meth:`save`) too. The tokenizer defaults to the one saved with the model, else the shipped one.
         """
         from textenv.models import load_causal_lm, load_tokenizer
 
@@ -155,6 +250,9 @@ class LMPolicy(nn.Module):
         except (TypeError, ValueError) as exc:
             where = f" (from {str(saved)!r})" if path.is_dir() and saved.exists() else ""
             raise ValueError(f"bad policy settings{where}: {exc}") from None
+        adapter = path / "adapter"
+        if path.is_dir() and adapter.is_dir():
+            policy.load_lora(adapter)
         head = path / "value_head.safetensors"
         if path.is_dir() and head.exists():
             from safetensors.torch import load_file
@@ -167,13 +265,20 @@ class LMPolicy(nn.Module):
         return policy
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the LM (``save_pretrained``), tokenizer and value head into directory ``path``."""
+        """Write the LM (``save_pretrained``), tokenizer and value head into directory ``path``.
+
+        With LoRA on, the LM written is the frozen base (a plain model directory) and ``adapter/`` holds the
+        adapter (peft's ``save_pretrained``: ``adapter_config.json``, ``adapter_model.safetensors``)."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with quiet_progress():
-            self.model.save_pretrained(str(path))
+            if self.peft_model is None:
+                self.model.save_pretrained(str(path))
+            else:  # the frozen base as a plain model directory, and the adapter beside it
+                self.model.save_pretrained(str(path), state_dict=base_state_dict(self.model))
+                self.peft_model.save_pretrained(str(path / "adapter"), safe_serialization=True)
         self.tokenizer.save_pretrained(str(path))
         save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()},
                   str(path / "value_head.safetensors"))
@@ -191,7 +296,127 @@ class LMPolicy(nn.Module):
 
     @property
     def ref_model(self) -> Any:
+        """The frozen reference model, or None (no reference, or LoRA: see :attr:`has_reference`)."""
         return self.__dict__["ref_model"]
+
+    @property
+    def peft_model(self) -> Any:
+        """The peft wrapper of :attr:`model` when LoRA is on, else None."""
+        return self.__dict__["peft_model"]
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether :meth:`ref_logprobs` works: a reference model, or LoRA (the base without the adapters)."""
+        return self.ref_model is not None or self.peft_model is not None
+
+    @property
+    def lora_settings(self) -> dict[str, Any] | None:
+        """``{"r", "alpha", "target_modules"}`` of the LoRA adapter, or None when LoRA is off."""
+        if self.peft_model is None:
+            return None
+        cfg = self.peft_model.peft_config["default"]
+        targets = cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
+        return {"r": int(cfg.r), "alpha": float(cfg.lora_alpha), "target_modules": targets}
+
+    # ------------------------------------------------------------------------------------ memory
+    def enable_lora(self, r: int, alpha: float | None = None, target_modules: str | list[str] = "auto") -> LMPolicy:
+        """Train a LoRA adapter (``peft``) of rank ``r`` and scale ``alpha / r`` (default alpha: ``2 r``)
+        instead of the LM's weights, which are frozen; the value head stays trainable.
+
+        ``target_modules``: ``"auto"`` (every linear layer of the blocks, by architecture, see
+        :data:`LORA_TARGET_MODULES`), ``"all-linear"``, or module names (a list or a comma-separated string).
+        The reference model is dropped: the reference is now this model with the adapters disabled.
+        """
+        if self.peft_model is not None:
+            raise ValueError("LoRA is already enabled on this policy")
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"lora_r must be an integer >= 1, got {r!r}")
+        alpha = 2.0 * r if alpha is None else alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"lora_alpha must be a finite number > 0, got {alpha!r}")
+        try:
+            import peft
+        except ImportError:
+            raise ImportError("LoRA needs peft: pip install 'textenv[lora]'") from None
+        model_type = str(getattr(self.model.config, "model_type", ""))
+        targets = resolve_lora_targets(model_type, target_modules)
+        # peft annotates lora_alpha as int but scales by lora_alpha / r: a float alpha works (and is saved)
+        config = peft.LoraConfig(r=r, lora_alpha=float(alpha), target_modules=targets,  # type: ignore[arg-type]
+                                 lora_dropout=0.0, bias="none",
+                                 fan_in_fan_out=model_type == "gpt2")  # GPT-2's Conv1D is (in, out)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+                peft_model = peft.get_peft_model(self.model, config)
+        except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
+            raise ValueError(f"lora_target_modules {target_modules!r} ({targets!r}) do not fit this "
+                             f"{type(self.model).__name__}: {str(exc).splitlines()[0]}"[:400]) from None
+        self._adopt_peft(peft_model)
+        return self
+
+    def load_lora(self, adapter_dir: str | os.PathLike[str]) -> LMPolicy:
+        """Put the LoRA adapter saved in ``adapter_dir`` (by :meth:`save`) on this policy's LM, trainable."""
+        path = Path(adapter_dir)
+        if self.peft_model is not None:
+            raise ValueError("LoRA is already enabled on this policy")
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (path / name).is_file():
+                raise ValueError(f"LoRA adapter directory {str(path)!r} has no {name}")
+        try:
+            import peft
+        except ImportError:
+            raise ImportError(f"{str(path)!r} holds a LoRA adapter, which needs peft: "
+                              f"pip install 'textenv[lora]'") from None
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+                peft_model = peft.PeftModel.from_pretrained(self.model, str(path), is_trainable=True)
+        except Exception as exc:  # a bad config, other shapes, a truncated file
+            raise ValueError(f"cannot load the LoRA adapter {str(path)!r}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}"[:400]) from None
+        self._adopt_peft(peft_model)
+        return self
+
+    def _adopt_peft(self, peft_model: Any) -> None:
+        if peft_model.get_base_model() is not self.model:
+            raise RuntimeError("peft wrapped a copy of the LM instead of injecting the adapter in place")
+        self.__dict__["peft_model"] = peft_model  # kept out of the module tree: its modules are self.model's
+        self.__dict__["ref_model"] = None  # the reference is the base: ref_logprobs disables the adapters
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> LMPolicy:
+        """Recompute the trunk's layer activations in the backward of training forwards (less memory, about a
+        third more compute). Acting (the KV cache) and the reference are not affected."""
+        if not isinstance(enabled, bool):
+            raise ValueError(f"gradient_checkpointing must be a bool, got {enabled!r}")
+        if enabled:
+            if not getattr(self.model, "supports_gradient_checkpointing", False):
+                raise ValueError(f"{type(self.model).__name__} does not support gradient checkpointing")
+            # transformers 5.x renamed it activation_checkpointing_enable; earlier versions have only the old name
+            kwargs = {"use_reentrant": False}  # no inputs that need grad (LoRA freezes the embeddings)
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        elif self.gradient_checkpointing:
+            disable = getattr(self.model, "activation_checkpointing_disable", None) or \
+                self.model.gradient_checkpointing_disable
+            disable()
+        self.gradient_checkpointing = enabled
+        return self
+
+    @contextlib.contextmanager
+    def _checkpointed_layers(self) -> Iterator[None]:
+        """While a training forward runs, mark the checkpointing layers as training (transformers only
+        checkpoints a layer in training mode), leaving their dropout modules in eval."""
+        layers = ([m for m in self.model.modules() if getattr(m, "gradient_checkpointing", False) is True
+                   and not m.training] if self.gradient_checkpointing and torch.is_grad_enabled() else [])
+        for m in layers:
+            m.training = True
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.training = False
 
     def to(self, *args: Any, **kwargs: Any) -> LMPolicy:  # type: ignore[override]
         super().to(*args, **kwargs)
@@ -267,24 +492,42 @@ class LMPolicy(nn.Module):
             return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:
-        logits = self.lm_head(h)  # (B, V)
+        logits = self._head_logits(h)  # (B, V)
         actions, logprobs = self._sample(logits, generator)
         values = self.value_head(h).squeeze(-1).float() if with_values else None
         return StepOutput(actions, logprobs, values)
+
+    def _head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head's logits of the tokenizer's tokens only (``vocab_size``; a padded head has more rows)."""
+        head = self.lm_head
+        if head.weight.shape[0] == self.vocab_size:
+            return head(h)
+        bias = None if head.bias is None else head.bias[:self.vocab_size]
+        return F.linear(h, head.weight[:self.vocab_size], bias)
 
     def end(self) -> None:
         """Free the KV cache."""
         self._decoder = None
 
     # ------------------------------------------------------------------------------------ training
-    def _completion_logits(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
-                           tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _completion_hidden(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
+                           tokens: torch.Tensor) -> torch.Tensor:
+        """The trunk's hidden states ``(B, T, H)`` before each completion token (one forward, no cache)."""
         P = query_ids.shape[1]
         ids = torch.cat([query_ids, tokens], dim=1)  # (B, P+T)
         attn = torch.cat([query_mask.long(), torch.ones_like(tokens)], dim=1)  # (B, P+T)
-        out = self._trunk(model, ids, attn, positions_from_mask(attn))
-        h = out.last_hidden_state[:, P - 1:-1]  # (B, T, H): the state before each completion token
-        logits = _lm_head(model)(h).float() / self.temperature  # (B, T, V)
+        with self._checkpointed_layers():
+            out = self._trunk(model, ids, attn, positions_from_mask(attn))
+        return out.last_hidden_state[:, P - 1:-1]  # (B, T, H): the state before each completion token
+
+    def _completion_logits(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
+                           tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole ``(B, T, V)`` float32 logits and ``(B, T, H)`` hidden states; for tests and probes only
+        (training goes through :func:`chunked_logps_entropy`, which never builds them)."""
+        h = self._completion_hidden(model, query_ids, query_mask, tokens)
+        head = _lm_head(model)
+        bias = None if head.bias is None else head.bias[:self.vocab_size]
+        logits = F.linear(h, head.weight[:self.vocab_size], bias).float() / self.temperature  # (B, T, V)
         return logits, h
 
     def per_token_logps(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
@@ -293,19 +536,69 @@ class LMPolicy(nn.Module):
         grad (the training forward).
 
         ``mask`` marks real completion tokens; positions after an episode's end get values too, which the
-        losses mask out.
+        losses mask out. The logits are computed in chunks of :attr:`logits_chunk` tokens (see
+        :func:`chunked_logps_entropy`).
         """
         with self.autocast():
-            logits, h = self._completion_logits(self.model, query_ids, query_mask, tokens, mask)
+            h = self._completion_hidden(self.model, query_ids, query_mask, tokens)
+            logprobs, entropy = chunked_logps_entropy(h, tokens, self.lm_head, temperature=self.temperature,
+                                                      vocab_size=self.vocab_size, chunk_tokens=self.logits_chunk)
             values = self.value_head(h).squeeze(-1).float()  # (B, T); h is bf16 under autocast
-        return PerTokenLogps(logprobs_from_logits(logits, tokens), values, entropy_from_logits(logits))
+        return PerTokenLogps(logprobs, values, entropy)
 
     @torch.no_grad()
     def ref_logprobs(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
                      mask: torch.Tensor) -> torch.Tensor:
-        """Per-token log-probs ``(B, T)`` of ``tokens`` under the frozen reference model."""
+        """Per-token log-probs ``(B, T)`` of ``tokens`` under the frozen reference model (with LoRA: this
+        model with its adapters disabled)."""
+        if self.peft_model is not None:
+            with self.peft_model.disable_adapter():
+                return self._ref_logprobs(self.model, query_ids, query_mask, tokens)
         if self.ref_model is None:
             raise RuntimeError("this policy was built with with_reference=False")
+        return self._ref_logprobs(self.ref_model, query_ids, query_mask, tokens)
+
+    def _ref_logprobs(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
+                      tokens: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            logits, _ = self._completion_logits(self.ref_model, query_ids, query_mask, tokens, mask)
-        return logprobs_from_logits(logits, tokens)
+            h = self._completion_hidden(model, query_ids, query_mask, tokens)
+            logprobs, _ = chunked_logps_entropy(h, tokens, _lm_head(model), temperature=self.temperature,
+                                                vocab_size=self.vocab_size, chunk_tokens=self.logits_chunk,
+                                                with_entropy=False)
+        return logprobs
+
+
+def resolve_lora_targets(model_type: str, target_modules: str | list[str] = "auto") -> str | list[str]:
+    """The LoRA target modules for ``target_modules`` on a ``model_type`` model: ``"auto"`` gives
+    :data:`LORA_TARGET_MODULES` of the architecture (``"all-linear"`` for others); a comma-separated string
+    or list gives those names.
+
+    Example:
+        >>> resolve_lora_targets("gpt2")
+        ['c_attn', 'c_proj', 'c_fc']
+    """
+    if isinstance(target_modules, str):
+        if target_modules == "auto":
+            return list(LORA_TARGET_MODULES[model_type]) if model_type in LORA_TARGET_MODULES else "all-linear"
+        if target_modules == "all-linear":
+            return "all-linear"
+        names = [n.strip() for n in target_modules.split(",")]
+    elif isinstance(target_modules, (list, tuple)) and all(isinstance(n, str) for n in target_modules):
+        names = [n.strip() for n in target_modules]
+    else:
+        raise ValueError(f"lora_target_modules must be 'auto', 'all-linear' or module names, got {target_modules!r}")
+    if not names or any(not n or not n.replace("_", "").replace(".", "").isalnum() for n in names):
+        raise ValueError(f"lora_target_modules must be 'auto', 'all-linear' or comma-separated module names, "
+                         f"got {target_modules!r}")
+    return names
+
+
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of a model with LoRA layers injected (peft), as the plain model's: the adapters'
+    tensors dropped and ``base_layer.`` removed from the wrapped layers' names."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if any(part.startswith("lora_") for part in key.split(".")):
+            continue
+        out[key.replace(".base_layer.", ".")] = value
+    return out

@@ -153,7 +153,7 @@ def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | Non
     tokens = tokens[:, :T_used].masked_fill(mask == 0, env.pad_id)
     batch_prompts = env.prompts()
     rollout_s = time.perf_counter() - t0
-    ref = (policy.ref_logprobs(query_ids, query_mask, tokens, mask) if with_ref and policy.ref_model is not None
+    ref = (policy.ref_logprobs(query_ids, query_mask, tokens, mask) if with_ref and policy.has_reference
            else torch.zeros(B, T_used, device=device))
     host = torch.from_numpy(np.concatenate([rewards[:, :T_used], scores[:, None], gold[:, None]], axis=1))
     host = host.float().to(device)  # (B, T_used + 2): rewards, scores and gold in one upload

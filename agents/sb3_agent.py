@@ -155,7 +155,7 @@ class SB3Agent:
         self.envs: TextGenVectorEnv = gym.make_vec(  # type: ignore[assignment]
             env, num_envs=64, autoreset_mode=AutoresetMode.DISABLED, **make_kwargs).unwrapped
         self.n_envs = n_envs
-        check_policy_fits_env(self.policy, self.envs)
+        check_policy_fits_env(self.policy, self.envs, larger_head=False)  # SB3 samples from every logit
         self.episodes = 0
         #: the target of the last learn call if it was reached (its episodes past it count toward the next
         #: call's), ``None`` before any, while one runs, or after one stopped early
