@@ -120,13 +120,13 @@ FULL: dict[str, ModelSpec] = {
                                new_tokens=64, group_size=8, dtype="bfloat16", rounds=3, arch="llama",
                                n_kv_head=8, intermediate_size=8192, lora_r=16, lora_alpha=32),
 }
-#: the same two shapes, tiny: seconds on a CPU, numbers meaningless
+#: the same two shapes, tiny: seconds on a CPU, numbers meaningless (one with each vocabulary)
 SMOKE: dict[str, ModelSpec] = {
     "gpt2-small": ModelSpec("gpt2-small", n_layer=1, n_embd=32, n_head=2, batch=4, prompt_tokens=4, new_tokens=4,
                             group_size=2, dtype="bfloat16", rounds=1, vocab="shipped"),
     "llama-1b-lora": ModelSpec("llama-1b-lora", n_layer=2, n_embd=64, n_head=4, batch=4, prompt_tokens=4,
                                new_tokens=4, group_size=2, dtype="bfloat16", rounds=1, arch="llama", n_kv_head=2,
-                               intermediate_size=128, lora_r=4, lora_alpha=8, vocab="shipped"),
+                               intermediate_size=128, lora_r=4, lora_alpha=8, vocab="gpt2"),
 }
 
 
@@ -413,11 +413,13 @@ def _freed(device: torch.device) -> Iterator[None]:
 
 def measure_model(spec: ModelSpec, device: torch.device, use_trl: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
-    with _freed(device):
-        bench = GpuBench(spec, device, use_trl=use_trl)
+    with _freed(device), tempfile.TemporaryDirectory(prefix="textenv-gpu-") as workdir:
+        bench = GpuBench(spec, device, use_trl=use_trl, workdir=Path(workdir))
         built = time.perf_counter() - t0
         bench.run()
         res = bench.results()
+        model_info = bench.model_info
+        trl_model = type(getattr(bench.trl_trainer, "model", None)).__name__ if bench.trl_trainer else None
         del bench
     res_rows = res.pop("rows")
     return {"config": {**dataclasses.asdict(spec), "completion_tokens_per_run": spec.batch * spec.new_tokens,
@@ -428,7 +430,7 @@ def measure_model(spec: ModelSpec, device: torch.device, use_trl: bool) -> dict[
                                     "same model with the adapters disabled" if spec.lora_r else
                                     "a deep copy of the policy (ours and TRL's)",
                        "statistic": "median over rounds; ratios are medians of per-round ratios"},
-            **res, "rows": res_rows, "build_s": built, "wall_s": time.perf_counter() - t0}
+            "model": model_info, "trl_model_class": trl_model, **res, "rows": res_rows, "build_s": built, "wall_s": time.perf_counter() - t0}
 
 
 def run_benchmark(models: list[str], device: str = "auto", smoke: bool = False, dtype: str | None = None,
