@@ -72,6 +72,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -115,9 +116,9 @@ class ModelSpec(BenchConfig):
 
 FULL: dict[str, ModelSpec] = {
     "gpt2-small": ModelSpec("gpt2-small", n_layer=12, n_embd=768, n_head=12, batch=256, prompt_tokens=32,
-                            new_tokens=64, group_size=8, dtype="bfloat16", rounds=3),
+                            new_tokens=64, group_size=8, dtype="bfloat16", rounds=5),
     "llama-1b-lora": ModelSpec("llama-1b-lora", n_layer=16, n_embd=2048, n_head=32, batch=64, prompt_tokens=32,
-                               new_tokens=64, group_size=8, dtype="bfloat16", rounds=3, arch="llama",
+                               new_tokens=64, group_size=8, dtype="bfloat16", rounds=5, arch="llama",
                                n_kv_head=8, intermediate_size=8192, lora_r=16, lora_alpha=32),
 }
 #: the same two shapes, tiny: seconds on a CPU, numbers meaningless (one with each vocabulary)
@@ -290,6 +291,31 @@ class GpuBench(Bench):
 
             row.run = run
 
+    # -------------------------------------------------------------------- running
+    def run(self) -> None:
+        """:meth:`Bench.run`; if TRL fails while training (a one-shot device run cannot be redone cheaply),
+        its reason goes into the JSON and our rows are measured again without it."""
+        if self.trl_trainer is None:
+            super().run()
+            return
+        try:
+            super().run()
+        except Exception as exc:
+            import trl
+
+            self.trl_reason = (f"TRL {trl.__version__} GRPOTrainer failed while training: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}")[:500]
+            print(f"{self.cfg.name}: {self.trl_reason}; measuring our rows without it", flush=True)
+            self.rows.pop("trl_grpo", None)
+            self.trl_trainer = None
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            for row in self.rows.values():
+                row.seconds.clear()
+                row.extra.clear()
+            super().run()  # our rows fail here too if the error was ours: then it propagates
+
     # -------------------------------------------------------------------- the generate row
     def _build_generate(self) -> None:
         cfg, dev = self.cfg, self.device
@@ -430,7 +456,8 @@ def measure_model(spec: ModelSpec, device: torch.device, use_trl: bool) -> dict[
                                     "same model with the adapters disabled" if spec.lora_r else
                                     "a deep copy of the policy (ours and TRL's)",
                        "statistic": "median over rounds; ratios are medians of per-round ratios"},
-            "model": model_info, "trl_model_class": trl_model, **res, "rows": res_rows, "build_s": built, "wall_s": time.perf_counter() - t0}
+            "model": model_info, "trl_model_class": trl_model, **res, "rows": res_rows, "build_s": built,
+            "wall_s": time.perf_counter() - t0}
 
 
 def run_benchmark(models: list[str], device: str = "auto", smoke: bool = False, dtype: str | None = None,
@@ -442,9 +469,20 @@ def run_benchmark(models: list[str], device: str = "auto", smoke: bool = False, 
     path = output_path(json_path, dev, smoke)
     t0 = time.perf_counter()
     results = {}
+    failed = []
     for spec in specs:
         print(f"--- {spec.name} ...", flush=True)
-        results[spec.name] = measure_model(spec, dev, use_trl)
+        try:
+            results[spec.name] = measure_model(spec, dev, use_trl)
+        except Exception as exc:  # keep the other model's figures: the run is one-shot on a lent device
+            if smoke:
+                raise
+            failed.append(spec.name)
+            results[spec.name] = {"config": dataclasses.asdict(spec),
+                                  "error": f"{type(exc).__name__}: {str(exc)[:1000]}"}
+            traceback.print_exc()
+            print(f"{spec.name}: FAILED ({type(exc).__name__}); going on", flush=True)
+            continue
         print(report_model(spec.name, results[spec.name]), flush=True)
     v = throughput_versions()
     try:
@@ -463,6 +501,7 @@ def run_benchmark(models: list[str], device: str = "auto", smoke: bool = False, 
         "versions": v,
         "torch_threads": torch.get_num_threads(),
         "wall_s": time.perf_counter() - t0,
+        "failed": failed,
     }
     if path is None:
         path = Path(tempfile.mkdtemp(prefix="textenv-gpu-")) / "gpu.json"
@@ -497,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny models, one round: seconds (the test)")
     parser.add_argument("--models", default=",".join(FULL), help=f"comma-separated, of: {', '.join(FULL)}")
     parser.add_argument("--dtype", default=None, help="bfloat16 (the default) or float32")
-    parser.add_argument("--rounds", default=None, help="timed rounds per model (default 3; 1 with --smoke)")
+    parser.add_argument("--rounds", default=None, help="timed rounds per model (default 5; 1 with --smoke)")
     parser.add_argument("--no-trl", action="store_true", help="skip TRL's GRPOTrainer")
     parser.add_argument("--json", type=Path, default=None,
                         help="default: benchmarks/results/gpu.json in a full CUDA run, else a temporary directory")
@@ -529,9 +568,9 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
-    run_benchmark(models, device=args.device, smoke=args.smoke, dtype=args.dtype, rounds=rounds,
-                  use_trl=not args.no_trl, json_path=args.json, command=command.strip())
-    return 0
+    result, _ = run_benchmark(models, device=args.device, smoke=args.smoke, dtype=args.dtype, rounds=rounds,
+                              use_trl=not args.no_trl, json_path=args.json, command=command.strip())
+    return 1 if result["failed"] else 0
 
 
 if __name__ == "__main__":
