@@ -343,9 +343,17 @@ class Bench:
     def _policy(self, with_reference: bool) -> Any:
         from agents.policy import LMPolicy
 
-        model = load_model(self.model_dir, self.device, self.dtype)
+        model = self._load()
         policy = LMPolicy(model, self.tok, with_reference=with_reference)
         return policy.to(self.device, dtype=self.dtype) if self.dtype != torch.float32 else policy.to(self.device)
+
+    def _load(self) -> Any:
+        """The model every row starts from (a hook: benchmarks/gpu.py adds LoRA here)."""
+        return load_model(self.model_dir, self.device, self.dtype)
+
+    def _trl_kwargs(self) -> dict[str, Any]:
+        """Extra keywords for TRL's ``GRPOTrainer`` (a hook: benchmarks/gpu.py passes ``peft_config``)."""
+        return {}
 
     def _timed(self, fn: Callable[[], Any]) -> float:
         sync(self.device)
@@ -361,7 +369,7 @@ class Bench:
         cfg, dev = self.cfg, self.device
         # the limit gets the same kernels as our policy (fused GELU, inverse-CDF sampling on CPU), so the
         # ratios measure what the env and the agents add, not which sampler or activation each side uses
-        model = fuse_activations(load_model(self.model_dir, dev, self.dtype))
+        model = fuse_activations(self._load())
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
         backend = self.tok.backend_tokenizer
         enc = [backend.encode(p, add_special_tokens=False).ids for p in self.prompts]
@@ -473,7 +481,7 @@ class Bench:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.trl_trainer = GRPOTrainer(model=str(self.model_dir), reward_funcs=[reward_fn], args=args,
-                                               train_dataset=ds)
+                                               train_dataset=ds, **self._trl_kwargs())
         except Exception as exc:
             self.trl_reason = f"TRL {trl.__version__} GRPOTrainer failed to build: {type(exc).__name__}: {exc}"
             self.trl_trainer = None
