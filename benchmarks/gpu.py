@@ -564,12 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"benchmarks.gpu: error: {exc}", file=sys.stderr)
         return 2
-    from transformers.utils import logging as hf_logging
+    from textenv.models import quiet_progress
 
-    hf_logging.disable_progress_bar()
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
-    result, _ = run_benchmark(models, device=args.device, smoke=args.smoke, dtype=args.dtype, rounds=rounds,
-                              use_trl=not args.no_trl, json_path=args.json, command=command.strip())
+    with quiet_progress():  # restored after: main() also runs in-process (the smoke test)
+        result, _ = run_benchmark(models, device=args.device, smoke=args.smoke, dtype=args.dtype, rounds=rounds,
+                                  use_trl=not args.no_trl, json_path=args.json, command=command.strip())
     return 1 if result["failed"] else 0
 
 

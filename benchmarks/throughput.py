@@ -756,12 +756,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--note", default=None, help="a remark stored in the JSON (e.g. why --threads 1)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    from transformers.utils import logging as hf_logging
+    from textenv.models import quiet_progress
 
-    hf_logging.disable_progress_bar()
-    return run_benchmark(quick=args.quick, smoke=args.smoke, device=args.device, reward_model=args.reward_model,
-                         use_trl=not args.no_trl, rounds=args.rounds, json_path=args.json, do_profile=args.profile,
-                         note=args.note)
+    with quiet_progress():  # restored after: main() may run in-process
+        return run_benchmark(quick=args.quick, smoke=args.smoke, device=args.device, reward_model=args.reward_model,
+                             use_trl=not args.no_trl, rounds=args.rounds, json_path=args.json,
+                             do_profile=args.profile, note=args.note)
 
 
 if __name__ == "__main__":
