@@ -28,7 +28,7 @@ write into a new temporary directory unless ``--json`` names another file, and n
 
 Usage::
 
-    python -m benchmarks.gpu                                # the full run, on CUDA (about 5 minutes expected)
+    python -m benchmarks.gpu                                # the full run, on CUDA (meant to take under 8 minutes; not yet run)
     python -m benchmarks.gpu --device cpu --smoke           # tiny models, seconds: the test of the script
 
 Where the bf16 and LoRA bits live (to switch to the project's own ``--dtype`` / ``lora_r`` flags after those
