@@ -566,10 +566,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # restored after: main() may run inside another program (the tests)
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
-    result, _ = run_benchmark(models, device=args.device, smoke=args.smoke, dtype=args.dtype, rounds=rounds,
-                              use_trl=not args.no_trl, json_path=args.json, command=command.strip())
+    try:
+        result, _ = run_benchmark(models, device=args.device, smoke=args.smoke, dtype=args.dtype, rounds=rounds,
+                                  use_trl=not args.no_trl, json_path=args.json, command=command.strip())
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return 1 if result["failed"] else 0
 
 
