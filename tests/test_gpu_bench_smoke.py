@@ -240,3 +240,6 @@ def test_a_failing_model_keeps_the_other_and_exits_1(gpu, monkeypatch, tmp_path,
     assert r["failed"] == ["llama-1b-lora"] and "simulated" in r["models"]["llama-1b-lora"]["error"]
     assert _positive(r["models"]["gpt2-small"]["rows"]["generate"]["tokens_per_s"])
     assert r["smoke"] is False and "llama-1b-lora: FAILED" in capsys.readouterr().out
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # main() leaves transformers' global setting as it found it
