@@ -138,11 +138,11 @@ def test_two_gloo_ranks_with_half_the_batch_match_one_process_with_all_of_it(tmp
         moved = max(float((p_one[k] - initial[k].detach()).abs().max()) for k in p_one)
         assert moved > 1e-3, f"{name}: training did not move the weights ({moved})"
         for k in p_one:
-            torch.testing.assert_close(p_ddp[k], p_one[k], rtol=1e-4, atol=2e-5, msg=lambda m, k=k: f"{name} {k}: {m}")
+            torch.testing.assert_close(p_ddp[k], p_one[k], rtol=1e-4, atol=2e-5, msg=lambda m, k=k, n=name: f"{n} {k}: {m}")
         g_ddp, g_one = load_file(ddp / f"{name}-grads.safetensors"), load_file(single / f"{name}-grads.safetensors")
         assert g_ddp.keys() == g_one.keys()  # e.g. GRPO's unused value head has no gradient in either
         for k in g_one:
-            torch.testing.assert_close(g_ddp[k], g_one[k], rtol=1e-3, atol=1e-5, msg=lambda m, k=k: f"{name} grad {k}: {m}")
+            torch.testing.assert_close(g_ddp[k], g_one[k], rtol=1e-3, atol=1e-5, msg=lambda m, k=k, n=name: f"{n} grad {k}: {m}")
         h_ddp = json.loads((ddp / f"{name}-history.json").read_text())
         h_one = json.loads((single / f"{name}-history.json").read_text())
         assert [row["episodes"] for row in h_ddp] == [BATCH * (i + 1) for i in range(ITERATIONS)]
@@ -168,7 +168,7 @@ def test_train_cli_under_torchrun_writes_once_from_rank_0_and_resumes(tmp_path):
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 2  # header + 2 iterations of the global batch of 8
     ckpts = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
-    assert ckpts == ["checkpoint-000016"] or ckpts == ["checkpoint-16"] or len(ckpts) == 1, ckpts
+    assert len(ckpts) == 1, ckpts  # written once (by rank 0), at the end
     meta = json.loads((out / ckpts[-1] / "agent.json").read_text())
     assert meta["episodes"] == 16 and meta["config"]["batch_size"] == 8
     summary = json.loads((out / "summary.json").read_text())
