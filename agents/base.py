@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from agents import distributed
 from agents.contract import evaluation_seed
 from agents.core import KLKind
 from agents.policy import LMPolicy, resolve_lora_targets
@@ -259,9 +260,12 @@ class Agent(ABC):
             raise ValueError(f"unknown {self.Config.__name__} field(s) {sorted(unknown)}")
         if not isinstance(env, str) and not explicit_config and "batch_size" not in overrides:
             # a user's vector env sets the batch: gym.make_vec("TextGen-v0", num_envs=16) gives 16-episode rollouts
-            overrides = {**overrides, "batch_size": check_env(env).num_envs}
+            overrides = {**overrides, "batch_size": check_env(env).num_envs * distributed.launched_world_size()}
         self.config = dataclasses.replace(config, **overrides)
-        self.device = resolve_device(self.config.device)
+        # under torchrun: batch_size is the global batch, split among the ranks (agents.distributed)
+        distributed.check_batch(self.config.batch_size, distributed.launched_world_size())
+        self.device = distributed.rank_device(resolve_device(self.config.device))
+        self.dist = distributed.context(self.device)
         torch.manual_seed(self.config.seed)
         if isinstance(policy, LMPolicy):
             self.policy = policy
@@ -298,9 +302,12 @@ class Agent(ABC):
         else:
             self.envs = check_env(env)
             if self.envs.num_envs != self.rollout_size():
+                per_rank = (f" per process (batch_size {self.config.batch_size} over {self.dist.world_size} "
+                            f"processes)" if self.dist.active else " (batch_size)")
                 raise ValueError(f"the vector env has {self.envs.num_envs} slots but this agent's batch is "
-                                 f"{self.rollout_size()} episodes (batch_size)")
+                                 f"{self.rollout_size()} episodes{per_rank}")
         check_policy_fits_env(self.policy, self.envs)
+        self.dist.broadcast_module(self.policy, self.policy.ref_model)  # every rank starts from rank 0's weights
         self.optimizer = make_optimizer(self.policy.parameters(), self.config.learning_rate,
                                         self.config.weight_decay, self.device)
         self.episodes = 0
@@ -325,7 +332,8 @@ class Agent(ABC):
 
     # ------------------------------------------------------------------------------ per algorithm
     def rollout_size(self) -> int:
-        return self.config.batch_size
+        """Episodes this process collects per iteration: its share of the global ``batch_size``."""
+        return self.config.batch_size // self.dist.world_size
 
     def group_size(self) -> int:
         """Completions per prompt in one rollout: the config's ``group_size`` where it has one, else 1."""
@@ -347,18 +355,29 @@ class Agent(ABC):
         return (self.config.seed * 1_000_003 + iteration * 7919 + salt) % (2**31 - 1)
 
     def collect(self, iteration: int | None = None, split: str | None = None) -> RolloutBatch:
-        """One synchronised batch of episodes (groups of identical prompts when group_size > 1)."""
+        """One synchronised batch of episodes (groups of identical prompts when group_size > 1): this
+        process's shard of the global batch (all of it in one process)."""
+        return self.collect_shard(self.envs, self.dist.rank, self.dist.world_size, iteration, split)
+
+    def collect_shard(self, envs: TextGenVectorEnv, rank: int, world_size: int, iteration: int | None = None,
+                      split: str | None = None) -> RolloutBatch:
+        """Shard ``rank`` of ``world_size`` of an iteration's global batch, collected in ``envs`` (its
+        ``num_envs`` slots). Rank r samples with the seed of rank 0 shifted by r
+        (:func:`~agents.distributed.rank_seed`); with groups, every rank draws the same global list of
+        prompts and takes its slots of it."""
         it = self.iteration if iteration is None else iteration
-        seed = self._iteration_seed(it, 0 if split is None else 1)
+        base = self._iteration_seed(it, 0 if split is None else 1)
+        seed = distributed.rank_seed(base, rank)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         prompts = None
         G = self.group_size()
         if G > 1:
-            rng = np.random.default_rng(seed)
-            n_prompts = self.envs.num_envs // G
-            distinct = [self.envs.sample_prompt(rng, split) for _ in range(n_prompts)]
-            prompts = [p for p in distinct for _ in range(G)]
-        return collect_rollout(self.policy, self.envs, seed=seed, prompts=prompts, split=split,
+            rng = np.random.default_rng(base)
+            b = envs.num_envs
+            n_prompts = b * world_size // G
+            distinct = [envs.sample_prompt(rng, split) for _ in range(n_prompts)]
+            prompts = [p for p in distinct for _ in range(G)][rank * b:(rank + 1) * b]
+        return collect_rollout(self.policy, envs, seed=seed, prompts=prompts, split=split,
                                with_values=self.uses_values, generator=gen)
 
     def _to_device(self, batch: RolloutBatch) -> RolloutBatch:
@@ -378,15 +397,18 @@ class Agent(ABC):
         from tqdm.auto import tqdm
 
         target = self.episodes + total_episodes
-        bar = tqdm(total=total_episodes, disable=not progress, unit="ep", dynamic_ncols=True)
+        dist = self.dist
+        bar = tqdm(total=total_episodes, disable=not progress or not dist.is_main, unit="ep", dynamic_ncols=True)
         while self.episodes < target:
             t0 = time.perf_counter()
             batch = self.collect()
-            metrics = rollout_metrics(batch)
+            # per-episode means of equal shards: their mean over ranks is the global mean; rates add up
+            metrics = dist.mean_metrics(rollout_metrics(batch), summed=("tokens_per_s",))
             self.policy.train()
             self.policy.model.eval()  # dropout off: log-probs must match those of the rollout
             metrics.update(self.update(self._to_device(batch)))
-            self.episodes += batch.scores.shape[0]
+            n = batch.scores.shape[0] * dist.world_size  # the global batch
+            self.episodes += n
             self.iteration += 1
             metrics.update({"episodes": float(self.episodes), "iteration": float(self.iteration),
                             "time_s": time.perf_counter() - t0})
@@ -395,10 +417,11 @@ class Agent(ABC):
                 # glibc keeps the freed rollout and autograd buffers and its heaps grow without bound
                 # (issue 10 A21): hand them back (a no-op off glibc; see textenv.memory)
                 memory.release_free_memory()
-            bar.update(batch.scores.shape[0])
+            bar.update(n)
             bar.set_postfix(reward=f"{metrics['reward']:.3f}", gold=f"{metrics['gold_score']:.3f}",
                             kl=f"{metrics['kl']:.3f}")
-            if callback is not None and callback(self, metrics) is False:
+            stop = callback is not None and callback(self, metrics) is False
+            if dist.any(stop):  # one rank's callback stopping stops them all (no rank is left waiting)
                 break
         bar.close()
         return self
@@ -441,6 +464,16 @@ class Agent(ABC):
         ``"files"``, which :meth:`load` checks) and ``optimizer.pt`` (tensors only)."""
         path = Path(path)
         check_finite_weights(f"{self.name} after {self.episodes} episodes", self.policy)
+        if not self.dist.is_main:  # under torchrun rank 0 writes (the ranks hold the same weights)
+            self.dist.barrier()
+            return path
+        try:
+            self._write_checkpoint(path)
+        finally:
+            self.dist.barrier()
+        return path
+
+    def _write_checkpoint(self, path: Path) -> None:
         state = self.state()  # before the write: hashing a reward-model directory may fail
         with io.atomic_dir(path) as tmp:
             self.policy.save(tmp / "policy")
@@ -450,7 +483,6 @@ class Agent(ABC):
             torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "optimizer.pt")
             state["files"] = io.file_digests(tmp)  # checked by load: a changed byte is an error
             (tmp / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=1))
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Any = None, env_kwargs: dict[str, Any] | None = None,
@@ -519,15 +551,25 @@ class Agent(ABC):
         return agent
 
     # ------------------------------------------------------------------------------ helpers
-    def _step(self, loss: torch.Tensor) -> float:
+    def _step(self, loss: torch.Tensor, weight: float = 1.0) -> float:
         """Backward, clip, AdamW step; returns the gradient norm before clipping.
 
+        Under torchrun, ``loss`` is this rank's mean loss over ``weight`` items (tokens or sequences, as the
+        loss normalises; 0 for a rank with no episode in the minibatch): the gradients of every rank's
+        ``loss * weight`` are summed and divided by the summed weights, the gradient of the global
+        minibatch's loss (:meth:`agents.distributed.Context.reduce_gradients`); one process ignores
+        ``weight``.
+
         A non-finite loss or gradient norm raises :class:`~textenv.training.loop.NonFiniteError` naming the
-        iteration, before the optimizer applies it."""
+        iteration, before the optimizer applies it (on every rank: both are global)."""
         where = f"{self.name} iteration {self.iteration + 1} (after {self.episodes} episodes)"
-        check_finite(where, loss=float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.dist.active:
+            (loss * weight).backward()
+            check_finite(where, loss=self.dist.reduce_gradients(self.policy.parameters(), loss, float(weight)))
+        else:
+            check_finite(where, loss=float(loss.detach()))
+            loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm))
         check_finite(where, grad_norm=grad_norm)
         self.optimizer.step()

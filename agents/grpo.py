@@ -88,17 +88,26 @@ class GRPO(Agent):
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
-        advantages = group_advantages(batch.scores, cfg.group_size, cfg.normalization)  # (B,)
-        B = batch.scores.shape[0]
+        dist = self.dist
+        # over the global batch (under torchrun the ranks' scores, gathered), then this rank's shard
+        scores = dist.gather(batch.scores)
+        B = scores.shape[0]
+        advantages = group_advantages(scores, cfg.group_size, cfg.normalization)[dist.shard(B)]  # (b,)
+        token_weighted = NORMALIZATIONS[cfg.normalization] == "token_mean"
         gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
         sums: dict[str, float] = {}
         n = 0
         for _ in range(cfg.num_iterations):
             perm = torch.randperm(B, generator=gen).to(self.device)
-            for idx in perm.chunk(cfg.n_minibatches):
+            for global_idx in perm.chunk(cfg.n_minibatches):
+                idx, any_here = dist.local_indices(global_idx, B)
                 loss, stats = self.loss(batch, advantages, idx)
-                stats["grad_norm"] = torch.tensor(self._step(loss))
-                for k, v in stats.items():
+                # this rank's share of the minibatch's normaliser: its tokens or its sequences
+                weight = (float(batch.mask[idx].sum()) if token_weighted else float(idx.numel())) if any_here else 0.0
+                grad_norm = self._step(loss, weight)
+                row = dist.weighted_mean(stats, weight)
+                row["grad_norm"] = grad_norm
+                for k, v in row.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
         return {k: v / n for k, v in sums.items()}

@@ -94,41 +94,50 @@ class PPO(Agent):
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
+        dist = self.dist
         mask = batch.mask
         rewards, kl = token_level_rewards(batch.rewards, batch.logprobs, batch.ref_logprobs, mask,
-                                          self.kl_ctl.value, cfg.kl_estimator)  # (B, T) each
+                                          self.kl_ctl.value, cfg.kl_estimator)  # (b, T) each
         advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+        # batch statistics over the global batch: under torchrun the ranks' (b, T) tensors are gathered
+        # (right-padded to the longest shard; the padding is outside the mask)
+        g_mask, g_values, g_returns = dist.gather(mask), dist.gather(batch.values), dist.gather(returns)
         # how much of the returns' variance the rollout values explain (cleanrl logs it every iteration)
-        explained_var = float(explained_variance(batch.values, returns, mask))
-        if cfg.whiten_advantages and mask.sum() > 1:
-            advantages = masked_whiten(advantages, mask)
-        B = mask.shape[0]
+        explained_var = float(explained_variance(g_values, g_returns, g_mask))
+        if cfg.whiten_advantages and g_mask.sum() > 1:
+            g_adv = masked_whiten(dist.gather(advantages), g_mask)
+            advantages = g_adv[dist.shard(g_adv.shape[0]), :mask.shape[1]]
+        B = g_mask.shape[0]
         gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
         sums: dict[str, float] = {}
         n = 0
         stop = False
         for _ in range(cfg.n_epochs):
             perm = torch.randperm(B, generator=gen).to(self.device)
-            for idx in perm.chunk(cfg.n_minibatches):
+            for global_idx in perm.chunk(cfg.n_minibatches):
+                idx, any_here = dist.local_indices(global_idx, B)
                 m = mask[idx]
                 ev = self.policy.per_token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
                 pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], m, cfg.clip_range)
                 vf_loss = value_loss(ev.values, batch.values[idx], returns[idx], m, cfg.clip_range_vf)
                 entropy = masked_mean(ev.entropy, m)
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-                grad_norm = self._step(loss)
-                row = {"policy_loss": float(pg_loss.detach()), "value_loss": float(vf_loss.detach()), "entropy": float(entropy.detach()),
-                       "approx_kl": float(stats["approx_kl"]), "old_approx_kl": float(stats["old_approx_kl"]),
-                       "clip_ratio": float(stats["clip_ratio"]), "grad_norm": grad_norm}
+                weight = float(m.sum()) if any_here else 0.0  # every term is a mean over this rank's tokens
+                grad_norm = self._step(loss, weight)
+                row = dist.weighted_mean({
+                    "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "entropy": entropy.detach(),
+                    "approx_kl": stats["approx_kl"], "old_approx_kl": stats["old_approx_kl"],
+                    "clip_ratio": stats["clip_ratio"]}, weight)
+                row["grad_norm"] = grad_norm
                 for k, v in row.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
                 if cfg.target_kl is not None and row["approx_kl"] > 1.5 * cfg.target_kl:
-                    stop = True
+                    stop = True  # approx_kl is global: every rank stops at the same minibatch
                     break
             if stop:
                 break
-        mean_kl = float(kl.sum(1).mean())
+        mean_kl = float(dist.gather(kl.sum(1)).mean())
         self.kl_ctl.update(mean_kl, B)
         out = {k: v / n for k, v in sums.items()}
         out["explained_variance"] = explained_var

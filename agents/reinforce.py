@@ -67,15 +67,22 @@ class REINFORCE(Agent):
         return returns
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
+        dist = self.dist
         returns, kl = self.sequence_returns(batch)
-        advantages = self.advantages(returns)  # (B,)
+        # baselines over the global batch (the ranks' returns gathered), then this rank's shard
+        all_returns = dist.gather(returns)
+        all_advantages = self.advantages(all_returns)  # (B,)
+        advantages = all_advantages[dist.shard(all_returns.shape[0])]  # (b,)
         ev = self.policy.per_token_logps(batch.query_ids, batch.query_mask, batch.tokens, batch.mask)
-        seq_logprob = (ev.logprobs * batch.mask).sum(1)  # (B,) log pi(y|x)
+        seq_logprob = (ev.logprobs * batch.mask).sum(1)  # (b,) log pi(y|x)
         pg_loss = -(advantages * seq_logprob).mean()
-        grad_norm = self._step(pg_loss)
-        return {"policy_loss": float(pg_loss.detach()), "entropy": float(masked_mean(ev.entropy.detach(), batch.mask)),
-                "advantage_std": float(advantages.std()) if advantages.numel() > 1 else 0.0,
-                "grad_norm": grad_norm}
+        weight = float(advantages.shape[0])  # the loss is a mean over sequences
+        grad_norm = self._step(pg_loss, weight)
+        out = dist.weighted_mean({"policy_loss": pg_loss.detach(),
+                                  "entropy": masked_mean(ev.entropy.detach(), batch.mask)}, weight)
+        out["advantage_std"] = float(all_advantages.std()) if all_advantages.numel() > 1 else 0.0
+        out["grad_norm"] = grad_norm
+        return out
 
     def extra_state(self) -> dict[str, Any]:
         return {"ema": self.ema}

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from agents import distributed
 from agents.base import CHECKPOINT_MARKER, Agent, read_agent_meta
 from agents.registry import DEFAULT_EPISODES, SB3_AGENTS, make_agent
 from agents.reporting import ReportTo, check_report_to, make_reporter
@@ -306,6 +307,14 @@ def train_command(args: TrainArguments, config: Any = None) -> int:
     """
     a = args
     out = Path(a.out or f"runs/{a.agent}-{a.env}")
+    world = distributed.launched_world_size()
+    if world > 1 and a.agent in SB3_AGENTS:
+        raise ValueError(f"--agent {a.agent} is single-process (stable-baselines3 has no data-parallel training) "
+                         f"but this is one of WORLD_SIZE={world} torchrun processes; run it without torchrun")
+    if distributed.launched_rank() != 0:
+        # under torchrun rank 0 checks, locks and writes the run directory; the other ranks train with it
+        # (and wait at barriers while it writes); a failure on rank 0 makes torchrun stop them
+        return _train(a, config, out)
     io.refuse_foreign_dir(out, is_run_dir(out))
     if a.resume and not list_checkpoints(out):  # before the lock, which makes the directory
         raise ValueError(f"--resume: no checkpoint in {str(out)!r}")
@@ -328,36 +337,45 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
     episodes = a.episodes if a.episodes is not None else DEFAULT_EPISODES[a.agent]
     torch.manual_seed(a.seed)
     summary_file = out / "summary.json"
+    # under torchrun every rank builds (or loads) the agent and trains; rank 0 alone evaluates, prints and
+    # writes, the others wait for it at a barrier
+    main = distributed.launched_rank() == 0
+    summary: dict[str, Any] = {}
+    agent: Agent | SB3Agent
     if a.resume:
         if not list_checkpoints(out):
             raise ValueError(f"--resume: no checkpoint in {str(out)!r}")
-        # the initial evaluation lives in summary.json: without it a resumed run cannot report initial vs final
-        summary = io.read_json(summary_file, "--resume: the run's summary")
-        if not isinstance(summary, dict) or not isinstance(summary.get("initial"), dict):
-            raise ValueError(f"{summary_file}: no initial evaluation in it; cannot resume this run")
         ckpt = resolve_checkpoint(out)
+        if main:
+            # the initial evaluation lives in summary.json: without it a resumed run cannot report initial vs final
+            summary = io.read_json(summary_file, "--resume: the run's summary")
+            if not isinstance(summary, dict) or not isinstance(summary.get("initial"), dict):
+                raise ValueError(f"{summary_file}: no initial evaluation in it; cannot resume this run")
         meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
-        resume_conflicts(a, config, meta, str(ckpt / CHECKPOINT_MARKER))
-        agent: Agent | SB3Agent
+        resume_conflicts(a, config, meta, str(ckpt / CHECKPOINT_MARKER))  # every rank: the same args, the same verdict
         moved = {k: getattr(a, k) for k in ("device", "dtype") if k in _given(a)}
         if moved and not str(meta["agent"]).startswith("sb3-"):
             agent = Agent.load(ckpt, **moved)  # the device and dtype may change on resume
         else:
             agent = load_any(ckpt)
-        print(f"resuming {agent.name} from {resolve_checkpoint(out)} at {agent.episodes} episodes")
+        if main:
+            print(f"resuming {agent.name} from {ckpt} at {agent.episodes} episodes")
     else:
-        if list_checkpoints(out):
+        if main and list_checkpoints(out):
             raise ValueError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose another --out")
         agent = _make_agent(a, config)  # first: a bad --reward-model, --policy... leaves no directory behind
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"training {agent.name} on {a.env} for {episodes} episodes -> {out}")
-        summary = {"agent": agent.name, "env": a.env, "seed": a.seed, "episodes": episodes,
-                   "initial": agent.evaluate(a.eval_episodes), "samples_before": agent.samples(4)}
-        io.write_text(summary_file, json.dumps(summary, indent=1))
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            print(f"training {agent.name} on {a.env} for {episodes} episodes -> {out}"
+                  + (f" ({world_of(agent)} processes)" if world_of(agent) > 1 else ""))
+            summary = {"agent": agent.name, "env": a.env, "seed": a.seed, "episodes": episodes,
+                       "initial": agent.evaluate(a.eval_episodes), "samples_before": agent.samples(4)}
+            io.write_text(summary_file, json.dumps(summary, indent=1))
+        _barrier(agent)
     # an SB3 run counts from its last target (its last rollout's extra episodes count toward this one)
     remaining = episodes - getattr(agent, "requested_episodes", agent.episodes)
     every = 10  # iterations between checkpoints
-    reporter = make_reporter(a.report_to, out, config={"agent": agent.name, "env": a.env, "seed": a.seed,
+    reporter = make_reporter(a.report_to if main else "none", out, config={"agent": agent.name, "env": a.env, "seed": a.seed,
                                                       "episodes": episodes}, run_name=out.name)
     try:
         return _train_loop(a, agent, out, summary, summary_file, episodes, remaining, every, reporter)
@@ -366,17 +384,20 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
 
 
 def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any], summary_file: Path, episodes: int,
-           remaining: int, every: int, reporter: Any) -> int:
-    if not a.resume:
+                remaining: int, every: int, reporter: Any) -> int:
+    main = distributed.launched_rank() == 0  # under torchrun rank 0 alone evaluates, prints and writes
+    if main and not a.resume:
         reporter.log(summary["initial"], step=0, prefix="eval/")
 
     def save_checkpoint() -> None:
-        agent.save(out / io.checkpoint_name(agent.episodes))
-        io.prune_checkpoints(out, marker=CHECKPOINT_MARKER)
+        agent.save(out / io.checkpoint_name(agent.episodes))  # every rank calls it; rank 0 writes
+        if main:
+            io.prune_checkpoints(out, marker=CHECKPOINT_MARKER)
 
     def on_iteration(ag: Any, metrics: dict[str, float]) -> None:
-        write_metrics_csv(out / "metrics.csv", ag.history)
-        reporter.log(metrics, step=ag.episodes)
+        if main:
+            write_metrics_csv(out / "metrics.csv", ag.history)
+            reporter.log(metrics, step=ag.episodes)
         if len(ag.history) % every == 0:
             save_checkpoint()
 
@@ -385,11 +406,17 @@ def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any
         agent.learn(remaining, progress=a.progress, callback=on_iteration)
         summary["train_seconds"] = summary.get("train_seconds", 0.0) + time.perf_counter() - t0
     save_checkpoint()
+    if not main:
+        _barrier(agent)  # while rank 0 evaluates and writes the summary
+        return 0
     write_metrics_csv(out / "metrics.csv", agent.history)
-    summary["final"] = agent.evaluate(a.eval_episodes)
-    reporter.log(summary["final"], step=agent.episodes, prefix="eval/")
-    summary["samples_after"] = agent.samples(4)
-    io.write_text(summary_file, json.dumps(summary, indent=1))
+    try:
+        summary["final"] = agent.evaluate(a.eval_episodes)
+        reporter.log(summary["final"], step=agent.episodes, prefix="eval/")
+        summary["samples_after"] = agent.samples(4)
+        io.write_text(summary_file, json.dumps(summary, indent=1))
+    finally:
+        _barrier(agent)
     plotted = agent.history and plot_learning_curve(out / "learning_curve.png", agent.history, f"{agent.name} on {a.env}")
     print()
     print(format_table(summary["initial"], summary["final"]))
@@ -400,6 +427,18 @@ def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any
           + (f", {out / 'learning_curve.png'}" if plotted else " (install matplotlib for learning_curve.png)")
           + f" and {resolve_checkpoint(out)}")
     return 0
+
+
+def world_of(agent: Any) -> int:
+    """The number of data-parallel processes ``agent`` trains in (1 for SB3 agents)."""
+    ctx = getattr(agent, "dist", None)
+    return ctx.world_size if ctx is not None else 1
+
+
+def _barrier(agent: Any) -> None:
+    ctx = getattr(agent, "dist", None)
+    if ctx is not None:
+        ctx.barrier()
 
 
 def evaluate_command(args: EvaluateArguments) -> int:

@@ -129,9 +129,14 @@ class SB3Agent:
         from gymnasium.vector import AutoresetMode
         from stable_baselines3 import A2C, PPO
 
+        from agents.distributed import launched_world_size
         from agents.sb3 import LM_LEARNING_RATE, LMActorCriticPolicy, make_sb3_env
         from textenv.models import load_tokenizer
 
+        if launched_world_size() > 1:
+            raise ValueError(f"sb3-{algo} is single-process: stable-baselines3 has no data-parallel training, but "
+                             f"this process was launched as one of WORLD_SIZE={launched_world_size()} (torchrun); "
+                             f"run it without torchrun, or use a native agent (ppo, grpo, reinforce, rloo)")
         algos = {"ppo": PPO, "a2c": A2C}
         if algo not in algos:
             raise ValueError(f"SB3 algorithm must be 'ppo' or 'a2c', got {algo!r}")
