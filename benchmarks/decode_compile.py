@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from textenv import io
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -188,9 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.json) if args.json else (None if args.smoke else RESULTS / f"decode-compile-{dev_type}.json")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+        io.write_text(out, text + "\n")  # atomic: temporary name, then rename
     return result
 
 

@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from textenv import io
+
 RESULTS = Path(__file__).resolve().parent / "results"
 #: calls are counted where our code makes them (agents/, textenv/), not inside transformers or torch
 OURS = str(Path(__file__).resolve().parents[1])
@@ -159,9 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                               RESULTS / f"host-sync-{torch.device(result['config']['device']).type}.json")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+        io.write_text(out, text + "\n")  # atomic: temporary name, then rename
     return result
 
 
