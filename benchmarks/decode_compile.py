@@ -23,19 +23,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from textenv import io
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.report import finish
 
 
 def _model(n_layer: int, n_embd: int, device: torch.device, dtype: torch.dtype) -> Any:
@@ -181,16 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kw: dict[str, Any] = ({"n_layer": 1, "n_embd": 64, "batch": 4, "new_tokens": 4, "rounds": 1} if args.smoke
                           else {})
     result = measure(device=args.device, dtype=args.dtype, **kw)
-    result["command"] = "python -m benchmarks.decode_compile " + " ".join(argv if argv is not None else sys.argv[1:])
-    result["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
-                         "processor": platform.processor() or platform.machine()}
-    text = json.dumps(result, indent=1)
-    print(text)
-    dev_type = torch.device(result["config"]["device"]).type
-    out = Path(args.json) if args.json else (None if args.smoke else RESULTS / f"decode-compile-{dev_type}.json")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        io.write_text(out, text + "\n")  # atomic: temporary name, then rename
+    finish(result, "decode-compile", argv, args.json, args.smoke)
     return result
 
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import platform
 import statistics
 import sys
 import time
@@ -41,9 +39,8 @@ from typing import Any
 
 import torch
 
-from textenv import io
+from benchmarks.report import finish
 
-RESULTS = Path(__file__).resolve().parent / "results"
 #: calls are counted where our code makes them (agents/, textenv/), not inside transformers or torch
 OURS = str(Path(__file__).resolve().parents[1])
 METHODS = ("cpu", "item", "numpy", "tolist", "to")
@@ -152,16 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kw: dict[str, Any] = ({"batch_size": 4, "new_tokens": 4, "rollouts": 2, "policy": "tiny"} if args.smoke
                           else {})
     result = measure(reward=args.reward, device=args.device, **kw)
-    result["command"] = "python -m benchmarks.host_sync " + " ".join(argv if argv is not None else sys.argv[1:])
-    result["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
-                         "processor": platform.processor() or platform.machine()}
-    text = json.dumps(result, indent=1)
-    print(text)
-    out = Path(args.json) if args.json else (None if args.smoke else
-                                              RESULTS / f"host-sync-{torch.device(result['config']['device']).type}.json")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        io.write_text(out, text + "\n")  # atomic: temporary name, then rename
+    finish(result, "host-sync", argv, args.json, args.smoke)
     return result
 
 
