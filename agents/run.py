@@ -374,18 +374,18 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
         _barrier(agent)
     # an SB3 run counts from its last target (its last rollout's extra episodes count toward this one)
     remaining = episodes - getattr(agent, "requested_episodes", agent.episodes)
-    every = 10  # iterations between checkpoints
     reporter = make_reporter(a.report_to if main else "none", out, config={"agent": agent.name, "env": a.env, "seed": a.seed,
                                                       "episodes": episodes}, run_name=out.name)
     try:
-        return _train_loop(a, agent, out, summary, summary_file, episodes, remaining, every, reporter)
+        return _train_loop(a, agent, out, summary, summary_file, remaining, reporter)
     finally:
         reporter.close()
 
 
-def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any], summary_file: Path, episodes: int,
-                remaining: int, every: int, reporter: Any) -> int:
+def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any], summary_file: Path,
+                remaining: int, reporter: Any) -> int:
     main = distributed.launched_rank() == 0  # under torchrun rank 0 alone evaluates, prints and writes
+    every = 10  # iterations between checkpoints
     if main and not a.resume:
         reporter.log(summary["initial"], step=0, prefix="eval/")
 
