@@ -65,22 +65,15 @@ def synchronised(env: TextGenVectorEnv) -> Iterator[TextGenVectorEnv]:
     finished slots idle) and restore its own autoreset mode after, so an agent takes the env as
     ``gym.make_vec`` gives it (NEXT_STEP by default). On leaving, a NEXT_STEP env's finished slots are marked
     to reset on the next step, as if their episodes had just ended under that mode."""
-    mode, metadata = env.autoreset_mode, env.metadata
+    mode = env.autoreset_mode
     if mode == AutoresetMode.DISABLED:
         yield env
         return
-    env.autoreset_mode = AutoresetMode.DISABLED
-    env.metadata = {**metadata, "autoreset_mode": AutoresetMode.DISABLED}
+    env.set_autoreset_mode(AutoresetMode.DISABLED)
     try:
         yield env
     finally:
-        env.autoreset_mode, env.metadata = mode, metadata
-        if mode == AutoresetMode.NEXT_STEP:
-            env._needs_reset |= ~env._active
-        elif mode == AutoresetMode.SAME_STEP:
-            finished = np.flatnonzero(~env._active)
-            for i in finished:
-                env._reset_slot(int(i), None, None)
+        env.set_autoreset_mode(mode)
 
 
 @torch.no_grad()

@@ -120,6 +120,20 @@ class TextGenVectorEnv(VectorEnv):
         as a slot's reset draws it; e.g. to build groups of identical prompts for ``reset(options=...)``."""
         return self.setup.sample_prompt(rng, split)
 
+    def set_autoreset_mode(self, mode: AutoresetMode | str) -> None:
+        """Switch the autoreset mode (``metadata["autoreset_mode"]`` follows), e.g. to run synchronised
+        episodes on an env built with NEXT_STEP and switch back after. Slots that are finished when the switch
+        is made are treated as if their episodes had just ended under the new mode: NEXT_STEP resets them on
+        the next step, SAME_STEP resets them now, DISABLED leaves them idle until ``reset``."""
+        self.autoreset_mode = _autoreset_mode(mode)
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        finished = ~self._active
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            self._needs_reset |= finished
+        elif self.autoreset_mode == AutoresetMode.SAME_STEP:
+            for i in np.flatnonzero(finished):
+                self._reset_slot(int(i), None, None)
+
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
 
