@@ -3,6 +3,7 @@
 - ``"sentiment"`` (:class:`SentimentTask`): continue a movie review so that it reads positive.
 - ``"arithmetic"`` (:class:`ArithmeticTask`): answer ``a+b=``; exact-match gold.
 - ``"keywords"`` (:class:`KeywordsTask`): one well-formed sentence that uses three given words.
+- ``"translation"`` (:class:`TranslationTask`): English-like text into a constructed language; chrF gold.
 
 Example:
     >>> task = get_task("arithmetic")
@@ -18,12 +19,14 @@ from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
 from textenv.tasks.keywords import KeywordsTask
 from textenv.tasks.sentiment import SentimentTask
+from textenv.tasks.translation import TranslationTask
 
 #: Built-in tasks by registry name.
 TASKS: dict[str, type[Task]] = {
     SentimentTask.name: SentimentTask,
     ArithmeticTask.name: ArithmeticTask,
     KeywordsTask.name: KeywordsTask,
+    TranslationTask.name: TranslationTask,
 }
 
 
@@ -47,4 +50,4 @@ def get_task(name: str | Task, **kwargs: Any) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "SentimentTask", "Task", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "SentimentTask", "Task", "TranslationTask", "get_task"]

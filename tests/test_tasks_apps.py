@@ -1,0 +1,157 @@
+"""The application tasks of issue 12 (translation, summarisation, QA, detox): known answers, the skill each
+gold score needs, graded sample responses, splits, token budgets and both env checkers."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import textenv
+from textenv.tasks import TASKS, get_task
+from textenv.tasks.base import split_of
+from textenv.tasks.translation import (
+    Clause,
+    NounPhrase,
+    TranslationTask,
+    english,
+    parse_english,
+    parse_source,
+    reference,
+    velan,
+    word_by_word,
+)
+
+APPS = {"translation": "TextGen-Translation-v0"}
+GARBAGE = ["", " ", "\n\n", "!!!", "ééé ünïcödé 🙂 中文", "\x00\x01\ufffd", "123abc" * 50, "-" * 1000,
+           "good " * 2000, "9" * 5000, "English: \nVelan:", "Velan:", "The quiet river passed the lamp.",
+           "not " * 1000 + "bad"]
+
+
+def _mean_gold(task_name: str, quality: float, n: int = 150, seed: int = 0) -> float:
+    task, rng = get_task(task_name), np.random.default_rng(seed)
+    prompts = [task.sample_prompt(rng) for _ in range(n)]
+    return float(np.mean(task.gold_score(prompts, [task.sample_response(p, rng, quality) for p in prompts])))
+
+
+# ---------------------------------------------------------------------------- every application task
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_registered(name: str) -> None:
+    assert name in TASKS and textenv.ENV_IDS[APPS[name]] == name
+    assert get_task(name).name == name
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_splits_disjoint_and_seeded(name: str) -> None:
+    task = get_task(name)
+    train, test = task.prompts(1500, "train", seed=3), task.prompts(300, "test", seed=3)
+    assert train == task.prompts(1500, "train", seed=3) and train != task.prompts(1500, "train", seed=4)
+    assert not set(train) & set(test)
+    assert all(split_of(p) == "test" for p in test)
+    assert len(set(train)) > 1400, "the prompt source must be effectively unlimited"
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_gold_grows_with_quality(name: str) -> None:
+    g0, g5, g1 = (_mean_gold(name, q) for q in (0.0, 0.5, 1.0))
+    assert g1 > g5 > g0
+    assert g1 > 0.9 and g0 < 0.5
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_gold_in_unit_interval_on_garbage(name: str) -> None:
+    task = get_task(name)
+    real = task.generate_prompt(np.random.default_rng(0))
+    prompts = [real] * len(GARBAGE) + GARBAGE
+    completions = GARBAGE + GARBAGE[::-1]
+    scores = task.gold_score(prompts, completions)
+    assert len(scores) == len(prompts) and all(type(s) is float and 0.0 <= s <= 1.0 for s in scores)
+    assert task.gold_score([], []) == []
+    with pytest.raises(ValueError, match="2 prompts but 1 completions"):
+        task.gold_score([real, real], [""])
+    with pytest.raises(ValueError, match="1.5"):
+        task.sample_response(real, np.random.default_rng(0), 1.5)
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_prompt_and_reference_fit_the_default_token_budgets(name: str) -> None:
+    from textenv.models import load_tokenizer
+
+    tok = load_tokenizer("default")
+    task, rng = get_task(name), np.random.default_rng(0)
+    for _ in range(200):
+        p = task.sample_prompt(rng)
+        best = task.sample_response(p, rng, 1.0)
+        assert len(tok(p, add_special_tokens=False)["input_ids"]) <= task.default_max_prompt_tokens, p
+        # the best response plus EOS fits the completion budget
+        assert len(tok(best, add_special_tokens=False)["input_ids"]) < task.default_max_new_tokens, best
+    assert task.default_max_prompt_tokens + task.default_max_new_tokens <= 128  # the default policy's context
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_both_env_checkers_pass_with_gold(name: str) -> None:
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = gym.make(APPS[name], reward_model="gold")
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(gym.make(APPS[name], reward_model="gold"), warn=False)
+    env.reset(seed=0)
+    done, info = False, {}
+    while not done:
+        _, _, terminated, truncated, info = env.step(int(env.action_space.sample()))
+        done = terminated or truncated
+    assert 0.0 <= info["gold_score"] <= 1.0
+
+
+# ---------------------------------------------------------------------------- translation
+def test_translation_known_answers() -> None:
+    p = "English: The old farmers carried a lamp near my garden.\nVelan:"
+    assert reference(p) == "elagri veti hort mie pres lumom portun."
+    task = TranslationTask()
+    assert task.gold_score([p], [" elagri veti hort mie pres lumom portun."]) == [1.0]
+    assert task.prompt_columns([p, "hello"]) == {"reference": ["elagri veti hort mie pres lumom portun.", None]}
+    # singular subject: no -n; present tense -a; future -ar; "the" prefix; plural adjective agreement
+    assert reference("English: A dog watches the tiny birds.\nVelan:") == "kan elavi miniom vida."
+    assert reference("English: Their dogs will hide some broken lamps.\nVelan:") == "kani vos lumi frakiom kelarn."
+    details = task.gold_details([p], [" elagri veti hort mie pres lumom portun."])[0]
+    assert details == {"chrf": 1.0, "bleu": 1.0}
+
+
+def test_translation_parser_round_trips_and_rejects() -> None:
+    rng = np.random.default_rng(1)
+    task = TranslationTask()
+    for _ in range(300):
+        source = parse_source(task.generate_prompt(rng))
+        assert source is not None
+        clause = parse_english(source)
+        assert clause is not None and english(clause) == source
+    for bad in ("The dog carry a lamp.", "A dogs carried a lamp.", "The dog will carried a lamp.",
+                "The dog carried a lamp near.", "The dog carried a lamp today.", "dog carried lamp.", ""):
+        assert parse_english(bad) is None, bad
+    assert TranslationTask().gold_score(["English: The dog carry a lamp.\nVelan:"], ["kan lumom porta."]) == [0.0]
+
+
+def test_translation_needs_grammar_not_lookup() -> None:
+    """Word order, agreement and morphology matter: the lexicon lookup and each single rule broken cost chrF."""
+    task = TranslationTask()
+    prompts = task.prompts(200, seed=5)
+    lookup = np.mean(task.gold_score(prompts, [" " + word_by_word(parse_source(p) or "") for p in prompts]))
+    assert lookup < 0.45
+    subj = NounPhrase("the", ("old",), "farmer", True)
+    obj = NounPhrase("a", ("tiny",), "bird", False)
+    p = f"English: {english(Clause(subj, 'watch', 'past', obj))}\nVelan:"
+    ref = reference(p)
+    assert ref == velan(Clause(subj, "watch", "past", obj)) == "elagri veti av minom vidun."
+    no_agreement = "elagri vet av minom vidu."
+    english_order = "elagri veti vidun av minom."
+    for wrong in (no_agreement, english_order):
+        assert task.gold_score([p], [wrong])[0] < 0.9
+
+
+def test_translation_sample_response_is_seeded() -> None:
+    task = TranslationTask()
+    p = task.generate_prompt(np.random.default_rng(0))
+    a = task.sample_response(p, np.random.default_rng(9), 0.3)
+    assert a == task.sample_response(p, np.random.default_rng(9), 0.3)
+    assert task.sample_response(p, np.random.default_rng(9), 1.0) == " " + reference(p)  # type: ignore[operator]
