@@ -10,6 +10,13 @@ import pytest
 import textenv
 from textenv.tasks import TASKS, get_task
 from textenv.tasks.base import split_of
+from textenv.tasks.summarization import (
+    SummarizationTask,
+    key_facts,
+    length_penalty,
+    parse_document,
+    summary_of,
+)
 from textenv.tasks.translation import (
     Clause,
     NounPhrase,
@@ -22,10 +29,10 @@ from textenv.tasks.translation import (
     word_by_word,
 )
 
-APPS = {"translation": "TextGen-Translation-v0"}
+APPS = {"translation": "TextGen-Translation-v0", "summarization": "TextGen-Summarization-v0"}
 GARBAGE = ["", " ", "\n\n", "!!!", "ééé ünïcödé 🙂 中文", "\x00\x01\ufffd", "123abc" * 50, "-" * 1000,
            "good " * 2000, "9" * 5000, "English: \nVelan:", "Velan:", "The quiet river passed the lamp.",
-           "not " * 1000 + "bad"]
+           "not " * 1000 + "bad", "Summarize: \nSummary:", "Summarize: Tom fixed the lamp.\nSummary:"]
 
 
 def _mean_gold(task_name: str, quality: float, n: int = 150, seed: int = 0) -> float:
@@ -155,3 +162,47 @@ def test_translation_sample_response_is_seeded() -> None:
     a = task.sample_response(p, np.random.default_rng(9), 0.3)
     assert a == task.sample_response(p, np.random.default_rng(9), 0.3)
     assert task.sample_response(p, np.random.default_rng(9), 1.0) == " " + reference(p)  # type: ignore[operator]
+
+
+# ---------------------------------------------------------------------------- summarisation
+DOC = ("Summarize: On Monday, Mara painted the old wagon near the bridge. Tom found the lamp. It rained all day. "
+       "Mara fixed the ladder.\nSummary:")
+
+
+def test_summarization_known_answers() -> None:
+    task = SummarizationTask()
+    assert key_facts(parse_document(DOC) or "") == ("Mara", [("paint", "wagon"), ("fix", "ladder")])
+    ref = "Mara painted the wagon and fixed the ladder."
+    assert task.prompt_columns([DOC]) == {"reference": [ref]}
+    assert summary_of("Ada", [("read", "letter"), ("hold", "lamp"), ("find", "key")]) == \
+        "Ada read the letter, held the lamp and found the key."
+    assert task.gold_score([DOC], [" " + ref]) == [1.0]
+    # one fact of two: ROUGE-L F of the LCS "Mara painted the wagon" (4 of 8 and 4 of 4 words), no penalty
+    assert task.gold_score([DOC], [" Mara painted the wagon."])[0] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    # no main person (nobody is named twice): nothing to summarise
+    assert task.gold_score(["Summarize: Tom fixed the lamp. Ada read the letter.\nSummary:"], [ref]) == [0.0]
+
+
+def test_summarization_length_penalty() -> None:
+    ref = "Mara painted the wagon and fixed the ladder."  # 8 words: 10 allowed
+    assert length_penalty(" ".join(["w"] * 10), ref) == 1.0
+    assert length_penalty(" ".join(["w"] * 20), ref) == pytest.approx(0.5)
+    task = SummarizationTask()
+    padded = " Mara painted the wagon and fixed the ladder and then she was very happy about it all."
+    details = task.gold_details([DOC], [padded])[0]
+    assert details["rougeL"] > 0.6 and details["length_penalty"] == pytest.approx(10 / 17)
+    assert details["gold"] == pytest.approx(details["rougeL"] * details["length_penalty"])
+
+
+def test_summarization_needs_selection_and_compression() -> None:
+    """Copying the document or its first sentence scores far below the reference."""
+    task = SummarizationTask()
+    prompts = task.prompts(200, seed=2)
+    copy = np.mean(task.gold_score(prompts, [" " + (parse_document(p) or "") for p in prompts]))
+    lead = np.mean(task.gold_score(prompts, [" " + (parse_document(p) or "").split(". ")[0] + "." for p in prompts]))
+    assert copy < 0.3 and lead < 0.5
+    for p in prompts[:50]:
+        doc = parse_document(p) or ""
+        main, facts = key_facts(doc) or ("", [])
+        assert 2 <= len(facts) <= 3 and doc.count(main + " ") == len(facts)
+        assert 4 <= doc.count(".") <= 5

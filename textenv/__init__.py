@@ -23,6 +23,7 @@ ENV_IDS = {
     "TextGen-Arithmetic-v0": "arithmetic",
     "TextGen-Keywords-v0": "keywords",
     "TextGen-Translation-v0": "translation",
+    "TextGen-Summarization-v0": "summarization",
 }
 
 

@@ -4,6 +4,7 @@
 - ``"arithmetic"`` (:class:`ArithmeticTask`): answer ``a+b=``; exact-match gold.
 - ``"keywords"`` (:class:`KeywordsTask`): one well-formed sentence that uses three given words.
 - ``"translation"`` (:class:`TranslationTask`): English-like text into a constructed language; chrF gold.
+- ``"summarization"`` (:class:`SummarizationTask`): what a document's main person did; ROUGE-L gold.
 
 Example:
     >>> task = get_task("arithmetic")
@@ -19,6 +20,7 @@ from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
 from textenv.tasks.keywords import KeywordsTask
 from textenv.tasks.sentiment import SentimentTask
+from textenv.tasks.summarization import SummarizationTask
 from textenv.tasks.translation import TranslationTask
 
 #: Built-in tasks by registry name.
@@ -27,6 +29,7 @@ TASKS: dict[str, type[Task]] = {
     ArithmeticTask.name: ArithmeticTask,
     KeywordsTask.name: KeywordsTask,
     TranslationTask.name: TranslationTask,
+    SummarizationTask.name: SummarizationTask,
 }
 
 
@@ -50,4 +53,4 @@ def get_task(name: str | Task, **kwargs: Any) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "SentimentTask", "Task", "TranslationTask", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "SentimentTask", "SummarizationTask", "Task", "TranslationTask", "get_task"]

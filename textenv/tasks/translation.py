@@ -298,7 +298,7 @@ class TranslationTask(Task):
 
     name = "translation"
     #: The shipped tokenizer (trained before this task existed) gives prompts of 14-32 tokens and
-    #: references of 10-46 (mean 23).
+    #: references of 10-46 (mean 23), over 300 prompts.
     default_max_prompt_tokens = 40
     default_max_new_tokens = 48
     prompt_column_names = ("reference",)
