@@ -10,6 +10,7 @@ import pytest
 import textenv
 from textenv.tasks import TASKS, get_task
 from textenv.tasks.base import split_of
+from textenv.tasks.qa import QATask, answer_question, references
 from textenv.tasks.summarization import (
     SummarizationTask,
     key_facts,
@@ -29,10 +30,12 @@ from textenv.tasks.translation import (
     word_by_word,
 )
 
-APPS = {"translation": "TextGen-Translation-v0", "summarization": "TextGen-Summarization-v0"}
+APPS = {"translation": "TextGen-Translation-v0", "summarization": "TextGen-Summarization-v0",
+        "qa": "TextGen-QA-v0"}
 GARBAGE = ["", " ", "\n\n", "!!!", "ééé ünïcödé 🙂 中文", "\x00\x01\ufffd", "123abc" * 50, "-" * 1000,
            "good " * 2000, "9" * 5000, "English: \nVelan:", "Velan:", "The quiet river passed the lamp.",
-           "not " * 1000 + "bad", "Summarize: \nSummary:", "Summarize: Tom fixed the lamp.\nSummary:"]
+           "not " * 1000 + "bad", "Summarize: \nSummary:", "Summarize: Tom fixed the lamp.\nSummary:",
+           "Context: Tom has the lamp.\nQuestion: Who is the oldest?\nAnswer:"]
 
 
 def _mean_gold(task_name: str, quality: float, n: int = 150, seed: int = 0) -> float:
@@ -206,3 +209,51 @@ def test_summarization_needs_selection_and_compression() -> None:
         main, facts = key_facts(doc) or ("", [])
         assert 2 <= len(facts) <= 3 and doc.count(main + " ") == len(facts)
         assert 4 <= doc.count(".") <= 5
+
+
+# ---------------------------------------------------------------------------- question answering
+PASSAGE = ("Tom has the lamp. Ada has the kettle. Eva has the ribbon. The lamp is in the garden. "
+           "The kettle is in the tower. The ribbon is in the market. Ada is older than Tom. Eva is older than Ada.")
+
+
+@pytest.mark.parametrize(("question", "answer"), [
+    ("Where is the lamp?", "the garden"),
+    ("Who has the kettle?", "Ada"),
+    ("Where is the thing that Eva has?", "the market"),
+    ("Who has the thing in the tower?", "Ada"),
+    ("Who is the oldest?", "Eva"),
+    ("Who is the youngest?", "Tom"),
+    ("Where is the violin?", None),
+    ("Who has the thing in the harbor?", None),
+    ("What is the meaning of life?", None),
+])
+def test_qa_known_answers(question: str, answer: str | None) -> None:
+    assert answer_question(PASSAGE, question) == answer
+
+
+def test_qa_gold_is_squad_f1_and_em() -> None:
+    task = QATask()
+    p = f"Context: {PASSAGE}\nQuestion: Where is the thing that Eva has?\nAnswer:"
+    assert references(p) == ["the market", "in the market"]
+    assert task.gold_score([p] * 4, [" the market", " Market.\nmore text", " It is the market.", " the tower"]) == \
+        [1.0, 1.0, 0.5, 0.0]  # "it is market" vs "market": precision 1/3, recall 1
+    assert task.gold_details([p, p], [" in the market", " it is in the market"]) == [
+        {"f1": 1.0, "exact_match": 1.0}, {"f1": pytest.approx(2 / 3), "exact_match": 0.0}]  # 2 of 4 words vs "in market"
+    cols = task.prompt_columns([p, f"Context: {PASSAGE}\nQuestion: Who has the lamp?\nAnswer:", "hi"])
+    assert cols == {"answers": [["the market", "in the market"], ["Tom"], None], "two_facts": [True, False, False]}
+    # incomplete age information: no single oldest person, nothing to score
+    partial = "Context: Tom has the lamp. Ada is older than Tom. Eva is older than Tom.\nQuestion: Who is the oldest?\nAnswer:"
+    assert references(partial) is None and task.gold_score([partial], [" Ada"]) == [0.0]
+
+
+def test_qa_two_fact_questions_need_both_facts() -> None:
+    """About half the prompts combine two facts, every prompt is answerable, and answering a two-fact
+    question with the one-fact shortcut (the entity named next to the question's word) scores 0."""
+    task = QATask()
+    prompts = task.prompts(400, seed=1)
+    cols = task.prompt_columns(prompts)
+    assert all(a is not None for a in cols["answers"])
+    share = float(np.mean(cols["two_facts"]))
+    assert 0.45 < share < 0.75
+    p = f"Context: {PASSAGE}\nQuestion: Who has the thing in the tower?\nAnswer:"
+    assert task.gold_score([p], [" the kettle"]) == [0.0]

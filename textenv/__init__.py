@@ -24,6 +24,7 @@ ENV_IDS = {
     "TextGen-Keywords-v0": "keywords",
     "TextGen-Translation-v0": "translation",
     "TextGen-Summarization-v0": "summarization",
+    "TextGen-QA-v0": "qa",
 }
 
 

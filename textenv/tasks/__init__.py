@@ -5,6 +5,7 @@
 - ``"keywords"`` (:class:`KeywordsTask`): one well-formed sentence that uses three given words.
 - ``"translation"`` (:class:`TranslationTask`): English-like text into a constructed language; chrF gold.
 - ``"summarization"`` (:class:`SummarizationTask`): what a document's main person did; ROUGE-L gold.
+- ``"qa"`` (:class:`QATask`): answer a question about a passage, some by combining two facts; SQuAD F1 gold.
 
 Example:
     >>> task = get_task("arithmetic")
@@ -19,6 +20,7 @@ from typing import Any
 from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
 from textenv.tasks.keywords import KeywordsTask
+from textenv.tasks.qa import QATask
 from textenv.tasks.sentiment import SentimentTask
 from textenv.tasks.summarization import SummarizationTask
 from textenv.tasks.translation import TranslationTask
@@ -30,6 +32,7 @@ TASKS: dict[str, type[Task]] = {
     KeywordsTask.name: KeywordsTask,
     TranslationTask.name: TranslationTask,
     SummarizationTask.name: SummarizationTask,
+    QATask.name: QATask,
 }
 
 
@@ -53,4 +56,4 @@ def get_task(name: str | Task, **kwargs: Any) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "SentimentTask", "SummarizationTask", "Task", "TranslationTask", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "QATask", "SentimentTask", "SummarizationTask", "Task", "TranslationTask", "get_task"]
