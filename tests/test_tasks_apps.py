@@ -10,6 +10,7 @@ import pytest
 import textenv
 from textenv.tasks import TASKS, get_task
 from textenv.tasks.base import split_of
+from textenv.tasks.detox import DetoxTask, content_preservation, content_words, toxicity
 from textenv.tasks.qa import QATask, answer_question, references
 from textenv.tasks.summarization import (
     SummarizationTask,
@@ -31,11 +32,12 @@ from textenv.tasks.translation import (
 )
 
 APPS = {"translation": "TextGen-Translation-v0", "summarization": "TextGen-Summarization-v0",
-        "qa": "TextGen-QA-v0"}
+        "qa": "TextGen-QA-v0", "detox": "TextGen-Detox-v0"}
 GARBAGE = ["", " ", "\n\n", "!!!", "ééé ünïcödé 🙂 中文", "\x00\x01\ufffd", "123abc" * 50, "-" * 1000,
            "good " * 2000, "9" * 5000, "English: \nVelan:", "Velan:", "The quiet river passed the lamp.",
            "not " * 1000 + "bad", "Summarize: \nSummary:", "Summarize: Tom fixed the lamp.\nSummary:",
-           "Context: Tom has the lamp.\nQuestion: Who is the oldest?\nAnswer:"]
+           "Context: Tom has the lamp.\nQuestion: Who is the oldest?\nAnswer:",
+           "Rewrite politely: ->", "Rewrite politely: You idiot! ->", "IDIOT " * 500 + "!" * 500]
 
 
 def _mean_gold(task_name: str, quality: float, n: int = 150, seed: int = 0) -> float:
@@ -65,7 +67,7 @@ def test_splits_disjoint_and_seeded(name: str) -> None:
 def test_gold_grows_with_quality(name: str) -> None:
     g0, g5, g1 = (_mean_gold(name, q) for q in (0.0, 0.5, 1.0))
     assert g1 > g5 > g0
-    assert g1 > 0.9 and g0 < 0.5
+    assert g1 > (0.8 if name == "detox" else 0.9) and g0 < 0.5  # a polite frame costs detox some chrF
 
 
 @pytest.mark.parametrize("name", sorted(APPS))
@@ -257,3 +259,73 @@ def test_qa_two_fact_questions_need_both_facts() -> None:
     assert 0.45 < share < 0.75
     p = f"Context: {PASSAGE}\nQuestion: Who has the thing in the tower?\nAnswer:"
     assert task.gold_score([p], [" the kettle"]) == [0.0]
+
+
+# ---------------------------------------------------------------------------- detox and the toxicity reward
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Please fix the lamp.", 0.0),
+    ("You are stupid.", 1 - np.exp(-2.0 / 2)),
+    ("You are really stupid.", 1 - np.exp(-2.0 * 1.4 / 2)),  # intensifier
+    ("You are really totally stupid.", 1 - np.exp(-2.0 * 1.4 * 1.5 / 2)),  # they multiply
+    ("You are slightly stupid.", 1 - np.exp(-2.0 * 0.5 / 2)),  # dampener
+    ("You are not stupid.", 1 - np.exp(-2.0 * 0.2 / 2)),  # negation scales a toxic word
+    ("You aren't stupid.", 1 - np.exp(-2.0 * 0.2 / 2)),
+    ("You are not smart.", 1 - np.exp(-1.5 / 2)),  # and makes a positive rude
+    ("You are smart.", 0.0),
+    ("Not now, you are stupid.", 1 - np.exp(-2.0 / 2)),  # negation ends at the clause
+    ("Shut up.", 1 - np.exp(-3.0 / 2)),  # the bigram adds to "shut"
+    ("You are stupid!", 1 - np.exp(-(2.0 + 0.3) / 2)),  # exclamation
+    ("You are STUPID.", 1 - np.exp(-(2.0 + 0.5) / 2)),  # shouting
+    ("stupid " * 50, 1 - np.exp(-100.0 / 2)),
+])
+def test_toxicity_known_answers(text: str, expected: float) -> None:
+    assert toxicity(text) == pytest.approx(expected)
+
+
+def test_detox_known_answers() -> None:
+    task = DetoxTask()
+    p = "Rewrite politely: Listen, you idiot, fix the broken wagon today! ->"
+    assert content_words("Listen, you idiot, fix the broken wagon today!") == ["fix", "the", "broken", "wagon", "today"]
+    assert task.prompt_columns([p, "x"]) == {"content": ["fix the broken wagon today", None]}
+    polite, copy, empty = " Please fix the broken wagon today.", " Listen, you idiot, fix the broken wagon today!", \
+        " Have a nice day."
+    d = task.gold_details([p] * 3, [polite, copy, empty])
+    assert d[0]["toxicity"] == 0.0 and d[0]["content"] > 0.85 and d[0]["gold"] == d[0]["content"]
+    assert d[1]["content"] > d[0]["content"] - 0.1 and d[1]["toxicity"] > 0.8 and d[1]["gold"] < 0.2
+    assert d[2]["toxicity"] == 0.0 and d[2]["gold"] < 0.15
+    assert content_preservation("FIX THE BROKEN WAGON TODAY", "you idiot, fix the broken wagon today") == 1.0
+    assert task.gold_score(["Rewrite politely: You idiot! ->"], [" Hello."]) == [0.0]  # no content to keep
+
+
+def test_detox_copying_the_source_scores_low() -> None:
+    task = DetoxTask()
+    prompts = task.prompts(200, seed=3)
+    from textenv.tasks.detox import parse_source
+
+    copy = np.mean(task.gold_score(prompts, [" " + (parse_source(p) or "") for p in prompts]))
+    best = np.mean(task.gold_score(prompts, [task.sample_response(p, np.random.default_rng(0), 1.0) for p in prompts]))
+    assert copy < 0.3 < 0.8 < best
+
+
+def test_toxicity_reward_on_any_task() -> None:
+    from textenv.rewards import ToxicityReward, resolve_reward_model
+    from textenv.rewards.adapters import CompositeReward
+
+    rm = resolve_reward_model("toxicity", get_task("sentiment"))
+    assert isinstance(rm, ToxicityReward) and rm.name == "toxicity"
+    assert resolve_reward_model("toxicity") is not None  # needs no task
+    good, bad = rm(["Review: The film was"] * 2, [" a quiet delight.", " stupid, you idiot!"])
+    assert good == 1.0 and bad < 0.1
+    both = resolve_reward_model(["gold", ("toxicity", 0.5)], get_task("arithmetic"))
+    assert isinstance(both, CompositeReward) and both(["2+2="], ["4"]) == [1.5]
+    with pytest.raises(ValueError, match="2 prompts but 1 completions"):
+        rm(["a", "b"], ["c"])
+    with pytest.raises(TypeError, match="completion 0 must be a str"):
+        rm(["a"], [3])  # type: ignore[list-item]
+    env = gym.make("TextGen-Arithmetic-v0", reward_model="toxicity")
+    env.reset(seed=0)
+    done, reward = False, 0.0
+    while not done:
+        _, reward, terminated, truncated, _ = env.step(int(env.action_space.sample()))
+        done = terminated or truncated
+    assert 0.0 < float(reward) <= 1.0

@@ -25,6 +25,7 @@ ENV_IDS = {
     "TextGen-Translation-v0": "translation",
     "TextGen-Summarization-v0": "summarization",
     "TextGen-QA-v0": "qa",
+    "TextGen-Detox-v0": "detox",
 }
 
 

@@ -6,6 +6,7 @@
 - ``"translation"`` (:class:`TranslationTask`): English-like text into a constructed language; chrF gold.
 - ``"summarization"`` (:class:`SummarizationTask`): what a document's main person did; ROUGE-L gold.
 - ``"qa"`` (:class:`QATask`): answer a question about a passage, some by combining two facts; SQuAD F1 gold.
+- ``"detox"`` (:class:`DetoxTask`): rewrite a rude sentence civilly, keeping its content; (1 - toxicity) x chrF.
 
 Example:
     >>> task = get_task("arithmetic")
@@ -19,6 +20,7 @@ from typing import Any
 
 from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
+from textenv.tasks.detox import DetoxTask
 from textenv.tasks.keywords import KeywordsTask
 from textenv.tasks.qa import QATask
 from textenv.tasks.sentiment import SentimentTask
@@ -33,6 +35,7 @@ TASKS: dict[str, type[Task]] = {
     TranslationTask.name: TranslationTask,
     SummarizationTask.name: SummarizationTask,
     QATask.name: QATask,
+    DetoxTask.name: DetoxTask,
 }
 
 
@@ -56,4 +59,4 @@ def get_task(name: str | Task, **kwargs: Any) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "QATask", "SentimentTask", "SummarizationTask", "Task", "TranslationTask", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "DetoxTask", "KeywordsTask", "QATask", "SentimentTask", "SummarizationTask", "Task", "TranslationTask", "get_task"]
