@@ -329,3 +329,14 @@ def test_toxicity_reward_on_any_task() -> None:
         _, reward, terminated, truncated, _ = env.step(int(env.action_space.sample()))
         done = terminated or truncated
     assert 0.0 < float(reward) <= 1.0
+
+
+def test_gold_details_of_every_task_agree_with_gold() -> None:
+    for name in sorted(TASKS):
+        task, rng = get_task(name), np.random.default_rng(0)
+        prompts = [task.sample_prompt(rng) for _ in range(10)]
+        completions = [task.sample_response(p, rng, 0.5) for p in prompts]
+        gold = task.gold_score(prompts, completions)
+        details = task.gold_details(prompts, completions)
+        key = {"translation": "chrf", "qa": "f1"}.get(name, "gold")
+        assert [d[key] for d in details] == gold, name

@@ -203,7 +203,8 @@ class DetoxTask(Task):
     """
 
     name = "detox"
-    #: The shipped tokenizer gives prompts of 23-51 tokens and polite rewrites of 9-30.
+    #: The shipped tokenizer gives prompts of 20-55 tokens (mean 32) and polite rewrites of 7-27
+    #: (mean 16), over 2,000 prompts.
     default_max_prompt_tokens = 60
     default_max_new_tokens = 36
     prompt_column_names = ("content",)
