@@ -340,3 +340,61 @@ def test_gold_details_of_every_task_agree_with_gold() -> None:
         details = task.gold_details(prompts, completions)
         key = {"translation": "chrf", "qa": "f1"}.get(name, "gold")
         assert [d[key] for d in details] == gold, name
+
+
+# ---------------------------------------------------------------------------- joining the shipped build
+def test_build_defaults_task_names_are_checked() -> None:
+    from textenv.training.defaults import RECIPE, check_task_names
+
+    assert check_task_names(None) == list(RECIPE["tasks"])
+    assert check_task_names(["detox", "qa"]) == ["detox", "qa"]
+    for bad, match in ((["nope"], "unknown task 'nope'"), ([], "empty"), (["qa", "qa"], "twice")):
+        with pytest.raises(ValueError, match=match):
+            check_task_names(bad)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["build-defaults", "--tasks", "qa,nope"], "--tasks 'qa,nope': unknown task 'nope'"),
+    (["build-defaults", "--rewards-only"], "--rewards-only needs --tasks"),
+])
+def test_build_defaults_flags_refuse_bad_values(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from textenv.cli import main
+
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_rewards_only_refuses_a_directory_without_a_full_build(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from textenv.models import ModelLoadError
+    from textenv.training.defaults import build_reward_models
+
+    with pytest.raises(ModelLoadError, match="tokenizer.*is missing.*build-defaults"):
+        build_reward_models(["detox"], tmp_path, scale=0.005, progress=False, log=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_rewards_only_builds_one_task_into_an_existing_build(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A miniature reward model for one new task, merged into a copy of the shipped build's manifest."""
+    import json
+    import shutil
+
+    from textenv.models import DATA_DIR
+    from textenv.rewards import resolve_reward_model
+    from textenv.training.defaults import build_reward_models, sha256
+
+    if not (DATA_DIR / "MANIFEST.json").is_file():
+        pytest.skip("the shipped artifacts are not built")
+    for sub in ("tokenizer", "pretrained"):
+        shutil.copytree(DATA_DIR / sub, tmp_path / sub)
+    before = json.loads((DATA_DIR / "MANIFEST.json").read_text())
+    shutil.copy2(DATA_DIR / "MANIFEST.json", tmp_path / "MANIFEST.json")
+    m = build_reward_models(["detox"], tmp_path, scale=0.005, progress=False, log=lambda *_: None)
+    assert (tmp_path / "rewards" / "detox" / "config.json").is_file()
+    assert set(m["quality"]["rewards"]) == set(before["quality"]["rewards"]) | {"detox"}
+    assert m["quality"]["rewards"]["sentiment"] == before["quality"]["rewards"]["sentiment"]
+    assert m["reward_builds"]["detox"]["scale"] == 0.005
+    on_disk = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert on_disk["artifacts"] == m["artifacts"] and "rewards/detox/model.safetensors" in m["artifacts"]
+    assert m["artifacts"]["tokenizer/tokenizer.json"]["sha256"] == sha256(tmp_path / "tokenizer" / "tokenizer.json")
+    rm = resolve_reward_model(tmp_path / "rewards" / "detox", get_task("detox"))
+    assert len(rm(["Rewrite politely: Fix it, you idiot! ->"], [" Please fix it."])) == 1
