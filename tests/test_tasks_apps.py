@@ -86,6 +86,20 @@ def test_gold_in_unit_interval_on_garbage(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(APPS))
+def test_corpora_of_every_stage(name: str) -> None:
+    task = get_task(name)
+    pairs = task.sft_pairs(30, seed=0)
+    assert pairs == task.sft_pairs(30, seed=0) and task.pretrain_corpus(5, seed=0) == [p + r for p, r in pairs[:5]]
+    rows = task.scored_texts(30, seed=0, split="test")
+    assert all(split_of(str(r["prompt"])) == "test" and 0.0 <= float(r["score"]) <= 1.0 for r in rows)  # type: ignore[arg-type]
+    assert len({float(r["score"]) for r in rows}) > 3, "scores must be graded, not pass/fail"  # type: ignore[arg-type]
+    prefs = task.preference_pairs(30, seed=0)
+    chosen = task.gold_score([r["prompt"] for r in prefs], [r["chosen"] for r in prefs])
+    rejected = task.gold_score([r["prompt"] for r in prefs], [r["rejected"] for r in prefs])
+    assert all(c > r for c, r in zip(chosen, rejected, strict=True))
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
 def test_prompt_and_reference_fit_the_default_token_budgets(name: str) -> None:
     from textenv.models import load_tokenizer
 
