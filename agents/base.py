@@ -38,6 +38,9 @@ from textenv.training.loop import check_finite, check_finite_weights
 if TYPE_CHECKING:
     from textenv.vector import TextGenVectorEnv
 
+#: policy names built with random weights: a checkpoint must store their reference (it cannot be rebuilt)
+RANDOM_POLICIES = ("tiny", "tiny-t5")
+
 #: the native agent classes by ``name``, filled as each concrete subclass is defined (see
 #: ``Agent.__init_subclass__``); :mod:`agents.registry` exposes it, :meth:`Agent.load` reads it
 AGENT_CLASSES: dict[str, type[Agent]] = {}
@@ -281,7 +284,7 @@ class Agent(ABC):
                                                    with_reference=self.config.lora_r is None)
             # a directory is recorded absolute (the reference is reloaded from it); "tiny" is random, so a
             # checkpoint stores its reference (see save)
-            self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", "tiny")
+            self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", *RANDOM_POLICIES)
                                   else str(policy))
         self._apply_memory_settings()  # LoRA first: with it the reference is the model itself, not cast
         self.dtype: torch.dtype = resolve_dtype(self.config.dtype, self.device)
@@ -477,7 +480,7 @@ class Agent(ABC):
         state = self.state()  # before the write: hashing a reward-model directory may fail
         with io.atomic_dir(path) as tmp:
             self.policy.save(tmp / "policy")
-            if self.policy_source in (None, "tiny") and self.policy.ref_model is not None:
+            if self.policy_source in (None, *RANDOM_POLICIES) and self.policy.ref_model is not None:
                 with quiet_progress():
                     self.policy.ref_model.save_pretrained(str(tmp / "reference"))
             torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "optimizer.pt")
