@@ -155,3 +155,76 @@ def test_tiny_t5_by_name_and_lora(tiny_tokenizer):
 def test_refuses_a_causal_lm(tiny_lm, tiny_tokenizer):
     with pytest.raises(ValueError, match="encoder-decoder.*GPT2LMHeadModel"):
         Seq2SeqPolicy(tiny_lm, tiny_tokenizer)
+
+
+def test_seq2seq_finetune_known_loss_and_learning(tiny_tokenizer, tmp_path):
+    """finetune on a T5: the loss is the decoder's NLL of response + eos given the prompt (known answer), it
+    falls, and the result loads back as a Seq2SeqPolicy that prefers the trained responses."""
+    from transformers import T5ForConditionalGeneration
+
+    from textenv.models import tiny_t5_config
+    from textenv.training.lm import IGNORE_INDEX, _collate, _seq2seq_examples, _token_nll, finetune, pretrain
+    from textenv.training.loop import TrainConfig
+
+    tok = tiny_tokenizer
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(tiny_t5_config(tok)).eval()
+    pairs = [(f"{a}+{b}=", f"{a + b}") for a, b in [(1, 2), (3, 4), (10, 20), (7, 7), (5, 1), (2, 9)]]
+    examples = _seq2seq_examples(tok, pairs[:2], 32)
+    assert examples[0].labels[-1] == tok.eos_token_id and examples[0].input_ids == tok("1+2=")["input_ids"]
+    batch = _collate(examples, tok.pad_token_id, seq2seq=True)
+    with torch.no_grad():
+        loss_sum, n = _token_nll(model, batch)
+    # by hand: decoder inputs [start] + labels[:-1], log-softmax, the labels' log-probs
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in examples:
+            dec = torch.tensor([[model.config.decoder_start_token_id, *ex.labels[:-1]]])
+            logits = model(input_ids=torch.tensor([ex.input_ids]), decoder_input_ids=dec).logits[0]
+            total -= float(torch.log_softmax(logits, -1)[torch.arange(len(ex.labels)), ex.labels].sum())
+            count += len(ex.labels)
+    assert n == count == int((batch["labels"] != IGNORE_INDEX).sum())
+    assert float(loss_sum) == pytest.approx(total, rel=1e-5)
+
+    cfg = TrainConfig(steps=30, batch_size=6, max_length=32, lr=3e-3, warmup_steps=2, eval_every=0,
+                      progress=False)
+    every = _collate(_seq2seq_examples(tok, pairs, 32), tok.pad_token_id, True)
+    with torch.no_grad():
+        before = float(_token_nll(model, every)[0])
+    metrics = finetune(model, tok, pairs, tmp_path / "sft", cfg)
+    with torch.no_grad():
+        after = float(_token_nll(model.eval(), every)[0])
+    assert after < 0.5 * before and metrics["steps"] == 30
+    policy = LMPolicy.from_pretrained(tmp_path / "sft")
+    assert isinstance(policy, Seq2SeqPolicy)
+    with pytest.raises(ValueError, match="encoder-decoder.*finetune"):
+        pretrain(model, tok, ["some text"], tmp_path / "pre", cfg)
+
+
+def test_cli_finetune_train_evaluate_sample_a_t5(tmp_path, capsys):
+    """The pipeline from the command line with an encoder-decoder policy: finetune 'tiny-t5' on a task's
+    pairs, RL it with GRPO, then evaluate and sample the checkpoint."""
+    import json
+
+    from agents.cli import main as rl_main
+    from textenv.cli import main
+
+    sft, run = tmp_path / "sft", tmp_path / "run"
+    assert main(["finetune", "--model", "tiny-t5", "--out", str(sft), "--task", "arithmetic", "--pairs-count", "64",
+                 "--steps", "3", "--batch-size", "4", "--no-progress"]) == 0
+    assert rl_main(["train", "--agent", "grpo", "--env", "TextGen-Arithmetic-v0", "--policy", str(sft), "--out",
+                    str(run), "--episodes", "16", "--eval-episodes", "8", "--batch-size", "8", "--group-size", "4",
+                    "--no-progress"]) == 0
+    capsys.readouterr()
+    assert rl_main(["evaluate", "--checkpoint", str(run), "--episodes", "8"]) == 0
+    assert "gold_score" in json.loads(capsys.readouterr().out)
+    assert rl_main(["sample", "--checkpoint", str(run), "--prompt", "12+30=", "-n", "2"]) == 0
+    assert capsys.readouterr().out.count("12+30=") == 2
+
+
+def test_sb3_refuses_an_encoder_decoder():
+    pytest.importorskip("stable_baselines3")
+    from agents.sb3 import _load_lm
+
+    with pytest.raises(ValueError, match="encoder-decoder.*native agents"):
+        _load_lm("tiny-t5")

@@ -97,7 +97,7 @@ class FinetuneArgs:
     """Flags of ``textenv finetune``."""
 
     model: str
-    """an HF causal-LM directory (e.g. a pretrain --out)"""
+    """an HF causal-LM or encoder-decoder (T5, BART) directory (e.g. a pretrain --out), or tiny / tiny-t5"""
     out: str
     """output directory (save_pretrained layout + checkpoints)"""
     task: str | None = None
