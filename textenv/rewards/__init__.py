@@ -18,6 +18,7 @@ from textenv.rewards.base import (
 )
 from textenv.rewards.hf import HFClassifierReward, LearnedRewardModel, read_reward_metadata
 from textenv.rewards.resolve import load_reward_model, resolve_reward_model
+from textenv.rewards.toxicity import ToxicityReward
 
 __all__ = [
     "INPUT_FORMAT",
@@ -29,6 +30,7 @@ __all__ = [
     "LearnedRewardModel",
     "RewardModel",
     "RewardModelError",
+    "ToxicityReward",
     "check_inputs",
     "check_scores",
     "load_reward_model",

@@ -19,11 +19,12 @@ from textenv.rewards.hf import (
     check_classifier_object,
     check_model_dir,
 )
+from textenv.rewards.toxicity import ToxicityReward
 
 if TYPE_CHECKING:
     from textenv.tasks.base import Task
 
-_ADAPTERS = (CallableReward, GoldReward, CompositeReward, HFClassifierReward)
+_ADAPTERS = (CallableReward, GoldReward, CompositeReward, HFClassifierReward, ToxicityReward)
 
 
 def resolve_reward_model(
@@ -33,6 +34,7 @@ def resolve_reward_model(
 
     - ``"default"``: the task's shipped learned reward model (``textenv/data/rewards/<task.name>``);
     - ``"gold"``: the task's exact scorer, :class:`GoldReward`;
+    - ``"toxicity"``: civility by the detox task's toxicity lexicon, :class:`ToxicityReward` (any task);
     - a directory (``str`` or ``Path``): a model saved by ``textenv train-reward``
       (:class:`LearnedRewardModel`) or any Hugging Face sequence-classification model
       (:class:`HFClassifierReward`, ``num_labels=1`` or a label named like "positive"; for another label
@@ -72,6 +74,8 @@ def resolve_reward_model(
     device = resolve_device(device, "reward model device")
     if isinstance(spec, _ADAPTERS):
         return spec
+    if isinstance(spec, str) and spec == "toxicity":
+        return ToxicityReward()
     if isinstance(spec, str) and spec in ("default", "gold"):
         if task is None:
             raise ValueError(f"reward_model={spec!r} needs a task, got task=None")
@@ -109,7 +113,7 @@ def resolve_reward_model(
     if callable(spec):
         return CallableReward(spec, task=task)
     raise ValueError(
-        f"unknown reward_model {spec!r} ({type(spec).__name__}); expected 'default', 'gold', a directory, "
+        f"unknown reward_model {spec!r} ({type(spec).__name__}); expected 'default', 'gold', 'toxicity', a directory, "
         f"a callable, or a list of them with optional weights"
     )
 

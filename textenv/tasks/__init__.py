@@ -3,6 +3,10 @@
 - ``"sentiment"`` (:class:`SentimentTask`): continue a movie review so that it reads positive.
 - ``"arithmetic"`` (:class:`ArithmeticTask`): answer ``a+b=``; exact-match gold.
 - ``"keywords"`` (:class:`KeywordsTask`): one well-formed sentence that uses three given words.
+- ``"translation"`` (:class:`TranslationTask`): English-like text into a constructed language; chrF gold.
+- ``"summarization"`` (:class:`SummarizationTask`): what a document's main person did; ROUGE-L gold.
+- ``"qa"`` (:class:`QATask`): answer a question about a passage, some by combining two facts; SQuAD F1 gold.
+- ``"detox"`` (:class:`DetoxTask`): rewrite a rude sentence civilly, keeping its content; (1 - toxicity) x chrF.
 
 Example:
     >>> task = get_task("arithmetic")
@@ -16,14 +20,22 @@ from typing import Any
 
 from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
+from textenv.tasks.detox import DetoxTask
 from textenv.tasks.keywords import KeywordsTask
+from textenv.tasks.qa import QATask
 from textenv.tasks.sentiment import SentimentTask
+from textenv.tasks.summarization import SummarizationTask
+from textenv.tasks.translation import TranslationTask
 
 #: Built-in tasks by registry name.
 TASKS: dict[str, type[Task]] = {
     SentimentTask.name: SentimentTask,
     ArithmeticTask.name: ArithmeticTask,
     KeywordsTask.name: KeywordsTask,
+    TranslationTask.name: TranslationTask,
+    SummarizationTask.name: SummarizationTask,
+    QATask.name: QATask,
+    DetoxTask.name: DetoxTask,
 }
 
 
@@ -47,4 +59,4 @@ def get_task(name: str | Task, **kwargs: Any) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "SentimentTask", "Task", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "DetoxTask", "KeywordsTask", "QATask", "SentimentTask", "SummarizationTask", "Task", "TranslationTask", "get_task"]
