@@ -4,6 +4,8 @@
 - ``"arithmetic"`` (:class:`ArithmeticTask`): answer ``a+b=``; exact-match gold.
 - ``"keywords"`` (:class:`KeywordsTask`): one well-formed sentence that uses three given words.
 
+A user's own rows and metric make a :class:`DatasetTask` (:mod:`textenv.tasks.dataset`).
+
 Example:
     >>> task = get_task("arithmetic")
     >>> task.gold_score(["23+58="], ["81"])
@@ -16,6 +18,7 @@ from typing import Any
 
 from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
+from textenv.tasks.dataset import DatasetTask, task_from_spec
 from textenv.tasks.keywords import KeywordsTask
 from textenv.tasks.sentiment import SentimentTask
 
@@ -27,8 +30,9 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def get_task(name: str | Task, **kwargs: Any) -> Task:
-    """A task by registry name (built with ``kwargs``), or ``name`` itself if it is already a Task.
+def get_task(name: str | Task | dict[str, Any], **kwargs: Any) -> Task:
+    """A task by registry name (built with ``kwargs``), ``name`` itself if it is already a Task, or the task a
+    record from :meth:`Task.spec` describes (a dict, as a checkpoint keeps it).
 
     Example:
         >>> get_task("arithmetic", partial_credit=True).partial_credit
@@ -38,6 +42,10 @@ def get_task(name: str | Task, **kwargs: Any) -> Task:
         if kwargs:
             raise ValueError(f"keyword arguments {sorted(kwargs)} need a task name, got the instance {name!r}")
         return name
+    if isinstance(name, dict):
+        if kwargs:
+            raise ValueError(f"keyword arguments {sorted(kwargs)} need a task name, got the record {name!r}")
+        return task_from_spec(name)
     if not isinstance(name, str):
         raise TypeError(f"task must be a name or a Task, got {type(name).__name__}: {name!r}")
     try:
@@ -47,4 +55,4 @@ def get_task(name: str | Task, **kwargs: Any) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "SentimentTask", "Task", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "DatasetTask", "KeywordsTask", "SentimentTask", "Task", "get_task"]
