@@ -168,6 +168,9 @@ class TrainArguments:
     """show a progress bar (--no-progress: none)"""
     report_to: ReportTo = "none"
     """also send the metrics to: none, tensorboard (<out>/tensorboard) or wandb (offline, <out>/wandb)"""
+    task: str | None = None
+    """a task name instead of --env's: a built-in one or 'reasoning_gym:<dataset>' (the [reasoning] extra), whose
+    reward is its gold scorer unless --reward-model says otherwise; exclusive with --task-data"""
     task_data: str | None = None
     """a .jsonl of {"prompt", "reference"|"references"|"answer", "split"?} rows: the task (textenv.tasks.DatasetTask)
     instead of --env's; its reward is the --metric unless --reward-model says otherwise"""
@@ -194,6 +197,9 @@ class TrainArguments:
         _check_metric(self.metric)
         if self.metric is not None and self.task_data is None:
             raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
+        if self.task is not None and self.task_data is not None:
+            raise ValueError(f"give --task or --task-data, not both (got --task {self.task!r} and --task-data "
+                             f"{self.task_data!r})")
         check_report_to(self.report_to)  # a missing package fails here, before anything is written
         if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"--out {self.out!r} is a file, not a run directory")
@@ -276,6 +282,11 @@ def _make_agent(args: TrainArguments, config: Any = None) -> Agent | SB3Agent:
     task = dataset_task(args.task_data, args.metric)
     if task is not None:
         env_kwargs["task"] = task
+    elif args.task is not None:
+        from textenv.tasks import get_task
+
+        get_task(args.task)  # a bad name or a missing extra fails before any directory is made
+        env_kwargs["task"] = args.task
     if args.agent in SB3_AGENTS:
         sb3 = config if isinstance(config, SB3Config) else SB3Config()
         return make_agent(args.agent, args.env, args.policy, seed=args.seed, device=args.device,
@@ -337,6 +348,8 @@ def resume_conflicts(args: TrainArguments, config: Any, meta: dict[str, Any], wh
         if not same:
             conflict("reward-model", args.reward_model, meta["reward_model"].get("name", meta["reward_model"])
                      if isinstance(meta["reward_model"], dict) else meta["reward_model"])
+    if "task" in given and args.task != (meta.get("env_kwargs") or {}).get("task"):
+        conflict("task", args.task, (meta.get("env_kwargs") or {}).get("task"))
     if given & {"task_data", "metric"}:
         task = (meta.get("env_kwargs") or {}).get("task")
         recorded_data = task.get("path") if isinstance(task, dict) else None

@@ -4,7 +4,9 @@
 - ``"arithmetic"`` (:class:`ArithmeticTask`): answer ``a+b=``; exact-match gold.
 - ``"keywords"`` (:class:`KeywordsTask`): one well-formed sentence that uses three given words.
 
-A user's own rows and metric make a :class:`DatasetTask` (:mod:`textenv.tasks.dataset`).
+A user's own rows and metric make a :class:`DatasetTask` (:mod:`textenv.tasks.dataset`), and
+``"reasoning_gym:<dataset>"`` names a procedural dataset of the ``reasoning-gym`` package
+(:class:`~textenv.tasks.reasoning.ReasoningGymTask`, the optional extra ``[reasoning]``).
 
 Example:
     >>> task = get_task("arithmetic")
@@ -48,10 +50,14 @@ def get_task(name: str | Task | dict[str, Any], **kwargs: Any) -> Task:
         return task_from_spec(name)
     if not isinstance(name, str):
         raise TypeError(f"task must be a name or a Task, got {type(name).__name__}: {name!r}")
+    if name.strip().startswith("reasoning_gym:"):
+        from textenv.tasks.reasoning import PREFIX, ReasoningGymTask
+
+        return ReasoningGymTask(name.strip()[len(PREFIX):], **kwargs)
     try:
         cls = TASKS[name.strip().lower()]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}") from None
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}, or 'reasoning_gym:<dataset>'") from None
     return cls(**kwargs)
 
 
