@@ -585,12 +585,28 @@ def env_record(env_kwargs: dict[str, Any], env_id: str | None, envs: Any) -> dic
     (``unsaved_env_kwargs``) and the reward model's spec (``reward_model``, see :mod:`textenv.rewards.spec`):
     the ``reward_model=`` argument for an env built from an id, the env's resolved one otherwise."""
     rm = env_kwargs.get("reward_model", "default") if env_id is not None else envs.reward_model
+    # a task object that can describe itself (textenv.tasks.Task.spec, e.g. a DatasetTask of a file) is kept
+    # as its JSON record, which the env's task= accepts back
+    recorded = {k: _task_record(v) for k, v in env_kwargs.items() if k != "reward_model"}
     return {
-        "env_kwargs": {k: v for k, v in env_kwargs.items() if k != "reward_model" and isinstance(v, _SCALARS)},
-        "unsaved_env_kwargs": sorted(k for k, v in env_kwargs.items()
-                                     if k != "reward_model" and not isinstance(v, _SCALARS)),
+        "env_kwargs": {k: v for k, v in recorded.items() if _recordable(k, v)},
+        "unsaved_env_kwargs": sorted(k for k, v in recorded.items() if not _recordable(k, v)),
         "reward_model": describe_reward_model(rm),
     }
+
+
+def _recordable(key: str, value: Any) -> bool:
+    return isinstance(value, _SCALARS) or (key == "task" and isinstance(value, dict))
+
+
+def _task_record(value: Any) -> Any:
+    """``value`` itself, or the JSON record of a task object that has one (``Task.spec()``)."""
+    from textenv.tasks import Task
+
+    if isinstance(value, Task):
+        spec = value.spec()
+        return spec if spec is not None else value
+    return value
 
 
 def rebuild_env(meta: dict[str, Any], where: str, env: Any = None,

@@ -47,13 +47,40 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     return ckpts[-1]
 
 
-def load_any(path: str | os.PathLike[str]) -> Agent | SB3Agent:
-    """Load our agents or an SB3 run from a checkpoint directory."""
+def load_any(path: str | os.PathLike[str], task: Any = None) -> Agent | SB3Agent:
+    """Load our agents or an SB3 run from a checkpoint directory; ``task`` (a task object, name or record)
+    replaces the checkpoint's task, the rest of its env (reward model, budgets) is kept."""
+    from agents.base import rebuild_env
+
     ckpt = resolve_checkpoint(path)
     meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
+    env_kwargs = None
+    if task is not None:
+        _, env_kwargs = rebuild_env(meta, str(ckpt / CHECKPOINT_MARKER))
+        env_kwargs["task"] = task
     if str(meta.get("agent", "")).startswith("sb3-"):
-        return SB3Agent.load(ckpt)
-    return Agent.load(ckpt)
+        return SB3Agent.load(ckpt, env_kwargs=env_kwargs)
+    return Agent.load(ckpt, env_kwargs=env_kwargs)
+
+
+def dataset_task(task_data: str | None, metric: str | None) -> Any:
+    """The :class:`~textenv.tasks.DatasetTask` of ``--task-data``/``--metric`` (None without ``--task-data``;
+    ``--metric`` alone is refused)."""
+    if task_data is None:
+        if metric is not None:
+            raise ValueError(f"--metric {metric!r} needs --task-data (the JSONL file the metric scores against)")
+        return None
+    from textenv.tasks import DatasetTask
+
+    return DatasetTask(task_data, metric=metric if metric is not None else "chrf")
+
+
+def _check_metric(metric: str | None) -> None:
+    if metric is not None:
+        from textenv.metrics import METRICS
+
+        if metric not in METRICS:
+            raise ValueError(f"--metric must be one of {list(METRICS)}, got {metric!r}")
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
@@ -141,6 +168,14 @@ class TrainArguments:
     """show a progress bar (--no-progress: none)"""
     report_to: ReportTo = "none"
     """also send the metrics to: none, tensorboard (<out>/tensorboard) or wandb (offline, <out>/wandb)"""
+    task: str | None = None
+    """a task name instead of --env's: a built-in one or 'reasoning_gym:<dataset>' (the [reasoning] extra), whose
+    reward is its gold scorer unless --reward-model says otherwise; exclusive with --task-data"""
+    task_data: str | None = None
+    """a .jsonl of {"prompt", "reference"|"references"|"answer", "split"?} rows: the task (textenv.tasks.DatasetTask)
+    instead of --env's; its reward is the --metric unless --reward-model says otherwise"""
+    metric: str | None = None
+    """with --task-data: exact_match, f1, bleu, chrf (default), rouge1, rouge2 or rougeL"""
 
     def __post_init__(self) -> None:
         from agents.registry import agent_names
@@ -159,6 +194,12 @@ class TrainArguments:
             raise ValueError(f"--dtype 'bfloat16' is for the native agents; {self.agent} trains in float32 "
                              f"(use --dtype auto or float32)")
         check_textgen_env_id(self.env)
+        _check_metric(self.metric)
+        if self.metric is not None and self.task_data is None:
+            raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
+        if self.task is not None and self.task_data is not None:
+            raise ValueError(f"give --task or --task-data, not both (got --task {self.task!r} and --task-data "
+                             f"{self.task_data!r})")
         check_report_to(self.report_to)  # a missing package fails here, before anything is written
         if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"--out {self.out!r} is a file, not a run directory")
@@ -191,6 +232,15 @@ class EvaluateArguments:
     """held-out episodes to evaluate on"""
     seed: int | None = None
     """evaluation seed (default: the stream of the run's seed, agents.contract.evaluation_seed)"""
+    task_data: str | None = None
+    """evaluate on this .jsonl's test split (a DatasetTask) instead of the checkpoint's task"""
+    metric: str | None = None
+    """with --task-data: the metric (default chrf)"""
+
+    def __post_init__(self) -> None:
+        _check_metric(self.metric)
+        if self.metric is not None and self.task_data is None:
+            raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
 
 
 @dataclasses.dataclass
@@ -205,8 +255,15 @@ class SampleArguments:
     """samples per prompt"""
     seed: int = 0
     """sampling seed"""
+    task_data: str | None = None
+    """sample with this .jsonl as the task (a DatasetTask; its metric scores the samples) instead of the checkpoint's"""
+    metric: str | None = None
+    """with --task-data: the metric (default chrf)"""
 
     def __post_init__(self) -> None:
+        _check_metric(self.metric)
+        if self.metric is not None and self.task_data is None:
+            raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
         if not self.prompt:
             raise ValueError("--prompt: give at least one prompt")
         if isinstance(self.num, bool) or self.num < 1:
@@ -221,7 +278,15 @@ def config_overrides(config: Any) -> dict[str, Any]:
 
 
 def _make_agent(args: TrainArguments, config: Any = None) -> Agent | SB3Agent:
-    env_kwargs = {} if args.reward_model == "default" else {"reward_model": args.reward_model}
+    env_kwargs: dict[str, Any] = {} if args.reward_model == "default" else {"reward_model": args.reward_model}
+    task = dataset_task(args.task_data, args.metric)
+    if task is not None:
+        env_kwargs["task"] = task
+    elif args.task is not None:
+        from textenv.tasks import get_task
+
+        get_task(args.task)  # a bad name or a missing extra fails before any directory is made
+        env_kwargs["task"] = args.task
     if args.agent in SB3_AGENTS:
         sb3 = config if isinstance(config, SB3Config) else SB3Config()
         return make_agent(args.agent, args.env, args.policy, seed=args.seed, device=args.device,
@@ -283,6 +348,17 @@ def resume_conflicts(args: TrainArguments, config: Any, meta: dict[str, Any], wh
         if not same:
             conflict("reward-model", args.reward_model, meta["reward_model"].get("name", meta["reward_model"])
                      if isinstance(meta["reward_model"], dict) else meta["reward_model"])
+    if "task" in given and args.task != (meta.get("env_kwargs") or {}).get("task"):
+        conflict("task", args.task, (meta.get("env_kwargs") or {}).get("task"))
+    if given & {"task_data", "metric"}:
+        task = (meta.get("env_kwargs") or {}).get("task")
+        recorded_data = task.get("path") if isinstance(task, dict) else None
+        recorded_metric = task.get("metric") if isinstance(task, dict) else None
+        data = str(Path(args.task_data).expanduser().resolve()) if args.task_data is not None else None
+        if data != recorded_data:
+            conflict("task-data", args.task_data, recorded_data)
+        if "metric" in given and args.metric != recorded_metric:
+            conflict("metric", args.metric, recorded_metric)
     if config is not None:
         for name in sorted(_given(config)):
             if sb3 and name == "n_envs" and "n_envs" not in meta:
@@ -443,14 +519,14 @@ def _barrier(agent: Any) -> None:
 
 def evaluate_command(args: EvaluateArguments) -> int:
     """``textenv evaluate``: held-out metrics of a checkpoint, as JSON."""
-    agent = load_any(args.checkpoint)
+    agent = load_any(args.checkpoint, task=dataset_task(args.task_data, args.metric))
     print(json.dumps(agent.evaluate(args.episodes, seed=args.seed), indent=2))
     return 0
 
 
 def sample_command(args: SampleArguments) -> int:
     """``textenv sample``: completions of a checkpoint's policy for the given prompts."""
-    agent = load_any(args.checkpoint)
+    agent = load_any(args.checkpoint, task=dataset_task(args.task_data, args.metric))
     prompts = [p for p in args.prompt for _ in range(args.num)]
     for p, c in sample_completions(agent.policy, agent.envs, len(prompts), seed=args.seed, prompts=prompts):
         print(f"{p}{c}")

@@ -103,7 +103,8 @@ class FinetuneArgs:
     task: str | None = None
     """a built-in task's (prompt, response) pairs; exclusive with --pairs"""
     pairs: str | None = None
-    """a .jsonl file of {"prompt", "response"} rows; exclusive with --task"""
+    """a .jsonl file of {"prompt", "response"} rows (or "reference"/"references"/"answer", as --task-data files
+    have); exclusive with --task"""
     pairs_count: int = 20000
     """pairs drawn from --task"""
     steps: int = 500
@@ -140,6 +141,15 @@ class TrainRewardArgs:
     data: str | None = None
     """.jsonl: {"text","score"} / {"prompt","completion","score"} rows (mse), {"prompt","chosen","rejected"}
     (bt); exclusive with --task"""
+    task_data: str | None = None
+    """a .jsonl of {"prompt", "reference"|"references"|"answer"} rows (a DatasetTask): --policy's samples for its
+    prompts (and the references) scored by --metric; exclusive with --task and --data"""
+    metric: str = "chrf"
+    """with --task-data: exact_match, f1, bleu, chrf, rouge1, rouge2 or rougeL"""
+    policy: str = "default"
+    """with --task-data: the causal LM that writes the scored samples ('default', 'tiny' or an HF directory)"""
+    samples: int = 4
+    """with --task-data: completions sampled per prompt"""
     loss: Literal["mse", "bt"] = "mse"
     """mse: regression on scores; bt: Bradley-Terry on preference pairs"""
     base: str | None = None
@@ -162,8 +172,12 @@ class TrainRewardArgs:
     """show a progress bar (--no-progress hides it)"""
 
     def __post_init__(self) -> None:
-        _one_source({"task": self.task, "data": self.data})
-        _check_min({"rows": self.rows, "steps": self.steps, "batch-size": self.batch_size}, 1)
+        _one_source({"task": self.task, "data": self.data, "task-data": self.task_data})
+        _check_min({"rows": self.rows, "steps": self.steps, "batch-size": self.batch_size, "samples": self.samples}, 1)
+        from textenv.metrics import METRICS
+
+        if self.metric not in METRICS:
+            raise ValueError(f"--metric must be one of {list(METRICS)}, got {self.metric!r}")
         _check_min({"seed": self.seed}, 0)
         _check_positive("lr", self.lr)
 
@@ -290,6 +304,7 @@ def _train_reward(a: TrainRewardArgs) -> int:
     from textenv.training.reward import load_reward_rows, train_reward_model
 
     task = None
+    task_name: str | None = None
     rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]] | None
     if a.task is not None:
@@ -300,6 +315,8 @@ def _train_reward(a: TrainRewardArgs) -> int:
         else:
             rows = task.preference_pairs(a.rows, seed=a.seed)
             eval_rows = task.preference_pairs(max(64, a.rows // 20), seed=a.seed + 1, split="test")
+    elif a.task_data is not None:
+        task_name, rows, eval_rows = _task_data_rows(a)
     else:
         assert a.data is not None  # TrainRewardArgs checks that one source is given
         rows = load_reward_rows(a.data, a.loss)
@@ -307,9 +324,32 @@ def _train_reward(a: TrainRewardArgs) -> int:
         rows, eval_rows = (rows[n_eval:], rows[:n_eval]) if n_eval else (rows, None)
     m = train_reward_model(rows, a.out, loss=a.loss, tokenizer=a.tokenizer, base=a.base, steps=a.steps,
                            batch_size=a.batch_size, lr=a.lr, seed=a.seed, eval_rows=eval_rows,
-                           resume=a.resume, progress=a.progress, task=task)
+                           resume=a.resume, progress=a.progress, task=task if task is not None else task_name)
     print(json.dumps(m, indent=2))
     return 0
+
+
+def _task_data_rows(a: TrainRewardArgs) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """``(task name, rows, eval rows)`` of ``--task-data``: --policy's samples scored by --metric on the
+    file's train prompts (eval: its test prompts), as MSE rows or (--loss bt) best-vs-worst pairs."""
+    from textenv.models import load_causal_lm, load_tokenizer
+    from textenv.tasks import DatasetTask
+    from textenv.training.scored import preference_rows, scored_policy_rows
+
+    assert a.task_data is not None
+    task = DatasetTask(a.task_data, metric=a.metric)
+    tok_source = a.policy if (Path(a.policy) / "tokenizer_config.json").exists() else a.tokenizer
+    tok = load_tokenizer(tok_source)
+    model = load_causal_lm(a.policy, tokenizer=tok)
+    split_rows = {}
+    for split in ("train", "test"):
+        scored = (scored_policy_rows(task, model, tok, split=split, samples_per_prompt=a.samples, seed=a.seed)
+                  if task.split_prompts(split) else [])
+        split_rows[split] = preference_rows(scored) if a.loss == "bt" else scored
+    if not split_rows["train"]:
+        raise ValueError(f"--task-data {a.task_data!r}: no {'preference pairs' if a.loss == 'bt' else 'rows'} "
+                         f"from its train prompts (bt needs samples of different scores)")
+    return task.name, split_rows["train"], split_rows["test"] or None
 
 
 def _build_defaults(a: BuildDefaultsArgs) -> int:

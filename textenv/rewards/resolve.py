@@ -32,7 +32,8 @@ def resolve_reward_model(
 ) -> RewardModel:
     """A reward model from any of the accepted forms:
 
-    - ``"default"``: the task's shipped learned reward model (``textenv/data/rewards/<task.name>``);
+    - ``"default"``: the task's shipped learned reward model (``textenv/data/rewards/<task.name>``), or its
+      gold scorer for a task whose ``default_reward_model`` is ``"gold"`` (tasks from data);
     - ``"gold"``: the task's exact scorer, :class:`GoldReward`;
     - ``"toxicity"``: civility by the detox task's toxicity lexicon, :class:`ToxicityReward` (any task);
     - a directory (``str`` or ``Path``): a model saved by ``textenv train-reward``
@@ -79,7 +80,7 @@ def resolve_reward_model(
     if isinstance(spec, str) and spec in ("default", "gold"):
         if task is None:
             raise ValueError(f"reward_model={spec!r} needs a task, got task=None")
-        if spec == "gold":
+        if spec == "gold" or getattr(task, "default_reward_model", "learned") == "gold":
             return GoldReward(task)
         path = REWARD_DIR / task.name
         if not (path / "config.json").is_file():

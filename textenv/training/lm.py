@@ -89,21 +89,27 @@ def load_text_corpus(path: str | os.PathLike[str]) -> list[str]:
 def load_pairs_jsonl(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """(prompt, response) pairs from a ``.jsonl`` file with rows ``{"prompt": str, "response": str}``.
 
-    Blank lines are skipped. A row that is not a JSON object with both string fields raises ``ValueError``
-    naming the file and the 1-based line number.
+    A row without ``"response"`` may give its target as a :class:`~textenv.tasks.DatasetTask` row does:
+    ``"references"`` (one pair per reference), ``"reference"`` or ``"answer"``, so a task's data file
+    fine-tunes as it is. Blank lines are skipped. A row that is not a JSON object with a string prompt and a
+    target raises ``ValueError`` naming the file and the 1-based line number.
     """
+    from textenv.tasks.dataset import row_references
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"pairs file {str(path)!r} does not exist or is not a file")
     pairs: list[tuple[str, str]] = []
     for lineno, row in read_jsonl(p):
         prompt, response = row.get("prompt"), row.get("response")
-        if not isinstance(prompt, str) or not isinstance(response, str):
-            raise ValueError(f"{p}:{lineno}: expected string fields 'prompt' and 'response', "
-                             f"got prompt={prompt!r:.60}, response={response!r:.60}")
-        if not prompt and not response:
-            raise ValueError(f"{p}:{lineno}: empty prompt and empty response: nothing to learn from")
-        pairs.append((prompt, response))
+        targets: list[Any] | None = [response] if "response" in row else row_references(row, f"{p}:{lineno}")
+        if not isinstance(prompt, str) or targets is None or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"{p}:{lineno}: expected a string 'prompt' and a string 'response' (or 'reference', "
+                             f"'references', 'answer'), got prompt={prompt!r:.60}, response={response!r:.60}")
+        for target in targets:
+            if not prompt and not target:
+                raise ValueError(f"{p}:{lineno}: empty prompt and empty response: nothing to learn from")
+            pairs.append((prompt, target))
     if not pairs:
         raise ValueError(f"pairs file {str(path)!r} holds no rows")
     return pairs
