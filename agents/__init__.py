@@ -15,6 +15,7 @@ stable-baselines3 runs unmodified through :mod:`agents.sb3`; the ``textenv`` con
 from __future__ import annotations
 
 from agents.base import Agent, AgentConfig
+from agents.best_of_n import BestOfN, BestOfNConfig
 from agents.contract import Learner, evaluation_seed
 from agents.grpo import GRPO, GRPOConfig
 from agents.policy import LMPolicy
@@ -24,6 +25,6 @@ from agents.reinforce import REINFORCE, REINFORCEConfig
 from agents.rloo import RLOO, RLOOConfig
 from agents.rollout import RolloutBatch, collect_rollout
 
-__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "Agent", "AgentConfig", "GRPOConfig", "LMPolicy", "Learner",
+__all__ = ["AGENTS", "BestOfN", "BestOfNConfig", "GRPO", "PPO", "REINFORCE", "RLOO", "Agent", "AgentConfig", "GRPOConfig", "LMPolicy", "Learner",
            "PPOConfig", "REINFORCEConfig", "RLOOConfig", "RolloutBatch", "collect_rollout", "evaluation_seed",
            "get_agent_class", "make_agent"]
