@@ -445,11 +445,15 @@ def ppo_policy_loss(
     clip_range: float,
     mode: LossMode = "token_mean",
     max_len: int | None = None,
+    clip_range_high: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate loss (Schulman et al. 2017, "Proximal Policy Optimization Algorithms"):
 
     ratio = exp(logprobs - old_logprobs),
-    l_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps)),   loss = aggregate_loss(l, mask, mode).
+    l_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps_high)),   loss = aggregate_loss(l, mask, mode),
+
+    with eps = ``clip_range`` and eps_high = ``clip_range_high`` (default: eps, the symmetric clip; DAPO's
+    "clip-higher", Yu et al. 2025, takes eps_high > eps).
 
     ``advantages`` is (B, T), or (B,) for one advantage per sequence (GRPO, RLOO, REINFORCE). Returns
     ``(loss, stats)``; ``stats`` holds detached 0-dim tensors over valid tokens:
@@ -462,6 +466,9 @@ def ppo_policy_loss(
     """
     if clip_range <= 0:
         raise ValueError(f"clip_range must be > 0, got {clip_range}")
+    high = clip_range if clip_range_high is None else clip_range_high
+    if high <= 0:
+        raise ValueError(f"clip_range_high must be > 0, got {clip_range_high}")
     _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs, mask=mask)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # (B, 1): broadcasts over T
@@ -472,7 +479,7 @@ def ppo_policy_loss(
     logratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(logratio)  # (B, T)
     pg_losses = -advantages * ratio  # (B, T)
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)  # (B, T)
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)  # (B, T)
     per_token_loss = torch.maximum(pg_losses, pg_losses_clipped)  # (B, T)
     loss = aggregate_loss(per_token_loss, mask, mode, max_len)
     with torch.no_grad():
