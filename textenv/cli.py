@@ -44,10 +44,11 @@ def _check_positive(flag: str, value: float) -> None:
 def _one_source(flags: dict[str, str | None]) -> None:
     """Exactly one of the mutually exclusive data sources ``flags`` (flag name -> value) is given."""
     given = {k: v for k, v in flags.items() if v is not None}
-    names = " or ".join(f"--{k}" for k in flags)
+    flag_names = [f"--{k}" for k in flags]
+    names = ", ".join(flag_names[:-1]) + f" or {flag_names[-1]}" if len(flag_names) > 1 else flag_names[0]
     if len(given) > 1:
         got = " and ".join(f"--{k} {v!r}" for k, v in given.items())
-        raise ValueError(f"give one of {names}, not both (got {got})")
+        raise ValueError(f"give one of {names}, not {'both' if len(flags) == 2 else 'several'} (got {got})")
     if not given:
         raise ValueError(f"one of {names} is required")
 
