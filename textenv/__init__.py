@@ -1,7 +1,7 @@
 """textenv: text generation as a Gymnasium environment.
 
 ``import textenv`` registers ``TextGen-v0`` (the sentiment task) and one id per built-in task
-(``TextGen-Sentiment-v0``, ``TextGen-Arithmetic-v0``, ``TextGen-Keywords-v0``). Entry points are strings,
+(``TextGen-Sentiment-v0``, ``TextGen-Arithmetic-v0``, ``TextGen-Keywords-v0``, ``TextGen-Dialogue-v0``). Entry points are strings,
 so this import stays light and ``gym.make("textenv:TextGen-v0")`` works without it.
 
 Example:
@@ -21,6 +21,7 @@ ENV_IDS = {
     "TextGen-Sentiment-v0": "sentiment",
     "TextGen-Arithmetic-v0": "arithmetic",
     "TextGen-Keywords-v0": "keywords",
+    "TextGen-Dialogue-v0": "dialogue",
 }
 
 

@@ -115,6 +115,7 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         split: str = "train",
         prompt_truncation: str = "left",
         device: Any = "cpu",
+        max_turns: int | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
@@ -122,6 +123,7 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
             task=task, prompts=prompts, tokenizer=tokenizer, reward_model=reward_model,
             reward_tokenizer=reward_tokenizer, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, reward_mode=reward_mode,
             terminate_on_eos=terminate_on_eos, split=split, prompt_truncation=prompt_truncation, device=device,
+            max_turns=max_turns,
         )
         self.render_mode = render_mode
         self.observation_space = self.setup.observation_space()  # type: ignore[assignment]
@@ -133,7 +135,11 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         self._mask = np.zeros(s.max_length, dtype=np.int8)
         self._prompt = ""
         self._prompt_len = 0
-        self._n_gen = 0
+        self._n_gen = 0  # tokens after the prompt: the agent's and (multi-turn) the inserted ones
+        self._turn = 0  # agent turns finished in this episode
+        self._turn_len = 0  # tokens of the current agent turn
+        self._segments: list[int] = [0]  # offset after the prompt where each transcript segment starts
+        self._inserted = np.zeros(s.max_length, dtype=np.int8)  # 1 where the env inserted a token
         self._potential = 0.0
         self._active = False  # an episode is running
         self._started = False  # reset has been called
@@ -150,8 +156,18 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
 
     @property
     def max_new_tokens(self) -> int:
-        """T, the completion budget: an episode is truncated after this many actions."""
+        """T, the completion budget: an episode (multi-turn: an agent turn) ends after this many actions."""
         return int(self.setup.max_new_tokens)
+
+    @property
+    def max_actions(self) -> int:
+        """The most agent tokens in an episode (``max_turns * max_new_tokens``; single-turn: ``max_new_tokens``)."""
+        return int(self.setup.max_actions)
+
+    @property
+    def max_episode_tokens(self) -> int:
+        """The most tokens after the prompt, agent and inserted (``L - max_prompt_tokens``)."""
+        return int(self.setup.max_episode_tokens)
 
     @property
     def reward_model(self) -> Any:
@@ -178,6 +194,9 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         self._ids[:n] = ids
         self._mask[:n] = 1
         self._prompt, self._prompt_len, self._n_gen = prompt, n, 0
+        self._turn = self._turn_len = 0
+        self._segments = [0]
+        self._inserted.fill(0)
         self._potential = 0.0
         self._active = self._started = True
         if self.render_mode == "human":
@@ -188,37 +207,71 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         """The generated token ids so far (a copy)."""
         return self._ids[self._prompt_len:self._prompt_len + self._n_gen].copy()
 
+    def inserted_mask(self) -> np.ndarray:
+        """``(L,)`` int8: 1 at the observation positions the env inserted (another speaker's turns), 0 on the
+        prompt, the agent's tokens and padding (a copy; all zeros for a single-turn task)."""
+        return self._inserted.copy()
+
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
         if not self._active:
             raise ResetNeeded("call reset() before step()" if not self._started
                               else "the episode has ended; call reset() before step()")
         a = check_action(action, self._V)
+        s = self.setup
         pos = self._prompt_len + self._n_gen
         self._ids[pos] = a
         self._mask[pos] = 1
         self._n_gen += 1
-        terminated = (self._stop_on_eos and a == self._eos) or self._n_gen >= self._max_new
+        self._turn_len += 1
+        eos = self._stop_on_eos and a == self._eos
+        turn_end = eos or a == s.separator_id or self._turn_len >= self._max_new
+        terminated = eos or (turn_end and self._turn + 1 >= s.max_turns)
+        # single-turn: a dense reward every token; multi-turn: at the end of every agent turn
+        scored = terminated or (self._dense and (turn_end or not s.multi_turn))
         reward = 0.0
         info: dict[str, Any] = {}
-        if terminated or self._dense:
-            try:
-                completion = self.setup.decode(self._ids[self._prompt_len:pos + 1])
-                ids = [self._ids[self._prompt_len:pos + 1].tolist()] if self.setup.wants_extras else None
-                score = float(self.setup.score([self._prompt], [completion], ids)[0])
+        inserted: np.ndarray | None = None
+        rng_state = self.np_random.bit_generator.state if turn_end and not terminated else None
+        try:
+            if rng_state is not None:
+                dialogue = s.segments(self._ids[self._prompt_len:], self._segments, self._n_gen)
+                inserted = s.insertion(self._prompt, dialogue, self.np_random)
+                if inserted is None:
+                    terminated = scored = True
+            if scored:
+                completion = s.decode(self._ids[self._prompt_len:pos + 1])
+                ids = [self._ids[self._prompt_len:pos + 1].tolist()] if s.wants_extras else None
+                score = float(s.score([self._prompt], [completion], ids)[0])
                 if terminated:
                     info = {"prompt": self._prompt, "completion": completion, "reward_model_score": score,
-                            "gold_score": self.setup.gold([self._prompt], [completion])[0]}
-            except BaseException:
-                # nothing half-written: undo the token so the env is as before the call
-                self._ids[pos] = self.setup.pad_id
-                self._mask[pos] = 0
-                self._n_gen -= 1
-                raise
+                            "gold_score": s.gold([self._prompt], [completion])[0]}
+        except BaseException:
+            # nothing half-written: undo the token (and the task's RNG draws) so the env is as before the call
+            self._ids[pos] = s.pad_id
+            self._mask[pos] = 0
+            self._n_gen -= 1
+            self._turn_len -= 1
+            if rng_state is not None:
+                self.np_random.bit_generator.state = rng_state
+            raise
+        if scored:
             if self._dense:
                 reward = score - self._potential
                 self._potential = score
             else:
                 reward = score
+        if turn_end and s.multi_turn:
+            self._turn += 1
+            self._turn_len = 0
+            k = 0 if inserted is None else len(inserted)
+            if inserted is not None:  # the other speaker's reply: in the observation, never an action
+                start = pos + 1
+                self._ids[start:start + k] = inserted
+                self._mask[start:start + k] = 1
+                self._inserted[start:start + k] = 1
+                self._segments += [self._n_gen, self._n_gen + k]
+                self._n_gen += k
+            info.update(turn=self._turn, inserted_tokens=k, inserted_mask=self._inserted.copy())
         if terminated:
             self._active = False
         if self.render_mode == "human":

@@ -3,6 +3,7 @@
 - ``"sentiment"`` (:class:`SentimentTask`): continue a movie review so that it reads positive.
 - ``"arithmetic"`` (:class:`ArithmeticTask`): answer ``a+b=``; exact-match gold.
 - ``"keywords"`` (:class:`KeywordsTask`): one well-formed sentence that uses three given words.
+- ``"dialogue"`` (:class:`DialogueTask`): multi-turn; book a table with a scripted user who holds the details.
 
 Example:
     >>> task = get_task("arithmetic")
@@ -16,6 +17,7 @@ from typing import Any
 
 from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
+from textenv.tasks.dialogue import DialogueTask
 from textenv.tasks.keywords import KeywordsTask
 from textenv.tasks.sentiment import SentimentTask
 
@@ -24,6 +26,7 @@ TASKS: dict[str, type[Task]] = {
     SentimentTask.name: SentimentTask,
     ArithmeticTask.name: ArithmeticTask,
     KeywordsTask.name: KeywordsTask,
+    DialogueTask.name: DialogueTask,
 }
 
 
@@ -47,4 +50,4 @@ def get_task(name: str | Task, **kwargs: Any) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "KeywordsTask", "SentimentTask", "Task", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "DialogueTask", "KeywordsTask", "SentimentTask", "Task", "get_task"]
