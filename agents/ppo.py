@@ -24,7 +24,7 @@ from agents.core import (
     FixedKLController,
     KLController,
     explained_variance,
-    gae,
+    gae_over_mask,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
@@ -98,7 +98,8 @@ class PPO(Agent):
         mask = batch.mask
         rewards, kl = token_level_rewards(batch.rewards, batch.logprobs, batch.ref_logprobs, mask,
                                           self.kl_ctl.value, cfg.kl_estimator)  # (b, T) each
-        advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+        # over the agent's tokens only: a multi-turn episode's inserted tokens are not steps (mask 0 inside)
+        advantages, returns = gae_over_mask(rewards, batch.values, mask, cfg.gamma, cfg.lam)
         # batch statistics over the global batch: under torchrun the ranks' (b, T) tensors are gathered
         # (right-padded to the longest shard; the padding is outside the mask)
         g_mask, g_values, g_returns = dist.gather(mask), dist.gather(batch.values), dist.gather(returns)

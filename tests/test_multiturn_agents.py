@@ -1,0 +1,162 @@
+"""The multi-turn contract, agent side: inserted tokens go through the KV cache, are never sampled and are
+masked out of every loss (our agents), and stable-baselines3 runs on a multi-turn env."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents import GRPO, PPO, REINFORCE, RLOO
+from agents.core import gae, gae_over_mask
+from agents.policy import LMPolicy
+from agents.rollout import RolloutBatch, collect_rollout
+from textenv.models import load_tokenizer, tiny_gpt2_config
+from textenv.vector import TextGenVectorEnv
+
+#: a short dialogue: turns of at most 5 tokens, at most 3 of them (random policies rarely end a turn early,
+#: so most turns end on the budget and the user answers "Sorry? I need a table.")
+ENV_KWARGS = {"task": "dialogue", "reward_model": "gold", "max_new_tokens": 5, "max_turns": 3}
+
+
+def tiny_policy(seed: int = 0, **kwargs) -> LMPolicy:
+    from transformers import GPT2LMHeadModel
+
+    tok = load_tokenizer("default")
+    torch.manual_seed(seed)
+    cfg = tiny_gpt2_config(len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=256,
+                           bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return LMPolicy(GPT2LMHeadModel(cfg).eval(), tok, **kwargs)
+
+
+def make_envs(n: int = 4, **kwargs) -> TextGenVectorEnv:
+    return TextGenVectorEnv(num_envs=n, autoreset_mode="DISABLED", **{**ENV_KWARGS, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def rollout() -> tuple[LMPolicy, TextGenVectorEnv, RolloutBatch]:
+    policy, envs = tiny_policy(), make_envs()
+    batch = collect_rollout(policy, envs, seed=0, generator=torch.Generator().manual_seed(0))
+    return policy, envs, batch
+
+
+def test_rollout_holds_the_inserted_tokens_in_order_and_masks_them(rollout):
+    policy, envs, batch = rollout
+    ins = batch.inserted_mask
+    assert ins is not None and ins.sum() > 0 and batch.mask.sum() > 0
+    assert not (ins.bool() & batch.mask.bool()).any()
+    obs_ins = envs.inserted_mask()
+    for i, ids in enumerate(envs.completion_ids()):  # the env's last episode of each slot (DISABLED: idle)
+        n = len(ids)
+        P = len(ids) and int(envs._prompt_len[i])
+        assert batch.tokens[i, :n].tolist() == ids.tolist()
+        assert (batch.mask[i, :n] + ins[i, :n]).tolist() == [1.0] * n and batch.mask[i, n:].sum() == 0
+        assert ins[i, :n].tolist() == obs_ins[i, P:P + n].astype(float).tolist()
+    # the agent's tokens are the actions: one env step each (turn budget 5 per turn, at most 3 turns)
+    assert float(batch.mask.sum(1).max()) <= envs.max_actions
+    assert (batch.logprobs * ins).abs().sum() == 0 and (batch.rewards * ins).abs().sum() == 0
+
+
+def test_acting_cache_consumes_inserted_tokens_as_a_full_forward_does(rollout):
+    policy, envs, batch = rollout
+    with torch.no_grad():
+        ev = policy.per_token_logps(batch.query_ids, batch.query_mask, batch.tokens, batch.mask)
+    m = batch.mask.bool()
+    # every agent token after an inserted run was sampled from a cache that had the run in it
+    torch.testing.assert_close(ev.logprobs[m], batch.logprobs[m], atol=1e-4, rtol=0)
+    torch.testing.assert_close(ev.values[m], batch.values[m], atol=1e-4, rtol=0)
+    # and not from one without it: a forward with the inserted tokens replaced gives other log-probs
+    other = batch.tokens.masked_fill(batch.inserted_mask.bool(), 5)
+    with torch.no_grad():
+        ev2 = policy.per_token_logps(batch.query_ids, batch.query_mask, other, batch.mask)
+    assert (ev2.logprobs[m] - batch.logprobs[m]).abs().max() > 1e-3
+
+
+def test_policy_step_with_inserted_tokens_matches_a_full_forward():
+    policy = tiny_policy(seed=1)
+    q = torch.tensor([[0, 1, 7, 8], [9, 10, 11, 12]])
+    qm = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    g = torch.Generator().manual_seed(0)
+    out = policy.start(q, qm, generator=g)
+    ins_ids = torch.tensor([[40, 41, 42], [50, 1, 1]])
+    ins_mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    out2 = policy.step(out.actions, generator=g, inserted=(ins_ids, ins_mask))
+    out3 = policy.step(out2.actions, generator=g)
+    policy.end()
+    for i, k in enumerate((3, 1)):
+        toks = torch.cat([out.actions[i:i + 1], ins_ids[i, :k], out2.actions[i:i + 1], out3.actions[i:i + 1]])
+        mask = torch.tensor([1.0] + [0.0] * k + [1.0, 1.0])
+        ev = policy.per_token_logps(q[i:i + 1], qm[i:i + 1], toks[None], mask[None])
+        want = torch.stack([out.logprobs[i], out2.logprobs[i], out3.logprobs[i]])
+        torch.testing.assert_close(ev.logprobs[0][mask.bool()].detach(), want, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="must both be"):
+        policy.start(q, qm)
+        policy.step(out.actions, inserted=(ins_ids, ins_mask[:, :2]))
+
+
+def test_gae_over_mask_skips_inserted_positions():
+    # an agent token, two inserted ones, two agent tokens: the same as GAE over the three agent tokens
+    rewards = torch.tensor([[0.0, 5.0, 5.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 9.0, 9.0, 0.25, 0.75]])
+    mask = torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0]])
+    adv, ret = gae_over_mask(rewards, values, mask, gamma=1.0, lam=0.5)
+    # hand-computed on [r] = [0, 0, 1], [V] = [0.5, 0.25, 0.75]: deltas -0.25, 0.5, 0.25;
+    # A_3 = 0.25, A_2 = 0.5 + 0.5 * 0.25 = 0.625, A_1 = -0.25 + 0.5 * 0.625 = 0.0625
+    torch.testing.assert_close(adv, torch.tensor([[0.0625, 0.0, 0.0, 0.625, 0.25]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.5625, 0.0, 0.0, 0.875, 1.0]]))
+    # contiguous masks: identical to gae
+    r, v = torch.randn(3, 6), torch.randn(3, 6)
+    m = (torch.arange(6)[None, :] < torch.tensor([[6], [2], [4]])).float()
+    for a, b in zip(gae_over_mask(r, v, m, 0.9, 0.8), gae(r, v, m, 0.9, 0.8), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+AGENTS = [
+    (REINFORCE, {}),
+    (RLOO, {"group_size": 2}),
+    (GRPO, {"group_size": 2}),
+    (GRPO, {"group_size": 2, "normalization": "dr_grpo"}),
+    (PPO, {"n_epochs": 2, "n_minibatches": 2, "kl_coef": 0.1}),
+]
+
+
+@pytest.mark.parametrize("cls, overrides", AGENTS, ids=[f"{c.__name__}-{i}" for i, (c, _) in enumerate(AGENTS)])
+def test_inserted_tokens_do_not_change_any_loss_or_gradient(rollout, cls, overrides):
+    """Whatever the policy (and the rollout buffers) say at inserted positions, the update is the same."""
+    _, _, batch = rollout
+    ins = batch.inserted_mask
+    bumped = batch._replace(**{k: getattr(batch, k) + 3.0 * ins for k in ("logprobs", "ref_logprobs", "values",
+                                                                          "rewards")})
+    results = []
+    for b, bump in ((batch, False), (bumped, True)):
+        agent = cls(make_envs(4), policy=tiny_policy(seed=2), batch_size=4, learning_rate=1e-2, **overrides)
+        if bump:  # the training forward's log-probs, values and entropy get a trainable change on inserted tokens
+            inner = agent.policy.per_token_logps
+
+            def per_token_logps(q, qm, t, m, inner=inner, agent=agent):
+                ev = inner(q, qm, t, m)
+                k = ins[:t.shape[0]] if t.shape[0] == ins.shape[0] else None
+                if k is None:  # a minibatch: find its rows
+                    rows = [next(j for j in range(batch.tokens.shape[0]) if torch.equal(batch.tokens[j], t[r]))
+                            for r in range(t.shape[0])]
+                    k = ins[rows]
+                w = sum(p.sum() for p in agent.policy.parameters())
+                return type(ev)(ev.logprobs + k * (2.0 + 0.1 * w), ev.values + k * (4.0 - 0.1 * w),
+                                ev.entropy + k * (1.0 + 0.1 * w))
+
+            agent.policy.per_token_logps = per_token_logps  # type: ignore[method-assign]
+        stats = agent.update(b)
+        results.append((stats, {k: v.detach().clone() for k, v in agent.policy.state_dict().items()}))
+    (s1, p1), (s2, p2) = results
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert s1[k] == pytest.approx(s2[k], rel=1e-5, abs=1e-6), k
+    assert any(not torch.equal(p1[k], v) for k, v in tiny_policy(seed=2).state_dict().items())  # it trained
+    for k in p1:
+        torch.testing.assert_close(p1[k], p2[k], atol=1e-6, rtol=1e-5)
+
+
+def test_an_agent_runs_on_the_dialogue_env_and_evaluates():
+    agent = PPO(make_envs(4), policy=tiny_policy(seed=3), batch_size=4, n_epochs=1, learning_rate=1e-3)
+    agent.learn(8)
+    metrics = agent.evaluate(4)
+    assert 0.0 <= metrics["gold_score"] <= 1.0 and metrics["completions/mean_length"] <= agent.envs.max_actions
