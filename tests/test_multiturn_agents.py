@@ -3,6 +3,7 @@ masked out of every loss (our agents), and stable-baselines3 runs on a multi-tur
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,3 +161,79 @@ def test_an_agent_runs_on_the_dialogue_env_and_evaluates():
     agent.learn(8)
     metrics = agent.evaluate(4)
     assert 0.0 <= metrics["gold_score"] <= 1.0 and metrics["completions/mean_length"] <= agent.envs.max_actions
+
+
+# ------------------------------------------------------------------------------------------- stable-baselines3
+def _sb3_env(n_envs: int, seed: int = 0):
+    from agents.sb3 import make_sb3_env
+
+    return make_sb3_env("TextGen-Dialogue-v0", n_envs=n_envs, seed=seed, **ENV_KWARGS)
+
+
+def test_sb3_policy_cache_consumes_inserted_tokens_as_a_full_forward_does():
+    from stable_baselines3 import PPO as SB3PPO
+
+    from agents.sb3 import LMActorCriticPolicy
+
+    env = _sb3_env(3)
+    policy = SB3PPO(LMActorCriticPolicy, env, policy_kwargs={"model": tiny_policy(seed=4).model}, device="cpu",
+                    seed=0).policy
+    rng = np.random.default_rng(0)
+    sep = env.envs[0].unwrapped.setup.separator_id
+    extractor = policy.features_extractor
+    keeps: list[list[bool]] = []
+
+    def extend(decoder, tokens, positions, attn, keep, pick, inner=extractor.extend):
+        keeps.append(keep.tolist())
+        return inner(decoder, tokens, positions, attn, keep, pick)
+
+    extractor.extend = extend  # type: ignore[method-assign]
+    obs = env.reset()
+    grew = np.zeros(3, dtype=bool)
+    n_grew = 0
+    for t in range(24):
+        obs_t = {k: torch.as_tensor(v) for k, v in obs.items()}
+        n_calls = len(keeps)
+        with torch.no_grad():
+            cached, v_cached = policy.logits_and_values(obs_t, use_cache=True)
+            full, v_full = policy.logits_and_values(obs_t, use_cache=False)
+        torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+        torch.testing.assert_close(v_cached, v_full, atol=1e-4, rtol=0)
+        if grew.any():  # a slot whose observation took its action and an inserted turn kept its cache
+            assert len(keeps) == n_calls + 1 and all(keeps[-1][i] for i in np.flatnonzero(grew)), (t, keeps[-1:])
+        actions = rng.integers(2, 1361, size=3)
+        if t == 2:
+            actions[1] = sep  # slot 1 ends its first turn early: the slots' turns fall out of step
+        before = obs["attention_mask"].sum(1)
+        obs, _, dones, _ = env.step(actions)
+        grew = (obs["attention_mask"].sum(1) - before > 1) & ~dones
+        n_grew += int(grew.sum())
+    assert n_grew >= 4, n_grew  # observations that took inserted tokens
+    assert policy.cache_stats["mixed_steps"] >= 3, policy.cache_stats
+
+
+def test_sb3_ppo_runs_on_the_dialogue_env_and_only_agent_tokens_are_actions():
+    from stable_baselines3 import PPO as SB3PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from agents.sb3 import LMActorCriticPolicy
+
+    env = _sb3_env(2)
+    setup = env.envs[0].unwrapped.setup
+    seen: list[tuple[int, int]] = []
+
+    class Episodes(BaseCallback):
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:  # Monitor: SB3's steps in the episode vs the agent's tokens in it
+                    final = info["terminal_observation"]
+                    n_prompt = len(setup.encode_prompt(info["prompt"]))
+                    agent_tokens = int(final["attention_mask"].sum()) - n_prompt - int(info["inserted_mask"].sum())
+                    seen.append((int(info["episode"]["l"]), agent_tokens))
+            return True
+
+    model = SB3PPO(LMActorCriticPolicy, env, policy_kwargs={"model": tiny_policy(seed=5).model}, n_steps=24,
+                   batch_size=24, n_epochs=1, learning_rate=1e-4, device="cpu", seed=0)
+    model.learn(48, callback=Episodes())
+    assert seen and all(steps == tokens for steps, tokens in seen), seen
+    assert model.rollout_buffer.actions.size == 48  # 24 steps of 2 envs: one action, the agent's token, each
