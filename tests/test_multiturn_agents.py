@@ -237,3 +237,25 @@ def test_sb3_ppo_runs_on_the_dialogue_env_and_only_agent_tokens_are_actions():
     model.learn(48, callback=Episodes())
     assert seen and all(steps == tokens for steps, tokens in seen), seen
     assert model.rollout_buffer.actions.size == 48  # 24 steps of 2 envs: one action, the agent's token, each
+
+
+def test_sb3_agent_checkpoint_replays_running_dialogues(tmp_path):
+    from agents.sb3_agent import SB3Agent
+
+    policy = tiny_policy(seed=6)
+    policy.model.save_pretrained(tmp_path / "lm")
+    policy.tokenizer.save_pretrained(tmp_path / "lm")
+    agent = SB3Agent("ppo", "TextGen-Dialogue-v0", str(tmp_path / "lm"), seed=0, device="cpu", n_envs=2,
+                     env_kwargs=ENV_KWARGS, n_steps=7, batch_size=14, n_epochs=1, learning_rate=1e-4)
+    agent.learn(1, progress=False)  # 7 steps per env: the envs stop inside a dialogue, after an inserted turn
+    envs = [m.unwrapped for m in agent.model.get_env().envs]
+    assert any(e.inserted_mask().any() for e in envs)
+    agent.save(tmp_path / "ckpt")
+    loaded = SB3Agent.load(tmp_path / "ckpt")  # replays each running dialogue and checks its observation
+    for a, b in zip(envs, (m.unwrapped for m in loaded.model.get_env().envs), strict=True):
+        assert np.array_equal(a.completion_ids(), b.completion_ids())
+        assert np.array_equal(a.inserted_mask(), b.inserted_mask())
+        assert a.np_random.bit_generator.state == b.np_random.bit_generator.state
+    agent.learn(3, progress=False)
+    loaded.learn(3, progress=False)
+    assert agent.history[-1]["reward"] == loaded.history[-1]["reward"]

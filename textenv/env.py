@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -140,6 +140,7 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         self._turn_len = 0  # tokens of the current agent turn
         self._segments: list[int] = [0]  # offset after the prompt where each transcript segment starts
         self._inserted = np.zeros(s.max_length, dtype=np.int8)  # 1 where the env inserted a token
+        self._start_rng: Mapping[str, Any] | None = None
         self._potential = 0.0
         self._active = False  # an episode is running
         self._started = False  # reset has been called
@@ -194,6 +195,8 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         self._ids[:n] = ids
         self._mask[:n] = 1
         self._prompt, self._prompt_len, self._n_gen = prompt, n, 0
+        # multi-turn: the RNG state the episode's inserted turns start drawing from (for replays)
+        self._start_rng = self.np_random.bit_generator.state if self.setup.multi_turn else None
         self._turn = self._turn_len = 0
         self._segments = [0]
         self._inserted.fill(0)
@@ -206,6 +209,27 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
     def completion_ids(self) -> np.ndarray:
         """The generated token ids so far (a copy)."""
         return self._ids[self._prompt_len:self._prompt_len + self._n_gen].copy()
+
+    def action_ids(self) -> np.ndarray:
+        """The agent's token ids of the running episode, in order: :meth:`completion_ids` without the tokens
+        the env inserted (a copy; single-turn: the same as :meth:`completion_ids`)."""
+        ids = self.completion_ids()
+        return ids[self._inserted[self._prompt_len:self._prompt_len + self._n_gen] == 0]
+
+    @property
+    def episode_rng_state(self) -> Mapping[str, Any] | None:
+        """Multi-turn: the state of ``np_random`` when the running episode started (its inserted turns are
+        drawn from there on); None for a single-turn task. With :meth:`restart_rng` it lets a checkpoint
+        replay an episode: reset to its prompt, restart the RNG, step :meth:`action_ids` again."""
+        return self._start_rng
+
+    def restart_rng(self, state: Mapping[str, Any]) -> None:
+        """Set ``np_random`` to ``state`` (an :attr:`episode_rng_state`) as the running episode's start state,
+        right after a ``reset``: the turns the env inserts are then drawn as in the episode it came from."""
+        if self._n_gen:
+            raise ValueError(f"restart_rng must come right after reset, but the episode has {self._n_gen} tokens")
+        self.np_random.bit_generator.state = state
+        self._start_rng = self.np_random.bit_generator.state
 
     def inserted_mask(self) -> np.ndarray:
         """``(L,)`` int8: 1 at the observation positions the env inserted (another speaker's turns), 0 on the
