@@ -41,6 +41,16 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
     (``sentiment``, ``arithmetic``, ``keywords``) also carry a gold scorer, the true objective, reported in
     ``info["gold_score"]`` so that reward hacking of a learned reward model can be measured.
 
+    **Turns** (multi-turn tasks, e.g. ``"dialogue"``; a task with a ``turn_separator``): the env plays the
+    other speaker. The agent's turn ends when it emits the separator token, after ``max_new_tokens`` tokens of
+    the turn, or on EOS (which ends the dialogue). The env then asks the task for the reply
+    (``task.next_turn(prompt, dialogue_so_far, np_random)``) and *appends its tokens to the observation*
+    right after the agent's last token; the agent continues after them. They are context, never actions:
+    the action space stays ``Discrete(V)``, one step is one agent token. ``info`` marks them (see Episode
+    End). The dialogue ends when the task returns ``None``, on EOS, or after ``max_turns`` agent turns.
+    Agents must feed inserted tokens through their KV cache, never sample them and mask them out of every
+    loss (``agents.rollout`` and ``agents.sb3`` do).
+
     ## Action Space
     ``Discrete(V)`` with ``V = len(tokenizer)``: the id of the next token. Integers only (Python or NumPy);
     anything else, or an id outside ``[0, V)``, raises ``ValueError`` and leaves the episode unchanged.
@@ -48,13 +58,18 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
     ## Observation Space
     ``Dict(input_ids=Box(0, V-1, (L,), int64), attention_mask=Box(0, 1, (L,), int8))`` with
     ``L = max_prompt_tokens + max_new_tokens``: the prompt tokens followed by the tokens generated so far,
-    right-padded with the pad token (mask 0). Every call returns fresh arrays.
+    right-padded with the pad token (mask 0). Every call returns fresh arrays. Multi-turn: the tokens after
+    the prompt are the agent's turns and the inserted replies in order, and
+    ``L = max_prompt_tokens + max_turns * max_new_tokens + (max_turns - 1) * max_inserted_tokens``
+    (``max_inserted_tokens``: the task's ``default_max_inserted_tokens``), so a whole dialogue fits.
 
     ## Rewards
     ``reward_mode="terminal"`` (default): 0.0 on every step but the last, which gets the reward model's score
     of (prompt, completion). ``"dense"``: the potential-based difference ``R(prefix_t+1) - R(prefix_t)`` with
     ``R(empty prefix) = 0``, so the rewards of an episode sum to the terminal score (one reward-model call per
-    step). Rewards are Python floats.
+    step). Multi-turn, ``"dense"`` is per turn: the difference comes at the last token of each agent turn,
+    ``R(transcript up to this turn) - R(up to the previous one)``, 0 on the other steps; the sum is again the
+    terminal score. Rewards are Python floats.
 
     ## Starting State
     The prompt tokens, drawn with ``self.np_random`` (seed it with ``reset(seed=...)``). Prompts longer than
@@ -66,10 +81,16 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
     ``terminated=True`` when the agent emits EOS (if ``terminate_on_eos``) or after ``max_new_tokens``
     tokens: the text is finished and scored, so agents must not bootstrap past it. ``truncated`` is always
     False here and is left for outer time limits. At the end ``info`` holds ``prompt``, ``completion``
-    (decoded text without special tokens), ``reward_model_score`` and ``gold_score``.
+    (decoded text without special tokens), ``reward_model_score`` and ``gold_score``. Multi-turn: the
+    completion is the whole transcript (agent turns and inserted replies; the reward model and the gold scorer
+    score it), and every step that ends an agent turn (the last one included) adds to ``info``: ``turn``
+    (agent turns finished), ``inserted_tokens`` (how many tokens the env appended after this action, 0 at
+    the end) and ``inserted_mask`` (``(L,)`` int8, 1 on every inserted position of the episode so far; also
+    :meth:`inserted_mask`). Other steps' infos are empty, as in single-turn episodes.
 
     ## Arguments
-    - ``task``: ``"sentiment"`` (default), ``"arithmetic"``, ``"keywords"`` or a :class:`~textenv.tasks.Task`.
+    - ``task``: ``"sentiment"`` (default), ``"arithmetic"``, ``"keywords"``, ``"dialogue"`` (multi-turn) or
+      a :class:`~textenv.tasks.Task`.
     - ``prompts``: a list of str, or a path to a ``.txt`` (one per line) or ``.jsonl`` (``{"prompt"}``) file;
       replaces the task's prompt source (the gold scorer still comes from the task).
     - ``tokenizer``: ``"default"`` (the shipped BPE), a Hugging Face tokenizer directory or object.
@@ -79,7 +100,9 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
       ``pipeline("text-classification")``, or a list of them / (model, weight) pairs.
     - ``reward_tokenizer``: the tokenizer of a reward model given as a model object (default: the one saved
       with it, else ``tokenizer=`` when that is not ``"default"``).
-    - ``max_prompt_tokens``, ``max_new_tokens``: budgets in tokens (task defaults).
+    - ``max_prompt_tokens``, ``max_new_tokens``: budgets in tokens (task defaults); multi-turn,
+      ``max_new_tokens`` is per agent turn.
+    - ``max_turns``: multi-turn tasks only, the most agent turns (task default; 1 for single-turn tasks).
     - ``reward_mode``: ``"terminal"`` or ``"dense"``. ``terminate_on_eos``: end the episode on EOS.
     - ``render_mode``: ``"ansi"`` returns the decoded context, ``"human"`` prints it, ``"rgb_array"`` returns
       it drawn as an ``(H, W, 3)`` uint8 image (what SB3's ``make_vec_env`` and video recorders ask for).
@@ -89,7 +112,8 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
       ``"cuda[:N]"``. The native agents pass their own device. Model objects stay where they are.
 
     ## Version History
-    - v0: initial release.
+    - v0: initial release; multi-turn tasks (inserted tokens, ``max_turns``) added without changing
+      single-turn episodes.
 
     Example:
         >>> import gymnasium as gym, textenv

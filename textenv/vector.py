@@ -34,6 +34,12 @@ class TextGenVectorEnv(VectorEnv):
     mode, on every active prefix). Slot ``i`` reset with ``seed=s`` draws the same prompts as a single
     ``TextGenEnv`` reset with ``seed=s+i``, so results match ``gym.make_vec(..., vectorization_mode="sync")``.
 
+    Multi-turn tasks: each slot inserts the other speaker's tokens after its agent turns as the single env
+    does; a step whose action ends slot ``i``'s turn sets ``info["_turn"][i]`` and gives ``info["turn"][i]``,
+    ``info["inserted_tokens"][i]`` and ``info["inserted_mask"][i]`` (``(N, L)`` int8); with ``SAME_STEP``
+    a finished slot's go into ``info["final_info"]``. :attr:`max_episode_tokens` is the widest transcript
+    (a rollout buffer's width), :attr:`max_actions` the most agent tokens.
+
     Autoreset modes (``autoreset_mode=``, Gymnasium's names):
     - ``NEXT_STEP`` (default): the step after an episode ends resets that slot (its action is ignored,
       reward 0, flags False).
