@@ -12,6 +12,7 @@ from agents.core import gae, gae_over_mask
 from agents.policy import LMPolicy
 from agents.rollout import RolloutBatch, collect_rollout
 from textenv.models import load_tokenizer, tiny_gpt2_config
+from textenv.tasks import DialogueTask
 from textenv.vector import TextGenVectorEnv
 
 #: a short dialogue: turns of at most 5 tokens, at most 3 of them (random policies rarely end a turn early,
@@ -259,3 +260,48 @@ def test_sb3_agent_checkpoint_replays_running_dialogues(tmp_path):
     agent.learn(3, progress=False)
     loaded.learn(3, progress=False)
     assert agent.history[-1]["reward"] == loaded.history[-1]["reward"]
+
+
+# ------------------------------------------------------------------------------------------- learning
+class _DigitTurns(DialogueTask):
+    """Two agent turns of 3 tokens around a fixed inserted reply without digits; gold: the digit share of
+    the agent's turns (the reply's characters do not count)."""
+
+    name = "digit-turns"
+    default_max_prompt_tokens = 8
+    default_max_new_tokens = 3
+    default_max_turns = 2
+    default_max_inserted_tokens = 8
+    REPLY = "\nthe film was\n"
+
+    def generate_prompt(self, rng):
+        return f"{int(rng.integers(100))}+{int(rng.integers(100))}="
+
+    def next_turn(self, prompt, dialogue, rng):
+        return self.REPLY
+
+    def gold_score(self, prompts, completions):
+        agent_text = [c.replace(self.REPLY, "") for c in completions]
+        return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in agent_text]
+
+
+@pytest.mark.parametrize("cls", [REINFORCE, PPO], ids=lambda c: c.name)
+def test_agent_learns_a_tiny_multi_turn_task(tiny_tokenizer, cls):
+    """Learning goes through inserted turns: the digit share of both agent turns goes up."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = tiny_gpt2_config(len(tiny_tokenizer), n_layer=2, n_embd=64, n_head=2, bos_token_id=tiny_tokenizer.eos_token_id,
+                           eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    policy = LMPolicy(GPT2LMHeadModel(cfg).eval(), tiny_tokenizer)
+    envs = TextGenVectorEnv(num_envs=32, autoreset_mode="DISABLED", task=_DigitTurns(), tokenizer=tiny_tokenizer,
+                            reward_model="gold")
+    extra = {"n_epochs": 2, "n_minibatches": 2} if cls is PPO else {}
+    agent = cls(envs, policy=policy, batch_size=32, kl_coef=0.0, learning_rate=3e-3, **extra)
+    before = agent.evaluate(64)
+    agent.learn(32 * 15, progress=False)
+    after = agent.evaluate(64)
+    batch = collect_rollout(agent.policy, envs, seed=1)
+    assert batch.inserted_mask is not None and batch.inserted_mask.sum(1).min() > 0  # every episode had its reply
+    # measured: 0.15 -> 0.42 (REINFORCE) and 0.89 (PPO)
+    assert after["gold_score"] > before["gold_score"] + 0.1, (before, after)
