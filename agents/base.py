@@ -186,7 +186,8 @@ def check_policy_fits_env(policy: LMPolicy, env: Any, *, larger_head: bool = Tru
       vocabulary (it cannot read some tokens);
     - its tokenizer has another size, or the same size but other tokens, than the env's (the policy would read
       ids as other text);
-    - its context length (``n_positions``) is shorter than the env's ``max_prompt_tokens + max_new_tokens``.
+    - its context length (``n_positions``) is shorter than the env's observation length (single-turn:
+      ``max_prompt_tokens + max_new_tokens``).
     """
     env_tok = getattr(env, "tokenizer", None)
     n_actions = int(env.vocab_size)
@@ -214,10 +215,15 @@ def check_policy_fits_env(policy: LMPolicy, env: Any, *, larger_head: bool = Tru
     n_positions = policy_context_length(policy.model)
     setup = getattr(env, "setup", None)
     if n_positions is not None and setup is not None and n_positions < setup.max_length:
+        need = (f"max_prompt_tokens + max_new_tokens = {setup.max_prompt_tokens} + {setup.max_new_tokens}"
+                if not getattr(setup, "multi_turn", False) else
+                f"max_prompt_tokens + max_turns * max_new_tokens + (max_turns - 1) * max_inserted_tokens = "
+                f"{setup.max_prompt_tokens} + {setup.max_turns} * {setup.max_new_tokens} + "
+                f"{setup.max_turns - 1} * {setup.max_inserted_tokens}")
         raise ValueError(
-            f"the policy's context length is {n_positions} positions but the env needs max_prompt_tokens + "
-            f"max_new_tokens = {setup.max_prompt_tokens} + {setup.max_new_tokens} = {setup.max_length}; lower "
-            f"max_new_tokens / max_prompt_tokens (env_kwargs) or use a policy with n_positions >= {setup.max_length}"
+            f"the policy's context length is {n_positions} positions but the env needs {need} = "
+            f"{setup.max_length}; lower max_new_tokens / max_prompt_tokens (env_kwargs) or use a policy with "
+            f"n_positions >= {setup.max_length}"
         )
 
 

@@ -360,6 +360,8 @@ def concat_rollouts(batches: Sequence[Any], pad_id: int) -> Any:
     }
     for name in ("mask", "logprobs", "ref_logprobs", "values", "rewards"):
         fields[name] = torch.cat([right(getattr(b, name), 0) for b in batches])
+    if all(b.inserted_mask is not None for b in batches):  # multi-turn
+        fields["inserted_mask"] = torch.cat([right(b.inserted_mask, 0) for b in batches])
     for name in ("scores", "gold_scores"):
         fields[name] = torch.cat([getattr(b, name) for b in batches])
     for name in ("prompts", "completions"):

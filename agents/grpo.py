@@ -85,7 +85,7 @@ class GRPO(Agent):
         mask = batch.mask[idx]
         mode = NORMALIZATIONS[cfg.normalization]
         ev = self.policy.per_token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], mask)
-        max_len = self.envs.max_new_tokens
+        max_len = self.envs.max_actions  # the most agent tokens (multi-turn: over all turns)
         pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], mask,
                                          cfg.clip_range, mode=mode, max_len=max_len)
         stats = {**stats, "policy_loss": pg_loss.detach(), "entropy": masked_mean(ev.entropy.detach(), mask)}

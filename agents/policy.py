@@ -489,13 +489,33 @@ class LMPolicy(nn.Module):
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None,
-             with_values: bool = True) -> StepOutput:
-        """Feed the last sampled token of every slot ``(B,)`` through the cache and sample the next."""
+             with_values: bool = True, inserted: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepOutput:
+        """Feed the last sampled token of every slot ``(B,)`` through the cache and sample the next.
+
+        ``inserted = (ids, mask)``, both ``(B, K)``: tokens the env appended after a slot's action (another
+        speaker's turn; ``mask`` 1 on a row's first real ones, 0 after). They go through the cache right after
+        the action, at the next positions, and the next token is sampled after the last of them: they are
+        context, never sampled (a multi-turn env's contract, see :class:`textenv.env.TextGenEnv`).
+        """
         if self._decoder is None:
             raise RuntimeError("call start() before step()")
         with self.autocast():
-            out = self._decoder.step(tokens)
-            return self._act(out.last_hidden_state[:, -1], generator, with_values)
+            if inserted is None:
+                out = self._decoder.step(tokens)
+                return self._act(out.last_hidden_state[:, -1], generator, with_values)
+            ins_ids, ins_mask = inserted
+            if ins_ids.shape != ins_mask.shape or ins_ids.dim() != 2 or ins_ids.shape[0] != tokens.shape[0]:
+                raise ValueError(f"inserted ids {tuple(ins_ids.shape)} and mask {tuple(ins_mask.shape)} must both "
+                                 f"be (B, K) with B = {tokens.shape[0]}")
+            ids = torch.cat([tokens[:, None], ins_ids.to(tokens.device)], dim=1)  # (B, 1 + K)
+            attn = torch.cat([torch.ones_like(tokens)[:, None], ins_mask.to(tokens.device).long()], dim=1)
+            assert self._decoder.positions is not None
+            # the real columns continue each row's positions; a row's padding columns are masked out
+            positions = self._decoder.positions[:, None] + attn.cumsum(1)  # (B, 1 + K)
+            out = self._decoder.extend(ids, positions, attn)
+            last = attn.sum(1) - 1  # (B,) each row's last real column
+            h = out.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), last]  # (B, H)
+            return self._act(h, generator, with_values)
 
     def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:
         logits = self._head_logits(h)  # (B, V)

@@ -26,7 +26,7 @@ from agents.core import (
     FixedKLController,
     KLController,
     explained_variance,
-    gae,
+    gae_over_mask,
     kl_penalty,
     masked_mean,
     masked_whiten,
@@ -102,7 +102,8 @@ class PPO(Agent):
         kl_in_loss = cfg.kl_in == "loss"
         rewards, kl = token_level_rewards(batch.rewards, batch.logprobs, batch.ref_logprobs, mask,
                                           0.0 if kl_in_loss else self.kl_ctl.value, cfg.kl_estimator)  # (b, T)
-        advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+        # over the agent's tokens only: a multi-turn episode's inserted tokens are not steps (mask 0 inside)
+        advantages, returns = gae_over_mask(rewards, batch.values, mask, cfg.gamma, cfg.lam)
         # batch statistics over the global batch: under torchrun the ranks' (b, T) tensors are gathered
         # (right-padded to the longest shard; the padding is outside the mask)
         g_mask, g_values, g_returns = dist.gather(mask), dist.gather(batch.values), dist.gather(returns)

@@ -154,8 +154,15 @@ class Seq2SeqPolicy(LMPolicy):
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None,
-             with_values: bool = True) -> StepOutput:
-        """Feed each slot's last sampled token ``(B,)`` through the decoder's cache and sample the next."""
+             with_values: bool = True, inserted: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepOutput:
+        """Feed each slot's last sampled token ``(B,)`` through the decoder's cache and sample the next.
+
+        Multi-turn tasks (``inserted``, the env's tokens between turns) are not supported by encoder-decoder
+        policies yet: rows whose insertions differ in length would need padding inside the decoder's cache,
+        which shifts BART's absolute positions. That is a ``NotImplementedError``."""
+        if inserted is not None:
+            raise NotImplementedError("an encoder-decoder policy (Seq2SeqPolicy) cannot act in a multi-turn task "
+                                      "yet (the env inserted tokens between turns); use a causal LM policy")
         if self._encoded is None:
             raise RuntimeError("call start() before step()")
         with self.autocast():

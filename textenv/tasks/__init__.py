@@ -6,6 +6,7 @@
 - ``"translation"`` (:class:`TranslationTask`): English-like text into a constructed language; chrF gold.
 - ``"summarization"`` (:class:`SummarizationTask`): what a document's main person did; ROUGE-L gold.
 - ``"qa"`` (:class:`QATask`): answer a question about a passage, some by combining two facts; SQuAD F1 gold.
+- ``"dialogue"`` (:class:`DialogueTask`): multi-turn; book a table with a scripted user who holds the details.
 - ``"detox"`` (:class:`DetoxTask`): rewrite a rude sentence civilly, keeping its content; (1 - toxicity) x chrF.
 
 A user's own rows and metric make a :class:`DatasetTask` (:mod:`textenv.tasks.dataset`), and
@@ -26,6 +27,7 @@ from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
 from textenv.tasks.dataset import DatasetTask, task_from_spec
 from textenv.tasks.detox import DetoxTask
+from textenv.tasks.dialogue import DialogueTask
 from textenv.tasks.keywords import KeywordsTask
 from textenv.tasks.qa import QATask
 from textenv.tasks.sentiment import SentimentTask
@@ -40,6 +42,7 @@ TASKS: dict[str, type[Task]] = {
     TranslationTask.name: TranslationTask,
     SummarizationTask.name: SummarizationTask,
     QATask.name: QATask,
+    DialogueTask.name: DialogueTask,
     DetoxTask.name: DetoxTask,
 }
 
@@ -73,5 +76,5 @@ def get_task(name: str | Task | dict[str, Any], **kwargs: Any) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "DatasetTask", "DetoxTask", "KeywordsTask", "QATask", "SentimentTask",
-           "SummarizationTask", "Task", "TranslationTask", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "DatasetTask", "DetoxTask", "DialogueTask", "KeywordsTask", "QATask",
+           "SentimentTask", "SummarizationTask", "Task", "TranslationTask", "get_task"]
