@@ -368,8 +368,11 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
             out.mkdir(parents=True, exist_ok=True)
             print(f"training {agent.name} on {a.env} for {episodes} episodes -> {out}"
                   + (f" ({world_of(agent)} processes)" if world_of(agent) > 1 else ""))
+        if main or _collective(agent):
+            initial, samples = agent.evaluate(a.eval_episodes), agent.samples(4)
+        if main:
             summary = {"agent": agent.name, "env": a.env, "seed": a.seed, "episodes": episodes,
-                       "initial": agent.evaluate(a.eval_episodes), "samples_before": agent.samples(4)}
+                       "initial": initial, "samples_before": samples}
             io.write_text(summary_file, json.dumps(summary, indent=1))
         _barrier(agent)
     # an SB3 run counts from its last target (its last rollout's extra episodes count toward this one)
@@ -407,6 +410,9 @@ def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any
         summary["train_seconds"] = summary.get("train_seconds", 0.0) + time.perf_counter() - t0
     save_checkpoint()
     if not main:
+        if _collective(agent):  # rank 0's evaluation and samples gather the sharded weights from every rank
+            agent.evaluate(a.eval_episodes)
+            agent.samples(4)
         _barrier(agent)  # while rank 0 evaluates and writes the summary
         return 0
     write_metrics_csv(out / "metrics.csv", agent.history)
@@ -422,11 +428,16 @@ def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any
     print(format_table(summary["initial"], summary["final"]))
     print()
     _print_samples("samples before:", [tuple(s) for s in summary["samples_before"]])
-    _print_samples("samples after:", agent.samples(4))
+    _print_samples("samples after:", [tuple(s) for s in summary["samples_after"]])
     print(f"\nwrote {out / 'metrics.csv'}, {out / 'summary.json'}"
           + (f", {out / 'learning_curve.png'}" if plotted else " (install matplotlib for learning_curve.png)")
           + f" and {resolve_checkpoint(out)}")
     return 0
+
+
+def _collective(agent: Any) -> bool:
+    """Whether ``agent``'s evaluation and sampling need every rank (an FSDP-sharded policy, see agents.fsdp)."""
+    return bool(getattr(agent, "sharded", False))
 
 
 def world_of(agent: Any) -> int:

@@ -60,6 +60,15 @@ def _policy() -> Any:
     return LMPolicy(model, tok)
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A whole tensor of a parameter or gradient (gathered from its shards under FSDP), detached, contiguous."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    return t.detach().clone().contiguous()
+
+
 def _worker(mode: str, out: str, names: list[str]) -> None:
     """Train each agent ``ITERATIONS`` iterations and write its weights, last gradients and history.
     ``ddp``: one of WORLD torchrun ranks; ``single``: one process with the whole batch, whose rollouts are
@@ -83,18 +92,21 @@ def _worker(mode: str, out: str, names: list[str]) -> None:
                     return concat_rollouts(shards, self.envs.pad_id)
 
             cls = Sharded
-        agent = cls(ARITH, policy=_policy(), env_kwargs=ENV_KWARGS, **_overrides(name))
+        strategy: dict[str, Any] = {"strategy": "fsdp"} if mode == "fsdp" else {}
+        agent = cls(ARITH, policy=_policy(), env_kwargs=ENV_KWARGS, **_overrides(name), **strategy)
         if mode == "single":
             agent.half = gym.make_vec(ARITH, num_envs=BATCH // WORLD, autoreset_mode=AutoresetMode.DISABLED,
                                       tokenizer=agent.policy.tokenizer, **ENV_KWARGS).unwrapped
         else:
             assert agent.dist.world_size == WORLD and agent.envs.num_envs == BATCH // WORLD
+            assert agent.sharded == (mode == "fsdp")
         agent.learn(BATCH * ITERATIONS, progress=False)
+        named = dict(agent.policy.named_parameters())
+        params = {k: _full(p) for k, p in named.items()}  # under FSDP a collective: every rank gathers
+        grads = {k: _full(p.grad) for k, p in named.items() if p.grad is not None}
         if agent.dist.is_main:
-            named = dict(agent.policy.named_parameters())
-            save_file({k: p.detach().clone().contiguous() for k, p in named.items()}, f"{out}/{name}-params.safetensors")
-            save_file({k: p.grad.detach().clone().contiguous() for k, p in named.items() if p.grad is not None},
-                      f"{out}/{name}-grads.safetensors")
+            save_file(params, f"{out}/{name}-params.safetensors")
+            save_file(grads, f"{out}/{name}-grads.safetensors")
             Path(f"{out}/{name}-history.json").write_text(json.dumps(agent.history))
 
 
@@ -115,35 +127,43 @@ def torchrun(args: list[str], timeout: float, cwd: Path = ROOT) -> subprocess.Co
 
 
 # ------------------------------------------------------------------------------------------------- parity
-@pytest.mark.slow
-def test_two_gloo_ranks_with_half_the_batch_match_one_process_with_all_of_it(tmp_path):
-    from safetensors.torch import load_file
-
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
-    ddp.mkdir()
-    single.mkdir()
-    worker = [str(Path(__file__).resolve()), "worker"]
-    r = torchrun([*worker, "ddp", str(ddp), *AGENTS], timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    """The one-process side of the parity tests: every agent trained on the whole batch (run once)."""
+    single = tmp_path_factory.mktemp("single")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(var, None)
-    r = subprocess.run([sys.executable, *worker, "single", str(single), *AGENTS], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "worker", "single", str(single), *AGENTS],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return single
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_with_half_the_batch_match_one_process_with_all_of_it(tmp_path, single_run, strategy):
+    """DDP (gradients all-reduced) and FSDP (weights, gradients and AdamW states sharded by torch's
+    fully_shard) on 2 gloo ranks end with the weights, gradients and metrics of one process."""
+    from safetensors.torch import load_file
+
+    multi, single = tmp_path / strategy, single_run
+    multi.mkdir()
+    r = torchrun([str(Path(__file__).resolve()), "worker", strategy, str(multi), *AGENTS], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     initial = dict(_policy().named_parameters())
     for name in AGENTS:
-        p_ddp, p_one = load_file(ddp / f"{name}-params.safetensors"), load_file(single / f"{name}-params.safetensors")
+        p_ddp, p_one = load_file(multi / f"{name}-params.safetensors"), load_file(single / f"{name}-params.safetensors")
         assert p_ddp.keys() == p_one.keys()
         moved = max(float((p_one[k] - initial[k].detach()).abs().max()) for k in p_one)
         assert moved > 1e-3, f"{name}: training did not move the weights ({moved})"
         for k in p_one:
             torch.testing.assert_close(p_ddp[k], p_one[k], rtol=1e-4, atol=2e-5, msg=lambda m, k=k, n=name: f"{n} {k}: {m}")
-        g_ddp, g_one = load_file(ddp / f"{name}-grads.safetensors"), load_file(single / f"{name}-grads.safetensors")
+        g_ddp, g_one = load_file(multi / f"{name}-grads.safetensors"), load_file(single / f"{name}-grads.safetensors")
         assert g_ddp.keys() == g_one.keys()  # e.g. GRPO's unused value head has no gradient in either
         for k in g_one:
             torch.testing.assert_close(g_ddp[k], g_one[k], rtol=1e-3, atol=1e-5, msg=lambda m, k=k, n=name: f"{n} grad {k}: {m}")
-        h_ddp = json.loads((ddp / f"{name}-history.json").read_text())
+        h_ddp = json.loads((multi / f"{name}-history.json").read_text())
         h_one = json.loads((single / f"{name}-history.json").read_text())
         assert [row["episodes"] for row in h_ddp] == [BATCH * (i + 1) for i in range(ITERATIONS)]
         for row_ddp, row_one in zip(h_ddp, h_one, strict=True):
@@ -276,4 +296,4 @@ if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "worker":
         _worker(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
-        raise SystemExit("usage: test_distributed.py worker ddp|single OUT_DIR AGENT...")
+        raise SystemExit("usage: test_distributed.py worker ddp|fsdp|single OUT_DIR AGENT...")
