@@ -203,4 +203,5 @@ def load_optimizer_state_dict(policy: nn.Module, optimizer: torch.optim.Optimize
         "state": {names[int(i)]: s for i, s in state["state"].items()},
         "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]],
     }
-    set_optimizer_state_dict(policy, optimizer, fqn, options=StateDictOptions(full_state_dict=True))
+    # strict=False: a parameter that never had a gradient (GRPO's value head) has no state, as in one process
+    set_optimizer_state_dict(policy, optimizer, fqn, options=StateDictOptions(full_state_dict=True, strict=False))

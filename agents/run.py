@@ -248,13 +248,19 @@ def _same_policy(given: str, recorded: Any) -> bool:
     return given not in ("default", "tiny") and isinstance(recorded, str) and str(Path(given).resolve()) == recorded
 
 
+#: agent settings that may change on --resume: how the ranks hold the weights (a checkpoint is the same
+#: whole-weights format under DDP and FSDP)
+RESUMABLE_SETTINGS = ("strategy",)
+
+
 def resume_conflicts(args: TrainArguments, config: Any, meta: dict[str, Any], where: str) -> None:
     """Raise ``ValueError`` when a flag given with ``--resume`` disagrees with the checkpoint it resumes
     (``meta``: its ``agent.json``, in the file ``where``), naming the flag, both values and the file.
 
     ``--agent``, ``--env``, ``--seed``, ``--policy``, ``--reward-model`` and the agent's settings are the
     run's: given equal to the checkpoint's they are accepted, otherwise refused (even when the value given
-    is the default). ``--episodes`` (the total to reach), ``--eval-episodes`` and ``--progress`` may change.
+    is the default). ``--episodes`` (the total to reach), ``--eval-episodes``, ``--progress`` and
+    ``--strategy`` may change.
     """
     from textenv.rewards.spec import describe_reward_model
 
@@ -287,6 +293,8 @@ def resume_conflicts(args: TrainArguments, config: Any, meta: dict[str, Any], wh
         for name in sorted(_given(config)):
             if sb3 and name == "n_envs" and "n_envs" not in meta:
                 continue  # not recorded by this checkpoint
+            if name in RESUMABLE_SETTINGS:
+                continue
             value = getattr(config, name)
             recorded = meta.get("n_envs") if name == "n_envs" else recorded_config.get(name)
             if value != recorded:
@@ -353,7 +361,8 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
                 raise ValueError(f"{summary_file}: no initial evaluation in it; cannot resume this run")
         meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
         resume_conflicts(a, config, meta, str(ckpt / CHECKPOINT_MARKER))  # every rank: the same args, the same verdict
-        moved = {k: getattr(a, k) for k in ("device", "dtype") if k in _given(a)}
+        moved: dict[str, Any] = {k: getattr(a, k) for k in ("device", "dtype") if k in _given(a)}
+        moved.update({k: getattr(config, k) for k in RESUMABLE_SETTINGS if config is not None and k in _given(config)})
         if moved and not str(meta["agent"]).startswith("sb3-"):
             agent = Agent.load(ckpt, **moved)  # the device and dtype may change on resume
         else:

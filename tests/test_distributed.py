@@ -202,6 +202,46 @@ def test_train_cli_under_torchrun_writes_once_from_rank_0_and_resumes(tmp_path):
     assert json.loads((latest / "agent.json").read_text())["episodes"] == 24
 
 
+@pytest.mark.slow
+def test_fsdp_checkpoint_is_a_full_one_process_checkpoint_and_resumes_exactly(tmp_path):
+    """Under --strategy fsdp the ranks gather full state dicts and rank 0 writes them: Agent.load reads the
+    checkpoint in one process unchanged (whole weights, a one-process optimizer state), and a run resumed
+    under FSDP from it ends where an uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    from agents import Agent
+
+    fsdp = [*TRAIN, "--strategy", "fsdp"]
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    r = torchrun([*fsdp, "--episodes", "16", "--out", str(cut)], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("training grpo on") == 1 and "(2 processes)" in r.stdout
+    ckpt = cut / "checkpoint-00000016"
+    agent = Agent.load(ckpt)  # one process: strategy fsdp is a no-op, the policy is whole
+    assert agent.config.strategy == "fsdp" and not agent.sharded and agent.episodes == 16
+    trainable = [p for p in agent.policy.parameters() if p.requires_grad]
+    state = agent.optimizer.state_dict()["state"]
+    assert state and all(state[i]["exp_avg"].shape == p.shape for i, p in enumerate(agent.policy.parameters())
+                         if i in state)
+    assert len(state) <= len(trainable)
+    assert (ckpt / "reference").is_dir()  # the tiny policy's reference, gathered from its shards
+    r = torchrun([*fsdp, "--episodes", "24", "--out", str(cut), "--resume"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("resuming grpo") == 1
+    r = torchrun([*fsdp, "--episodes", "24", "--out", str(whole)], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(cut / "checkpoint-00000024" / "policy" / "model.safetensors")
+    b = load_file(whole / "checkpoint-00000024" / "policy" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    moved = load_file(ckpt / "policy" / "model.safetensors")
+    assert max(float((moved[k] - b[k]).abs().max()) for k in b) > 0  # the last 8 episodes trained
+    final_cut = json.loads((cut / "summary.json").read_text())["final"]
+    final_whole = json.loads((whole / "summary.json").read_text())["final"]
+    assert final_cut == pytest.approx(final_whole, rel=1e-4, abs=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------- refusals
 @pytest.fixture
 def as_rank_0_of_2(monkeypatch):
@@ -256,6 +296,20 @@ def test_bad_torchrun_variables_are_named(monkeypatch):
     agent = REINFORCE(ARITH, policy="tiny", batch_size=4)  # still usable: one process again
     assert agent.dist.world_size == 1 and agent.envs.num_envs == 4
     agent.learn(4, progress=False)
+
+
+def test_bad_strategies_are_refused_and_fsdp_in_one_process_trains_unsharded():
+    from agents import GRPO, PPO
+
+    with pytest.raises(ValueError, match=r"strategy must be one of \['ddp', 'fsdp'\], got 'zero3'"):
+        PPO(ARITH, policy="tiny", batch_size=4, strategy="zero3")
+    pytest.importorskip("peft")
+    with pytest.raises(ValueError, match=r"strategy 'fsdp' does not support LoRA \(lora_r=4\).*use strategy 'ddp'"):
+        GRPO(ARITH, policy="tiny", batch_size=4, group_size=2, strategy="fsdp", lora_r=4)
+    agent = GRPO(ARITH, policy="tiny", batch_size=4, group_size=2, strategy="fsdp", env_kwargs=ENV_KWARGS)
+    assert not agent.sharded and agent.dist.world_size == 1  # nothing to shard: trains as ddp does
+    agent.learn(4, progress=False)
+    assert agent.history[-1]["episodes"] == 4.0
 
 
 def test_one_process_context_is_the_identity():
