@@ -319,15 +319,16 @@ def test_one_process_context_is_the_identity():
     x = torch.arange(6.0).view(3, 2)
     assert ctx.gather(x) is x and ctx.all_sum(x) is x and ctx.shard(3) == slice(0, 3)
     idx = torch.tensor([2, 0])
-    assert ctx.local_indices(idx, 3)[0] is idx
+    assert ctx.minibatch_part(idx)[0] is idx
     assert ctx.weighted_mean({"a": torch.tensor(1.5)}, 0.0) == {"a": 1.5}
     assert rank_seed(17, 0) == 17 and rank_seed(17, 1) != 17
     two = Context(rank=1, world_size=2)
     assert two.shard(8) == slice(4, 8)
-    local, here = two.local_indices(torch.tensor([5, 1, 7]), 8)
-    assert here and local.tolist() == [1, 3]
-    local, here = two.local_indices(torch.tensor([0, 3]), 8)
-    assert not here and local.tolist() == [0]  # a stand-in episode, weighted 0
+    part, here = two.minibatch_part(torch.tensor([5, 1, 7, 0, 2]))
+    assert here and part.tolist() == [0, 2]  # rank 0 takes [5, 1, 7]: parts differ by at most one
+    assert Context(rank=0, world_size=2).minibatch_part(torch.tensor([5, 1, 7, 0, 2]))[0].tolist() == [5, 1, 7]
+    part, here = two.minibatch_part(torch.tensor([3]))
+    assert not here and part.tolist() == [3]  # a stand-in episode, weighted 0
 
 
 def test_concat_rollouts_repads_prompts_and_completions():
