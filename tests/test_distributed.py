@@ -69,10 +69,11 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().contiguous()
 
 
-def _worker(mode: str, out: str, names: list[str]) -> None:
+def _worker(spec: str, out: str, names: list[str]) -> None:
     """Train each agent ``ITERATIONS`` iterations and write its weights, last gradients and history.
     ``ddp``: one of WORLD torchrun ranks; ``single``: one process with the whole batch, whose rollouts are
-    the WORLD ranks' shards collected here and concatenated (the same episodes, the same seeds)."""
+    the WORLD ranks' shards collected here and concatenated (the same episodes, the same seeds); ``fsdp``:
+    a rank of an FSDP job. ``spec`` is the mode, optionally with ``+gc`` (gradient checkpointing)."""
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
     from safetensors.torch import save_file
@@ -82,6 +83,7 @@ def _worker(mode: str, out: str, names: list[str]) -> None:
     from agents.registry import get_agent_class
 
     torch.set_num_threads(1)
+    mode, *options = spec.split("+")  # e.g. "fsdp+gc": with gradient checkpointing
     for name in names:
         cls = get_agent_class(name)
         if mode == "single":
@@ -92,8 +94,10 @@ def _worker(mode: str, out: str, names: list[str]) -> None:
                     return concat_rollouts(shards, self.envs.pad_id)
 
             cls = Sharded
-        strategy: dict[str, Any] = {"strategy": "fsdp"} if mode == "fsdp" else {}
-        agent = cls(ARITH, policy=_policy(), env_kwargs=ENV_KWARGS, **_overrides(name), **strategy)
+        extra: dict[str, Any] = {"strategy": "fsdp"} if mode == "fsdp" else {}
+        if "gc" in options:
+            extra["gradient_checkpointing"] = True
+        agent = cls(ARITH, policy=_policy(), env_kwargs=ENV_KWARGS, **_overrides(name), **extra)
         if mode == "single":
             agent.half = gym.make_vec(ARITH, num_envs=BATCH // WORLD, autoreset_mode=AutoresetMode.DISABLED,
                                       tokenizer=agent.policy.tokenizer, **ENV_KWARGS).unwrapped
@@ -172,6 +176,31 @@ def test_two_gloo_ranks_with_half_the_batch_match_one_process_with_all_of_it(tmp
             if name == "ppo":
                 for key in ("kl_coef", "explained_variance", "approx_kl", "value_loss"):
                     assert row_ddp[key] == pytest.approx(row_one[key], rel=1e-3, abs=1e-5), (name, key)
+
+
+@pytest.mark.slow
+def test_fsdp_with_gradient_checkpointing_matches_one_process(tmp_path):
+    """FSDP's hooks re-run in the recomputed forward of a checkpointed block: PPO still ends where one
+    process ends."""
+    from safetensors.torch import load_file
+
+    multi, single = tmp_path / "fsdp", tmp_path / "single"
+    multi.mkdir()
+    single.mkdir()
+    worker = [str(Path(__file__).resolve()), "worker"]
+    r = torchrun([*worker, "fsdp+gc", str(multi), "ppo"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(var, None)
+    r = subprocess.run([sys.executable, *worker, "single+gc", str(single), "ppo"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for kind, tol in (("params", (1e-4, 2e-5)), ("grads", (1e-3, 1e-5))):
+        a, b = load_file(multi / f"ppo-{kind}.safetensors"), load_file(single / f"ppo-{kind}.safetensors")
+        assert a.keys() == b.keys() and a
+        for k in b:
+            torch.testing.assert_close(a[k], b[k], rtol=tol[0], atol=tol[1], msg=lambda m, k=k, kind=kind: f"{kind} {k}: {m}")
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -351,4 +380,4 @@ if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "worker":
         _worker(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
-        raise SystemExit("usage: test_distributed.py worker ddp|fsdp|single OUT_DIR AGENT...")
+        raise SystemExit("usage: test_distributed.py worker ddp|fsdp|single[+gc] OUT_DIR AGENT...")
