@@ -270,23 +270,30 @@ class LMPolicy(nn.Module):
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}"[:400]) from None
         return policy
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write the LM (``save_pretrained``), tokenizer and value head into directory ``path``.
 
         With LoRA on, the LM written is the frozen base (a plain model directory) and ``adapter/`` holds the
-        adapter (peft's ``save_pretrained``: ``adapter_config.json``, ``adapter_model.safetensors``)."""
+        adapter (peft's ``save_pretrained``: ``adapter_config.json``, ``adapter_model.safetensors``).
+        ``state_dict``: this policy's full state dict (``model.*`` and ``value_head.*`` keys) to write instead
+        of its own tensors (an FSDP policy holds shards; :mod:`agents.fsdp` gathers them)."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        head_sd = self.value_head.state_dict()
+        model_sd = None
+        if state_dict is not None:
+            model_sd = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+            head_sd = {k[len("value_head."):]: v for k, v in state_dict.items() if k.startswith("value_head.")}
         with quiet_progress():
             if self.peft_model is None:
-                self.model.save_pretrained(str(path))
+                self.model.save_pretrained(str(path), state_dict=model_sd)
             else:  # the frozen base as a plain model directory, and the adapter beside it
                 self.model.save_pretrained(str(path), state_dict=base_state_dict(self.model))
                 self.peft_model.save_pretrained(str(path / "adapter"), safe_serialization=True)
         self.tokenizer.save_pretrained(str(path))
-        save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()},
+        save_file({k: v.detach().contiguous() for k, v in head_sd.items()},
                   str(path / "value_head.safetensors"))
         (path / "policy.json").write_text(json.dumps(
             {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}, indent=2))
@@ -570,7 +577,9 @@ class LMPolicy(nn.Module):
             logprobs, entropy = chunked_logps_entropy(h, tokens, self.lm_head, temperature=self.temperature,
                                                       vocab_size=self.vocab_size, chunk_tokens=self.logits_chunk)
             values = self.value_head(h).squeeze(-1).float()  # (B, T); h is bf16 under autocast
-        return PerTokenLogps(logprobs, values, entropy)
+        # tensors of their own, not views: FSDP hooks the backward of a sharded policy's outputs, which an
+        # in-place op on a view would bypass (and FSDP warns of views on every call)
+        return PerTokenLogps(*(t if t._base is None else t.clone() for t in (logprobs, values, entropy)))
 
     @torch.no_grad()
     def ref_logprobs(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
@@ -582,7 +591,10 @@ class LMPolicy(nn.Module):
                 return self._ref_logprobs(self.model, query_ids, query_mask, tokens)
         if self.ref_model is None:
             raise RuntimeError("this policy was built with with_reference=False")
-        return self._ref_logprobs(self.ref_model, query_ids, query_mask, tokens)
+        from agents.fsdp import gathered_frozen
+
+        with gathered_frozen(self.ref_model):  # a reference sharded under FSDP is gathered for this forward
+            return self._ref_logprobs(self.ref_model, query_ids, query_mask, tokens)
 
     def _ref_logprobs(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
                       tokens: torch.Tensor) -> torch.Tensor:

@@ -313,13 +313,19 @@ def _same_policy(given: str, recorded: Any) -> bool:
     return given not in ("default", "tiny") and isinstance(recorded, str) and str(Path(given).resolve()) == recorded
 
 
+#: agent settings that may change on --resume: how the ranks hold the weights (a checkpoint is the same
+#: whole-weights format under DDP and FSDP)
+RESUMABLE_SETTINGS = ("strategy",)
+
+
 def resume_conflicts(args: TrainArguments, config: Any, meta: dict[str, Any], where: str) -> None:
     """Raise ``ValueError`` when a flag given with ``--resume`` disagrees with the checkpoint it resumes
     (``meta``: its ``agent.json``, in the file ``where``), naming the flag, both values and the file.
 
     ``--agent``, ``--env``, ``--seed``, ``--policy``, ``--reward-model`` and the agent's settings are the
     run's: given equal to the checkpoint's they are accepted, otherwise refused (even when the value given
-    is the default). ``--episodes`` (the total to reach), ``--eval-episodes`` and ``--progress`` may change.
+    is the default). ``--episodes`` (the total to reach), ``--eval-episodes``, ``--progress`` and
+    ``--strategy`` may change.
     """
     from textenv.rewards.spec import describe_reward_model
 
@@ -363,6 +369,8 @@ def resume_conflicts(args: TrainArguments, config: Any, meta: dict[str, Any], wh
         for name in sorted(_given(config)):
             if sb3 and name == "n_envs" and "n_envs" not in meta:
                 continue  # not recorded by this checkpoint
+            if name in RESUMABLE_SETTINGS:
+                continue
             value = getattr(config, name)
             recorded = meta.get("n_envs") if name == "n_envs" else recorded_config.get(name)
             if value != recorded:
@@ -429,7 +437,8 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
                 raise ValueError(f"{summary_file}: no initial evaluation in it; cannot resume this run")
         meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
         resume_conflicts(a, config, meta, str(ckpt / CHECKPOINT_MARKER))  # every rank: the same args, the same verdict
-        moved = {k: getattr(a, k) for k in ("device", "dtype") if k in _given(a)}
+        moved: dict[str, Any] = {k: getattr(a, k) for k in ("device", "dtype") if k in _given(a)}
+        moved.update({k: getattr(config, k) for k in RESUMABLE_SETTINGS if config is not None and k in _given(config)})
         if moved and not str(meta["agent"]).startswith("sb3-"):
             agent = Agent.load(ckpt, **moved)  # the device and dtype may change on resume
         else:
@@ -444,8 +453,11 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
             out.mkdir(parents=True, exist_ok=True)
             print(f"training {agent.name} on {a.env} for {episodes} episodes -> {out}"
                   + (f" ({world_of(agent)} processes)" if world_of(agent) > 1 else ""))
+        if main or _collective(agent):
+            initial, samples = agent.evaluate(a.eval_episodes), agent.samples(4)
+        if main:
             summary = {"agent": agent.name, "env": a.env, "seed": a.seed, "episodes": episodes,
-                       "initial": agent.evaluate(a.eval_episodes), "samples_before": agent.samples(4)}
+                       "initial": initial, "samples_before": samples}
             io.write_text(summary_file, json.dumps(summary, indent=1))
         _barrier(agent)
     # an SB3 run counts from its last target (its last rollout's extra episodes count toward this one)
@@ -483,6 +495,9 @@ def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any
         summary["train_seconds"] = summary.get("train_seconds", 0.0) + time.perf_counter() - t0
     save_checkpoint()
     if not main:
+        if _collective(agent):  # rank 0's evaluation and samples gather the sharded weights from every rank
+            agent.evaluate(a.eval_episodes)
+            agent.samples(4)
         _barrier(agent)  # while rank 0 evaluates and writes the summary
         return 0
     write_metrics_csv(out / "metrics.csv", agent.history)
@@ -498,11 +513,16 @@ def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any
     print(format_table(summary["initial"], summary["final"]))
     print()
     _print_samples("samples before:", [tuple(s) for s in summary["samples_before"]])
-    _print_samples("samples after:", agent.samples(4))
+    _print_samples("samples after:", [tuple(s) for s in summary["samples_after"]])
     print(f"\nwrote {out / 'metrics.csv'}, {out / 'summary.json'}"
           + (f", {out / 'learning_curve.png'}" if plotted else " (install matplotlib for learning_curve.png)")
           + f" and {resolve_checkpoint(out)}")
     return 0
+
+
+def _collective(agent: Any) -> bool:
+    """Whether ``agent``'s evaluation and sampling need every rank (an FSDP-sharded policy, see agents.fsdp)."""
+    return bool(getattr(agent, "sharded", False))
 
 
 def world_of(agent: Any) -> int:
