@@ -117,6 +117,9 @@ class EnvSetup:
     pad_id: int = 0
     _prompt_cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _fast: Any = field(default=None, repr=False)
+    #: per token id, the bytes decoding turns it into (see :func:`byte_level_table`); built on first use
+    _byte_table: list[bytes] | None = field(default=None, repr=False)
+    _byte_table_built: bool = field(default=False, repr=False)
 
     @property
     def max_length(self) -> int:
@@ -167,9 +170,26 @@ class EnvSetup:
 
     def decode(self, ids: np.ndarray) -> str:
         """Text of token ids, special tokens skipped (the Rust tokenizer directly when that is exact)."""
+        return self.decode_batch([ids])[0]
+
+    def decode_batch(self, rows: Sequence[np.ndarray]) -> list[str]:
+        """Texts of several rows of token ids, special tokens skipped; the same strings as
+        ``tokenizer.decode(row, skip_special_tokens=True)`` for each row.
+
+        A byte-level BPE tokenizer (GPT-2's kind) is decoded through a per-token byte table (one join and
+        one UTF-8 decode per row, several times faster than a call into the tokenizer per row); the table is
+        checked against the tokenizer when it is built and not used unless every token agrees.
+        """
+        if not self._byte_table_built:
+            self._byte_table = byte_level_table(self._fast) if self._fast is not None else None
+            self._byte_table_built = True
+        table = self._byte_table
+        if table is not None:
+            join = b"".join
+            return [join([table[i] for i in row.tolist()]).decode("utf-8", "replace") for row in rows]
         if self._fast is not None:
-            return self._fast.decode(ids.tolist(), skip_special_tokens=True)
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+            return [self._fast.decode(row.tolist(), skip_special_tokens=True) for row in rows]
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
     def __post_init__(self) -> None:
         # The Rust backend of a fast tokenizer, used directly for speed when the Python wrapper adds nothing
@@ -201,6 +221,56 @@ class EnvSetup:
 
     def gold(self, prompts: list[str], completions: list[str]) -> list[float]:
         return [float(s) for s in self.task.gold_score(prompts, completions)]
+
+
+def _byte_to_char() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 byte values to printable characters: the printable Latin-1 bytes
+    stand for themselves, the others (controls, space, soft hyphen...) take the characters from U+0100 on,
+    in byte order. Byte-level BPE vocabularies are written in these characters."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]  # "!".."~", "¡".."¬", "®".."ÿ"
+    kept = set(keep)
+    shifted = [b for b in range(256) if b not in kept]
+    out = {b: chr(b) for b in keep}
+    out.update({b: chr(256 + k) for k, b in enumerate(shifted)})
+    return out
+
+
+def byte_level_table(backend: Any) -> list[bytes] | None:
+    """Per token id of a Hugging Face ``tokenizers.Tokenizer`` whose decoder is ``ByteLevel``, the bytes that
+    decoding adds for it (``b""`` for special tokens, which ``skip_special_tokens`` drops), so that decoding
+    a row is ``b"".join(table[i] for i in row).decode("utf-8", "replace")``; ``None`` for any other decoder.
+
+    ByteLevel maps each character of a token back to its byte, and a token with a character outside the
+    byte alphabet (an added token such as ``"<tag>"`` typed in plain text) to its own UTF-8 bytes; the
+    joined bytes of a row are then decoded with invalid sequences replaced. The table is checked against
+    the tokenizer on every id, in runs of a few tokens (so multi-byte characters split across tokens are
+    covered), and ``None`` comes back if any text differs.
+    """
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None or type(decoder).__name__ != "ByteLevel":
+        return None
+    char_to_byte = {c: b for b, c in _byte_to_char().items()}
+    special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+    V = backend.get_vocab_size(with_added_tokens=True)
+    table: list[bytes] = []
+    for i in range(V):
+        token = backend.id_to_token(i)
+        if token is None or i in special:
+            table.append(b"")
+            continue
+        mapped = [char_to_byte.get(c) for c in token]
+        table.append(token.encode("utf-8") if None in mapped else bytes(mapped))  # type: ignore[arg-type]
+    # the check: every id at least once, in shuffled runs of 1-8 tokens, against the tokenizer itself
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.concatenate([np.arange(V), rng.integers(0, V, size=V)])).tolist()
+    start = 0
+    while start < len(ids):
+        run = ids[start:start + int(rng.integers(1, 9))]
+        start += len(run)
+        ours = b"".join([table[i] for i in run]).decode("utf-8", "replace")
+        if ours != backend.decode(run, skip_special_tokens=True):
+            return None
+    return table
 
 
 def build_setup(

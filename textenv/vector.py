@@ -131,27 +131,37 @@ class TextGenVectorEnv(VectorEnv):
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             self._needs_reset |= finished
         elif self.autoreset_mode == AutoresetMode.SAME_STEP:
-            for i in np.flatnonzero(finished):
-                self._reset_slot(int(i), None, None)
+            if finished.any():
+                self._reset_slots(np.flatnonzero(finished), None, None)
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
 
-    def _reset_slot(self, i: int, prompt: str | None, split: str | None) -> None:
-        if prompt is None:
-            prompt = self.setup.sample_prompt(self._rngs[i], split)
-        ids = self.setup.encode_prompt(prompt)
-        n = len(ids)
-        self._ids[i].fill(self.setup.pad_id)
-        self._mask[i].fill(0)
-        self._ids[i, :n] = ids
-        self._mask[i, :n] = 1
-        self._prompt_len[i] = n
-        self._n_gen[i] = 0
-        self._potential[i] = 0.0
-        self._active[i] = True
-        self._needs_reset[i] = False
-        self._prompts[i] = prompt
+    def _reset_slots(self, idx: np.ndarray, prompts: list[str | None] | None, split: str | None) -> None:
+        """Start new episodes in slots ``idx`` (together: one write per buffer), slot ``idx[j]`` with
+        ``prompts[j]``, or a prompt drawn with the slot's RNG where that is ``None`` (or ``prompts`` is)."""
+        s = self.setup
+        slots = idx.tolist()
+        if prompts is None:
+            prompts = [None] * len(slots)
+        new = [s.sample_prompt(self._rngs[i], split) if p is None else p for i, p in zip(slots, prompts, strict=True)]
+        encoded = [s.encode_prompt(p) for p in new]
+        lengths = np.array([len(e) for e in encoded], dtype=np.int64)
+        self._ids[idx] = s.pad_id
+        for i, e in zip(slots, encoded, strict=True):
+            self._ids[i, :len(e)] = e
+        self._mask[idx] = self._rows_of_length(lengths)
+        self._prompt_len[idx] = lengths
+        self._n_gen[idx] = 0
+        self._potential[idx] = 0.0
+        self._active[idx] = True
+        self._needs_reset[idx] = False
+        for i, p in zip(slots, new, strict=True):
+            self._prompts[i] = p
+
+    def _rows_of_length(self, lengths: np.ndarray) -> np.ndarray:
+        """``(len(lengths), L)`` int8 masks, row ``j`` with its first ``lengths[j]`` entries 1."""
+        return (np.arange(self.setup.max_length) < lengths[:, None]).astype(np.int8)
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -195,7 +205,7 @@ class TextGenVectorEnv(VectorEnv):
         for i in idx:
             if seeds[i] is not None:
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
-            self._reset_slot(int(i), prompts[i] if prompts is not None else one_prompt, split)
+        self._reset_slots(idx, [prompts[i] if prompts is not None else one_prompt for i in idx], split)
         self._started = True
         return self._obs(), self._prompt_infos(idx)
 
@@ -234,16 +244,21 @@ class TextGenVectorEnv(VectorEnv):
         scored_idx = stepping if s.reward_mode == "dense" else done_idx
         if scored_idx.size:
             try:
-                prompts = [self._prompts[i] for i in scored_idx]
-                completions = [s.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
-                               for i in scored_idx]
-                ids = ([self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]].tolist()
-                        for i in scored_idx] if s.wants_extras else None)
+                # the whole batch's episode-end work at once: one decode call for every scored slot
+                prompts = [self._prompts[i] for i in scored_idx.tolist()]
+                rows = self._completion_rows(scored_idx)
+                completions = s.decode_batch(rows)
+                ids = [row.tolist() for row in rows] if s.wants_extras else None
                 scores = s.score(prompts, completions, ids)
                 if done_idx.size:
-                    at_end = np.isin(scored_idx, done_idx)
-                    end_prompts = [p for p, e in zip(prompts, at_end, strict=True) if e]
-                    end_completions = [c for c, e in zip(completions, at_end, strict=True) if e]
+                    at_end: slice | np.ndarray
+                    if scored_idx is done_idx:  # terminal rewards: exactly the finished slots were scored
+                        at_end = slice(None)
+                        end_prompts, end_completions = prompts, completions
+                    else:
+                        at_end = np.isin(scored_idx, done_idx)
+                        end_prompts = [p for p, e in zip(prompts, at_end, strict=True) if e]
+                        end_completions = [c for c, e in zip(completions, at_end, strict=True) if e]
                     gold = s.gold(end_prompts, end_completions)
             except BaseException:
                 # nothing half-written: undo this step's tokens so the batch is as before the call
@@ -273,8 +288,7 @@ class TextGenVectorEnv(VectorEnv):
             infos = {"final_obs": final_obs, "_final_obs": mask, "final_info": infos, "_final_info": mask.copy()}
             reset_idx = done_idx
         if reset_idx.size:
-            for i in reset_idx:
-                self._reset_slot(int(i), None, None)
+            self._reset_slots(reset_idx, None, None)
             reset_info = self._prompt_infos(reset_idx)
             if "prompt" in infos:  # NEXT_STEP: other slots ended this step; merge slot-wise like Gymnasium
                 m = reset_info["_prompt"]
@@ -283,6 +297,12 @@ class TextGenVectorEnv(VectorEnv):
             else:
                 infos.update(reset_info)
         return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), infos
+
+    def _completion_rows(self, idx: np.ndarray) -> list[np.ndarray]:
+        """The generated token ids of slots ``idx`` (views into the observation buffer)."""
+        start = self._prompt_len[idx]
+        stop = start + self._n_gen[idx]
+        return [self._ids[i, a:b] for i, a, b in zip(idx.tolist(), start.tolist(), stop.tolist(), strict=True)]
 
     def _prompt_infos(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """The reset info of slots ``idx`` (their new prompt), in Gymnasium's vector layout."""
@@ -316,8 +336,7 @@ class TextGenVectorEnv(VectorEnv):
         as Gymnasium's vector envs return them: a tuple)."""
         if self.render_mode is None:
             return None
-        completions = [self.setup.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
-                       for i in range(self.num_envs)]
+        completions = self.setup.decode_batch(self._completion_rows(self._rows))
         if self.render_mode == "rgb_array":
             from textenv.render import render_text
 
