@@ -70,12 +70,19 @@ def test_no_byte_table_for_other_decoders(tiny_tokenizer):
     assert byte_level_table(backend) is None
 
 
-def test_env_decode_batch_matches_the_tokenizer(make_vec):
+def test_env_decode_block_and_decode_match_the_tokenizer(make_vec):
     envs = make_vec(num_envs=3)
     setup = envs.unwrapped.setup
-    rows = _random_rows(setup.vocab_size, 300, seed=3)
-    assert setup.decode_batch(rows) == [setup.tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+    rng = np.random.default_rng(3)
+    block = rng.integers(0, setup.vocab_size, size=(300, 25))
+    lengths = rng.integers(0, 26, size=300)
+    expected = [setup.tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(block, lengths)]
+    assert setup.decode_block(block, lengths) == expected
+    assert [setup.decode(row[:n]) for row, n in zip(block, lengths)] == expected
     assert setup._byte_table is not None  # the fast path was the one taken
+    setup._byte_table = None  # the tokenizer's own path gives the same
+    assert setup.decode_block(block, lengths) == expected
+    assert setup.decode(block[0, :0]) == ""
 
 
 # ------------------------------------------------------------------ the batched sentiment scorer

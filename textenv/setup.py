@@ -118,7 +118,7 @@ class EnvSetup:
     _prompt_cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _fast: Any = field(default=None, repr=False)
     #: per token id, the bytes decoding turns it into (see :func:`byte_level_table`); built on first use
-    _byte_table: list[bytes] | None = field(default=None, repr=False)
+    _byte_table: np.ndarray | None = field(default=None, repr=False)
     _byte_table_built: bool = field(default=False, repr=False)
 
     @property
@@ -169,26 +169,41 @@ class EnvSetup:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: np.ndarray) -> str:
-        """Text of token ids, special tokens skipped (the Rust tokenizer directly when that is exact)."""
-        return self.decode_batch([ids])[0]
-
-    def decode_batch(self, rows: Sequence[np.ndarray]) -> list[str]:
-        """Texts of several rows of token ids, special tokens skipped; the same strings as
-        ``tokenizer.decode(row, skip_special_tokens=True)`` for each row.
-
-        A byte-level BPE tokenizer (GPT-2's kind) is decoded through a per-token byte table (one join and
-        one UTF-8 decode per row, several times faster than a call into the tokenizer per row); the table is
-        checked against the tokenizer when it is built and not used unless every token agrees.
-        """
-        if not self._byte_table_built:
-            self._byte_table = byte_level_table(self._fast) if self._fast is not None else None
-            self._byte_table_built = True
-        table = self._byte_table
+        """Text of token ids, special tokens skipped (see :meth:`decode_block`)."""
+        table = self._table()
         if table is not None:
-            join = b"".join
-            return [join([table[i] for i in row.tolist()]).decode("utf-8", "replace") for row in rows]
+            return b"".join(table[np.asarray(ids, dtype=np.int64)].tolist()).decode("utf-8", "replace")
         if self._fast is not None:
-            return [self._fast.decode(row.tolist(), skip_special_tokens=True) for row in rows]
+            return self._fast.decode(np.asarray(ids).tolist(), skip_special_tokens=True)
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _table(self) -> np.ndarray | None:
+        """The byte table of :meth:`decode_block` (built on first use), with one more entry, ``b""``, for
+        the positions past a row's length; ``None`` where the tokenizer is not byte-level BPE."""
+        if not self._byte_table_built:
+            table = byte_level_table(self._fast) if self._fast is not None else None
+            self._byte_table = None if table is None else np.array([*table, b""], dtype=object)
+            self._byte_table_built = True
+        return self._byte_table
+
+    def decode_block(self, ids: np.ndarray, lengths: np.ndarray) -> list[str]:
+        """Texts of the rows of ``ids`` ``(B, T)``, row ``j`` cut to its first ``lengths[j]`` tokens, special
+        tokens skipped: the strings ``tokenizer.decode(ids[j, :lengths[j]], skip_special_tokens=True)``.
+
+        A byte-level BPE tokenizer (GPT-2's kind) is decoded through a per-token byte table: one gather for
+        the whole block, then one join and one UTF-8 decode per row, several times faster than a call into
+        the tokenizer per row. The table is checked against the tokenizer when it is built (on first use)
+        and not used unless every token agrees.
+        """
+        table = self._table()
+        if table is not None:
+            inside = np.arange(ids.shape[1]) < lengths[:, None]  # (B, T)
+            pieces = table[np.where(inside, ids, len(table) - 1)]  # (B, T) of bytes
+            join = b"".join
+            return [join(row).decode("utf-8", "replace") for row in pieces.tolist()]
+        rows = [ids[j, :n].tolist() for j, n in enumerate(lengths.tolist())]
+        if self._fast is not None:
+            return [self._fast.decode(row, skip_special_tokens=True) for row in rows]
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
     def __post_init__(self) -> None:

@@ -246,9 +246,10 @@ class TextGenVectorEnv(VectorEnv):
             try:
                 # the whole batch's episode-end work at once: one decode call for every scored slot
                 prompts = [self._prompts[i] for i in scored_idx.tolist()]
-                rows = self._completion_rows(scored_idx)
-                completions = s.decode_batch(rows)
-                ids = [row.tolist() for row in rows] if s.wants_extras else None
+                block, lengths = self._completion_block(scored_idx)
+                completions = s.decode_block(block, lengths)
+                ids = ([row[:n] for row, n in zip(block.tolist(), lengths.tolist(), strict=True)]
+                       if s.wants_extras else None)
                 scores = s.score(prompts, completions, ids)
                 if done_idx.size:
                     at_end: slice | np.ndarray
@@ -298,20 +299,30 @@ class TextGenVectorEnv(VectorEnv):
                 infos.update(reset_info)
         return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), infos
 
-    def _completion_rows(self, idx: np.ndarray) -> list[np.ndarray]:
-        """The generated token ids of slots ``idx`` (views into the observation buffer)."""
-        start = self._prompt_len[idx]
-        stop = start + self._n_gen[idx]
-        return [self._ids[i, a:b] for i, a, b in zip(idx.tolist(), start.tolist(), stop.tolist(), strict=True)]
+    def _completion_block(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The generated token ids of slots ``idx``, gathered in one go: ``(len(idx), T)`` ids, row ``j``
+        holding slot ``idx[j]``'s completion in its first ``lengths[j]`` entries, and ``lengths``."""
+        lengths = self._n_gen[idx]
+        T = int(lengths.max()) if lengths.size else 0
+        cols = self._prompt_len[idx][:, None] + np.arange(T)  # (B, T)
+        np.minimum(cols, self.setup.max_length - 1, out=cols)  # past a row's end: any valid index
+        return self._ids[idx[:, None], cols], lengths
 
     def _prompt_infos(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """The reset info of slots ``idx`` (their new prompt), in Gymnasium's vector layout."""
         mask = np.zeros(self.num_envs, dtype=bool)
         mask[idx] = True
-        names = np.full(self.num_envs, None, dtype=object)
-        for i in idx:
-            names[i] = self._prompts[i]
-        return {"prompt": names, "_prompt": mask}
+        slots = idx.tolist()
+        return {"prompt": self._slot_values(slots, [self._prompts[i] for i in slots]), "_prompt": mask}
+
+    def _slot_values(self, slots: list[int], values: list[Any]) -> np.ndarray:
+        """An ``(N,)`` object array holding ``values[j]`` at ``slots[j]`` and ``None`` elsewhere."""
+        out: list[Any] = [None] * self.num_envs
+        for i, v in zip(slots, values, strict=True):
+            out[i] = v
+        arr = np.empty(self.num_envs, dtype=object)
+        arr[:] = out
+        return arr
 
     def _end_infos(self, idx: np.ndarray, prompts: list[str], completions: list[str], scores: np.ndarray,
                    gold: list[float]) -> dict[str, Any]:
@@ -319,12 +330,11 @@ class TextGenVectorEnv(VectorEnv):
         N = self.num_envs
         mask = np.zeros(N, dtype=bool)
         mask[idx] = True
-        p = np.full(N, None, dtype=object)
-        c = np.full(N, None, dtype=object)
+        slots = idx.tolist()
+        p = self._slot_values(slots, prompts)
+        c = self._slot_values(slots, completions)
         r = np.zeros(N, dtype=np.float64)
         g = np.zeros(N, dtype=np.float64)
-        for j, i in enumerate(idx):
-            p[i], c[i] = prompts[j], completions[j]
         r[idx] = scores
         g[idx] = gold
         return {"prompt": p, "_prompt": mask, "completion": c, "_completion": mask.copy(),
@@ -336,7 +346,7 @@ class TextGenVectorEnv(VectorEnv):
         as Gymnasium's vector envs return them: a tuple)."""
         if self.render_mode is None:
             return None
-        completions = self.setup.decode_batch(self._completion_rows(self._rows))
+        completions = self.setup.decode_block(*self._completion_block(self._rows))
         if self.render_mode == "rgb_array":
             from textenv.render import render_text
 

@@ -85,20 +85,18 @@ TEMPERATURE = 2.0
 
 _NOT_RE = re.compile(r"n[’']t\b")
 
-# The scan works on bytes: one bytes.translate lower-cases A-Z, keeps a-z and the punctuation tokens, and
-# turns every other byte into a space (UTF-8 writes every non-ASCII character with bytes >= 0x80, so none
-# survives, as none is part of a token); "\n" becomes \x01, which bytes.split keeps. Texts are joined
-# with \x00, a token of its own that ends a text.
+# The scan works on bytes: the texts are encoded as UTF-8 and joined with 0xFF (a byte UTF-8 never writes),
+# then one bytes.translate lower-cases A-Z, keeps a-z and the punctuation tokens, turns the joins into \x00
+# (a token of its own that ends a text), "\n" into \x01 (which bytes.split keeps) and every other byte
+# into a space: UTF-8 writes every non-ASCII character with bytes >= 0x80, so none survives, as none is
+# part of a token.
 _PUNCT = b".!?;:,"
 _NEWLINE, _TEXT_SEP = b"\x01", b"\x00"
 _BYTE_MAP = bytes(
-    c + 32 if 65 <= c <= 90 else c if (97 <= c <= 122 or c in _PUNCT) else 1 if c == 10 else 32 for c in range(256)
+    c + 32 if 65 <= c <= 90 else c if (97 <= c <= 122 or c in _PUNCT) else 1 if c == 10 else 0 if c == 255 else 32
+    for c in range(256)
 )
 _SPACED = [(bytes([c]), b" " + bytes([c]) + b" ") for c in _PUNCT + _NEWLINE]
-#: what ``str.lower`` turns into ASCII letters besides A-Z; a text holding one (or a quote, for the
-#: "n't" rule) is lower-cased and rewritten by the str methods before the byte scan
-_SLOW_CHARS = ("'", "’", "\u0130", "\u212a")
-
 # What each token does in the scan, in the order the rules are tried (the first rule that applies wins):
 # sentence ends, clause breaks and contrast markers, then sentiment words, negators, intensifiers and the
 # second words of two-word dampeners; any other word clears a pending intensifier.
@@ -113,13 +111,6 @@ for _table, _kind in ((LEXICON, _SENTIMENT), (NEGATORS, _NEGATOR), (INTENSIFIERS
 _BIGRAMS = {(a.encode(), b.encode()): v for (a, b), v in BIGRAM_INTENSIFIERS.items()}
 for (_, _b) in _BIGRAMS:
     _KIND.setdefault(_b, (_BIGRAM_TAIL, 0.0))
-
-
-def _scan_bytes(text: str) -> bytes:
-    """``text`` lower-cased, "n't" rewritten as " not", and reduced to the bytes of its tokens (see above)."""
-    if any(c in text for c in _SLOW_CHARS):
-        text = _NOT_RE.sub(" not", text.lower())
-    return text.encode("utf-8", "surrogatepass").translate(_BYTE_MAP)
 
 
 def review_polarity(text: str) -> float:
@@ -143,7 +134,14 @@ def review_polarities(texts: Sequence[str]) -> list[float]:
     """
     if not texts:
         return []
-    blob = b" \x00 ".join([_scan_bytes(t) for t in texts])
+    parts = []
+    for t in texts:
+        # the str methods where bytes would differ: a quote (the "n't" rule), or one of the two characters
+        # besides A-Z that str.lower turns into ASCII letters (U+0130 and the Kelvin sign)
+        if "'" in t or "’" in t or "\u0130" in t or "\u212a" in t:
+            t = _NOT_RE.sub(" not", t.lower())
+        parts.append(t.encode("utf-8", "surrogatepass"))
+    blob = b" \xff ".join(parts).translate(_BYTE_MAP)
     for p, spaced in _SPACED:
         blob = blob.replace(p, spaced)
     tokens = blob.split()
