@@ -237,40 +237,40 @@ def _pick(seq: Sequence[str], u: float) -> str:
     return seq[int(u * len(seq))]
 
 
-def _t_aspect(u: np.ndarray) -> str:
+def _t_aspect(u: list[float]) -> str:
     a, pl = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: The {a} {_be(pl)}"
 
 
-def _t_aspect_in_kind(u: np.ndarray) -> str:
+def _t_aspect_in_kind(u: list[float]) -> str:
     a, pl = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: The {a} in this {_pick(_KINDS, u[2])} {_be(pl)}"
 
 
-def _t_watched(u: np.ndarray) -> str:
+def _t_watched(u: list[float]) -> str:
     a, _ = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: I watched this {_pick(_KINDS, u[2])} {_pick(_CONTEXTS, u[3])} and the {a}"
 
 
-def _t_saw_honestly(u: np.ndarray) -> str:
+def _t_saw_honestly(u: list[float]) -> str:
     return f"Review: I saw this {_pick(_KINDS, u[2])} {_pick(_CONTEXTS, u[3])}, and honestly I"
 
 
-def _t_about(u: np.ndarray) -> str:
+def _t_about(u: list[float]) -> str:
     return f"Review: This {_pick(_KINDS, u[2])} about {_pick(_TOPICS, u[3])} is"
 
 
-def _t_opener(u: np.ndarray) -> str:
+def _t_opener(u: list[float]) -> str:
     a, pl = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: {_pick(_OPENERS, u[3])}, the {a} {_be(pl)}"
 
 
-def _t_fan(u: np.ndarray) -> str:
+def _t_fan(u: list[float]) -> str:
     a, pl = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: As a fan of {_pick(_GENRES, u[3])}, I thought the {a} {_be(pl)}"
 
 
-def _t_mixed(u: np.ndarray) -> str:
+def _t_mixed(u: list[float]) -> str:
     # The one sentiment-laden opening: the completion must outweigh it after "but".
     n = len(_ASPECTS)
     i = int(u[1] * n)
@@ -279,7 +279,7 @@ def _t_mixed(u: np.ndarray) -> str:
     return f"Review: The {a} {_be(pl)} {_pick(_PROMPT_ADJ, u[3])}, but the {_ASPECTS[j][0]}"
 
 
-def _t_relation(u: np.ndarray) -> str:
+def _t_relation(u: list[float]) -> str:
     return (f"Review: My {_pick(_RELATIONS, u[1])} picked this {_pick(_KINDS, u[2])} "
             f"{_pick(_WHENS, u[3])}, and I")
 
@@ -416,7 +416,7 @@ class SentimentTask(Task):
 
     def generate_prompt(self, rng: np.random.Generator) -> str:
         """A review opening from the prompt grammar (one ``rng.random(4)`` draw)."""
-        u = rng.random(4)
+        u = rng.random(4).tolist()  # Python floats: the same values, and cheaper to index and multiply
         t = 0
         while t < len(_TEMPLATE_CDF) - 1 and u[0] >= _TEMPLATE_CDF[t]:
             t += 1
