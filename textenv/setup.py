@@ -122,6 +122,9 @@ class EnvSetup:
     separator_id: int | None = None
     _prompt_cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _fast: Any = field(default=None, repr=False)
+    #: per token id, the bytes decoding turns it into (see :func:`byte_level_table`); built on first use
+    _byte_table: np.ndarray | None = field(default=None, repr=False)
+    _byte_table_built: bool = field(default=False, repr=False)
 
     @property
     def multi_turn(self) -> bool:
@@ -187,10 +190,42 @@ class EnvSetup:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: np.ndarray) -> str:
-        """Text of token ids, special tokens skipped (the Rust tokenizer directly when that is exact)."""
+        """Text of token ids, special tokens skipped (see :meth:`decode_block`)."""
+        table = self._table()
+        if table is not None:
+            return b"".join(table[np.asarray(ids, dtype=np.int64)].tolist()).decode("utf-8", "replace")
         if self._fast is not None:
-            return self._fast.decode(ids.tolist(), skip_special_tokens=True)
+            return self._fast.decode(np.asarray(ids).tolist(), skip_special_tokens=True)
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _table(self) -> np.ndarray | None:
+        """The byte table of :meth:`decode_block` (built on first use), with one more entry, ``b""``, for
+        the positions past a row's length; ``None`` where the tokenizer is not byte-level BPE."""
+        if not self._byte_table_built:
+            table = byte_level_table(self._fast) if self._fast is not None else None
+            self._byte_table = None if table is None else np.array([*table, b""], dtype=object)
+            self._byte_table_built = True
+        return self._byte_table
+
+    def decode_block(self, ids: np.ndarray, lengths: np.ndarray) -> list[str]:
+        """Texts of the rows of ``ids`` ``(B, T)``, row ``j`` cut to its first ``lengths[j]`` tokens, special
+        tokens skipped: the strings ``tokenizer.decode(ids[j, :lengths[j]], skip_special_tokens=True)``.
+
+        A byte-level BPE tokenizer (GPT-2's kind) is decoded through a per-token byte table: one gather for
+        the whole block, then one join and one UTF-8 decode per row, several times faster than a call into
+        the tokenizer per row. The table is checked against the tokenizer when it is built (on first use)
+        and not used unless every token agrees.
+        """
+        table = self._table()
+        if table is not None:
+            inside = np.arange(ids.shape[1]) < lengths[:, None]  # (B, T)
+            pieces = table[np.where(inside, ids, len(table) - 1)]  # (B, T) of bytes
+            join = b"".join
+            return [join(row).decode("utf-8", "replace") for row in pieces.tolist()]
+        rows = [ids[j, :n].tolist() for j, n in enumerate(lengths.tolist())]
+        if self._fast is not None:
+            return [self._fast.decode(row, skip_special_tokens=True) for row in rows]
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
     def __post_init__(self) -> None:
         # The Rust backend of a fast tokenizer, used directly for speed when the Python wrapper adds nothing
@@ -245,6 +280,56 @@ class EnvSetup:
         the offset where each segment (agent turn, inserted reply, ...) begins, ``end`` the episode's length."""
         bounds = [*starts, end]
         return [self.decode(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _byte_to_char() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 byte values to printable characters: the printable Latin-1 bytes
+    stand for themselves, the others (controls, space, soft hyphen...) take the characters from U+0100 on,
+    in byte order. Byte-level BPE vocabularies are written in these characters."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]  # "!".."~", "¡".."¬", "®".."ÿ"
+    kept = set(keep)
+    shifted = [b for b in range(256) if b not in kept]
+    out = {b: chr(b) for b in keep}
+    out.update({b: chr(256 + k) for k, b in enumerate(shifted)})
+    return out
+
+
+def byte_level_table(backend: Any) -> list[bytes] | None:
+    """Per token id of a Hugging Face ``tokenizers.Tokenizer`` whose decoder is ``ByteLevel``, the bytes that
+    decoding adds for it (``b""`` for special tokens, which ``skip_special_tokens`` drops), so that decoding
+    a row is ``b"".join(table[i] for i in row).decode("utf-8", "replace")``; ``None`` for any other decoder.
+
+    ByteLevel maps each character of a token back to its byte, and a token with a character outside the
+    byte alphabet (an added token such as ``"<tag>"`` typed in plain text) to its own UTF-8 bytes; the
+    joined bytes of a row are then decoded with invalid sequences replaced. The table is checked against
+    the tokenizer on every id, in runs of a few tokens (so multi-byte characters split across tokens are
+    covered), and ``None`` comes back if any text differs.
+    """
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None or type(decoder).__name__ != "ByteLevel":
+        return None
+    char_to_byte = {c: b for b, c in _byte_to_char().items()}
+    special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+    V = backend.get_vocab_size(with_added_tokens=True)
+    table: list[bytes] = []
+    for i in range(V):
+        token = backend.id_to_token(i)
+        if token is None or i in special:
+            table.append(b"")
+            continue
+        mapped = [char_to_byte.get(c) for c in token]
+        table.append(token.encode("utf-8") if None in mapped else bytes(mapped))  # type: ignore[arg-type]
+    # the check: every id at least once, in shuffled runs of 1-8 tokens, against the tokenizer itself
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.concatenate([np.arange(V), rng.integers(0, V, size=V)])).tolist()
+    start = 0
+    while start < len(ids):
+        run = ids[start:start + int(rng.integers(1, 9))]
+        start += len(run)
+        ours = b"".join([table[i] for i in run]).decode("utf-8", "replace")
+        if ours != backend.decode(run, skip_special_tokens=True):
+            return None
+    return table
 
 
 def build_setup(
