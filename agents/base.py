@@ -19,7 +19,7 @@ import torch
 
 from agents import distributed
 from agents.contract import evaluation_seed
-from agents.core import KLKind
+from agents.core import KL_PLACEMENTS, KLKind, KLPlacement
 from agents.policy import LMPolicy, resolve_lora_targets
 from agents.rollout import (
     RolloutBatch,
@@ -38,6 +38,9 @@ from textenv.training.loop import check_finite, check_finite_weights
 if TYPE_CHECKING:
     from textenv.vector import TextGenVectorEnv
 
+#: policy names built with random weights: a checkpoint must store their reference (it cannot be rebuilt)
+RANDOM_POLICIES = ("tiny", "tiny-t5")
+
 #: the native agent classes by ``name``, filled as each concrete subclass is defined (see
 #: ``Agent.__init_subclass__``); :mod:`agents.registry` exposes it, :meth:`Agent.load` reads it
 AGENT_CLASSES: dict[str, type[Agent]] = {}
@@ -47,7 +50,19 @@ _SCALARS = (str, int, float, bool)
 
 @dataclasses.dataclass
 class AgentConfig:
-    """Hyperparameters every agent has. Subclasses add their own; every field is validated."""
+    """Hyperparameters every agent has. Subclasses add their own; every field is validated.
+
+    The KL to the reference goes where ``kl_in`` says, estimated per token by ``kl_estimator`` (see
+    :func:`agents.core.kl_surrogate` for the expected gradients of each combination):
+
+    - ``"reward"`` (the default here): ``kl_coef`` times the estimate is subtracted from the reward, as in
+      RLHF-PPO (Ziegler et al. 2019, Ouyang et al. 2022). With ``"k1"`` (the default estimator) this is the
+      one combination whose gradient is an unbiased estimate of grad KL(pi || ref) over whole sequences,
+      hence the defaults of PPO, REINFORCE and RLOO.
+    - ``"loss"``: ``kl_coef`` times the estimate, aggregated as the agent's policy loss is, is added to the
+      loss and differentiated. Unbiased per token only with ``"k2"``; ``"k1"`` gives no gradient in
+      expectation and ``"k3"`` (GRPO's default, as DeepSeekMath and TRL) follows the reverse KL(ref || pi).
+    """
 
     batch_size: int = 64  # episodes per rollout (= vector env slots)
     learning_rate: float = 5e-5  # AdamW learning rate
@@ -55,6 +70,7 @@ class AgentConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     kl_coef: float = 0.05  # beta: weight of the KL to the reference
     kl_estimator: KLKind = "k1"  # estimator of the per-token KL to the reference (Schulman's k1/k2/k3)
+    kl_in: KLPlacement = "reward"  # where the KL goes: "reward" (penalised reward) or "loss" (a loss term)
     temperature: float = 1.0  # sampling temperature of the policy
     seed: int = 0  # seed of the rollouts and of the evaluation stream
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
@@ -124,6 +140,8 @@ class AgentConfig:
                 raise ValueError(f"{name} must be >= 0, got {v!r}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+        if self.kl_in not in KL_PLACEMENTS:
+            raise ValueError(f"kl_in must be 'reward' or 'loss', got {self.kl_in!r}")
         self.device = check_device(self.device)  # a torch.device becomes its string (checkpoints are JSON)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
@@ -281,7 +299,7 @@ class Agent(ABC):
                                                    with_reference=self.config.lora_r is None)
             # a directory is recorded absolute (the reference is reloaded from it); "tiny" is random, so a
             # checkpoint stores its reference (see save)
-            self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", "tiny")
+            self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", *RANDOM_POLICIES)
                                   else str(policy))
         self._apply_memory_settings()  # LoRA first: with it the reference is the model itself, not cast
         self.dtype: torch.dtype = resolve_dtype(self.config.dtype, self.device)
@@ -477,7 +495,7 @@ class Agent(ABC):
         state = self.state()  # before the write: hashing a reward-model directory may fail
         with io.atomic_dir(path) as tmp:
             self.policy.save(tmp / "policy")
-            if self.policy_source in (None, "tiny") and self.policy.ref_model is not None:
+            if self.policy_source in (None, *RANDOM_POLICIES) and self.policy.ref_model is not None:
                 with quiet_progress():
                     self.policy.ref_model.save_pretrained(str(tmp / "reference"))
             torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "optimizer.pt")

@@ -40,6 +40,7 @@ __all__ = [
     "gae",
     "group_advantages",
     "kl_penalty",
+    "kl_surrogate",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 KLKind = Literal["k1", "k2", "k3"]
+KLPlacement = Literal["reward", "loss"]
 GroupNormalization = Literal["grpo", "dr_grpo", "batch_std"]
 LossMode = Literal["token_mean", "seq_mean", "constant"]
 Dim = int | tuple[int, ...] | None
@@ -198,6 +200,45 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind = "k1") -> T
             f"unknown KL estimator kind {kind!r}; expected one of {sorted(_KL_ESTIMATORS)}"
         ) from None
     return estimator(logprobs - ref_logprobs)
+
+
+KL_PLACEMENTS = ("reward", "loss")
+
+
+def kl_surrogate(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind = "k1",
+                 placement: KLPlacement = "reward") -> Tensor:
+    """Per-token surrogate whose gradient is the gradient estimate of KL(pi || ref) that an agent following
+    ``placement`` uses, from a token sampled from pi (``logprobs`` carries the gradient).
+
+    - ``"reward"``: the estimate k (detached) is subtracted from the reward, so it reaches the policy through
+      the score function: surrogate = k.detach() * log pi(a), gradient k * grad log pi(a).
+    - ``"loss"``: the estimate is added to the loss and differentiated through log pi(a): surrogate = k, with
+      the sampling distribution held fixed (GRPO's k3 term, DeepSeekMath; TRL ``GRPOTrainer``).
+
+    Expected gradients on one categorical, E_{a ~ pi}[grad surrogate(a)] (``tests/test_kl_placement.py``
+    checks them exactly, by enumeration), against grad KL(pi || ref):
+
+    ============  ====================================  ==================================================
+    estimator     ``"reward"``                          ``"loss"``
+    ============  ====================================  ==================================================
+    k1            grad KL(pi || ref): **unbiased**      E[grad log pi] = 0: no gradient at all
+    k2            biased (grad of E[d^2 / 2] misses     E[d grad log pi] = grad KL(pi || ref): **unbiased**
+                  the pathwise term)
+    k3            biased                                grad KL(ref || pi): the *reverse* KL's gradient
+    ============  ====================================  ==================================================
+
+    (d = log pi(a) - log ref(a).) Over sequences, k1 in the reward stays unbiased when the KL is part of the
+    return every earlier token is credited with (REINFORCE's sequence return, PPO's per-token reward through
+    GAE with gamma = lam = 1); k2 in the loss is unbiased only for each visited state's next-token KL and
+    ignores how a token changes the KL of the states after it (Tang and Munos 2025, "On a few pitfalls in KL
+    divergence gradient estimation for RL").
+    """
+    if placement not in KL_PLACEMENTS:
+        raise ValueError(f"unknown KL placement {placement!r}; expected one of {list(KL_PLACEMENTS)}")
+    kl = kl_penalty(logprobs, ref_logprobs, kind)
+    if placement == "reward":
+        return kl.detach() * logprobs
+    return kl
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -404,11 +445,15 @@ def ppo_policy_loss(
     clip_range: float,
     mode: LossMode = "token_mean",
     max_len: int | None = None,
+    clip_range_high: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate loss (Schulman et al. 2017, "Proximal Policy Optimization Algorithms"):
 
     ratio = exp(logprobs - old_logprobs),
-    l_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps)),   loss = aggregate_loss(l, mask, mode).
+    l_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps_high)),   loss = aggregate_loss(l, mask, mode),
+
+    with eps = ``clip_range`` and eps_high = ``clip_range_high`` (default: eps, the symmetric clip; DAPO's
+    "clip-higher", Yu et al. 2025, takes eps_high > eps).
 
     ``advantages`` is (B, T), or (B,) for one advantage per sequence (GRPO, RLOO, REINFORCE). Returns
     ``(loss, stats)``; ``stats`` holds detached 0-dim tensors over valid tokens:
@@ -421,6 +466,9 @@ def ppo_policy_loss(
     """
     if clip_range <= 0:
         raise ValueError(f"clip_range must be > 0, got {clip_range}")
+    high = clip_range if clip_range_high is None else clip_range_high
+    if high <= 0:
+        raise ValueError(f"clip_range_high must be > 0, got {clip_range_high}")
     _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs, mask=mask)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # (B, 1): broadcasts over T
@@ -431,7 +479,7 @@ def ppo_policy_loss(
     logratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(logratio)  # (B, T)
     pg_losses = -advantages * ratio  # (B, T)
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)  # (B, T)
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)  # (B, T)
     per_token_loss = torch.maximum(pg_losses, pg_losses_clipped)  # (B, T)
     loss = aggregate_loss(per_token_loss, mask, mode, max_len)
     with torch.no_grad():

@@ -222,7 +222,9 @@ class LMPolicy(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "default", tokenizer: Any = None,
                         **kwargs: Any) -> LMPolicy:
-        """A policy from ``"default"`` (the shipped fine-tuned LM), ``"tiny"`` or a model directory.
+        """A policy from ``"default"`` (the shipped fine-tuned LM), ``"tiny"``, ``"tiny-t5"`` or a model directory.
+
+        An encoder-decoder model (T5, BART, ...; ``"tiny-t5"``) gives a :class:`~agents.seq2seq.Seq2SeqPolicy`.
 
         A directory written by :meth:`save` restores the value head, the sampling settings (temperature,
         top_k, top_p) and a LoRA adapter (``adapter/``, see :meth:`save`) too. The tokenizer defaults to the one saved with the model, else the shipped one.
@@ -236,6 +238,10 @@ class LMPolicy(nn.Module):
         else:
             tokenizer = load_tokenizer(tokenizer)
         model = load_causal_lm(name_or_path, tokenizer=tokenizer)  # "tiny" is sized for this tokenizer
+        if cls is LMPolicy and getattr(model.config, "is_encoder_decoder", False):
+            from agents.seq2seq import Seq2SeqPolicy  # an encoder-decoder directory (or "tiny-t5")
+
+            cls = Seq2SeqPolicy
         saved = path / "policy.json"
         if path.is_dir() and saved.exists():  # the sampling settings :meth:`save` wrote, unless given here
             from textenv.io import read_json

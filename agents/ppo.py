@@ -1,7 +1,9 @@
 """PPO for language models with a KL penalty to the reference (Ziegler et al. 2019; Ouyang et al. 2022).
 
 Per-token reward: the env's reward (the reward-model score on the last token) minus ``kl_coef`` times the
-per-token KL to the reference. Advantages by GAE over the completion (no bootstrap past the end), whitened;
+per-token KL to the reference (``kl_in="reward"``, the default, k1: the unbiased combination; with
+``kl_in="loss"`` the reward is the env's alone and ``kl_coef`` times the token mean of the KL estimate of the
+current policy is added to the loss). Advantages by GAE over the completion (no bootstrap past the end), whitened;
 the clipped surrogate, a clipped value loss and an optional entropy bonus, over minibatches and epochs.
 The KL coefficient is fixed or adaptive (the proportional controller of Ziegler et al.).
 
@@ -25,6 +27,7 @@ from agents.core import (
     KLController,
     explained_variance,
     gae,
+    kl_penalty,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
@@ -96,8 +99,9 @@ class PPO(Agent):
         cfg = self.config
         dist = self.dist
         mask = batch.mask
+        kl_in_loss = cfg.kl_in == "loss"
         rewards, kl = token_level_rewards(batch.rewards, batch.logprobs, batch.ref_logprobs, mask,
-                                          self.kl_ctl.value, cfg.kl_estimator)  # (b, T) each
+                                          0.0 if kl_in_loss else self.kl_ctl.value, cfg.kl_estimator)  # (b, T)
         advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
         # batch statistics over the global batch: under torchrun the ranks' (b, T) tensors are gathered
         # (right-padded to the longest shard; the padding is outside the mask)
@@ -122,12 +126,17 @@ class PPO(Agent):
                 vf_loss = value_loss(ev.values, batch.values[idx], returns[idx], m, cfg.clip_range_vf)
                 entropy = masked_mean(ev.entropy, m)
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-                weight = float(m.sum()) if any_here else 0.0  # every term is a mean over this rank's tokens
-                grad_norm = self._step(loss, weight)
-                row = dist.weighted_mean({
+                logged = {
                     "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "entropy": entropy.detach(),
                     "approx_kl": stats["approx_kl"], "old_approx_kl": stats["old_approx_kl"],
-                    "clip_ratio": stats["clip_ratio"]}, weight)
+                    "clip_ratio": stats["clip_ratio"]}
+                if kl_in_loss:
+                    kl_loss = masked_mean(kl_penalty(ev.logprobs, batch.ref_logprobs[idx], cfg.kl_estimator), m)
+                    loss = loss + self.kl_ctl.value * kl_loss
+                    logged["kl_loss"] = kl_loss.detach()
+                weight = float(m.sum()) if any_here else 0.0  # every term is a mean over this rank's tokens
+                grad_norm = self._step(loss, weight)
+                row = dist.weighted_mean(logged, weight)
                 row["grad_norm"] = grad_norm
                 for k, v in row.items():
                     sums[k] = sums.get(k, 0.0) + v

@@ -194,6 +194,17 @@ class _KVState(NamedTuple):
 
 
 def _load_lm(model: Any) -> PreTrainedModel:
+    return _causal_only(_load_any_lm(model), model)
+
+
+def _causal_only(lm: PreTrainedModel, source: Any) -> PreTrainedModel:
+    if getattr(lm.config, "is_encoder_decoder", False):
+        raise ValueError(f"the SB3 policy acts with a causal LM; {source!r} is an encoder-decoder "
+                         f"({type(lm).__name__}): train it with the native agents (ppo, grpo, reinforce, rloo)")
+    return lm
+
+
+def _load_any_lm(model: Any) -> PreTrainedModel:
     if isinstance(model, PreTrainedModel):
         return model
     if isinstance(model, PretrainedConfig):  # how a policy saved from a model object is rebuilt

@@ -210,6 +210,9 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
                 if terminated:
                     info = {"prompt": self._prompt, "completion": completion, "reward_model_score": score,
                             "gold_score": self.setup.gold([self._prompt], [completion])[0]}
+                    spread = getattr(self.setup.reward_model, "last_std", None)  # an Ensemble's members' std
+                    if spread is not None:
+                        info["reward_model_std"] = float(spread[0])
             except BaseException:
                 # nothing half-written: undo the token so the env is as before the call
                 self._ids[pos] = self.setup.pad_id

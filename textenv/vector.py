@@ -240,6 +240,7 @@ class TextGenVectorEnv(VectorEnv):
                 ids = ([self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]].tolist()
                         for i in scored_idx] if s.wants_extras else None)
                 scores = s.score(prompts, completions, ids)
+                spread = getattr(s.reward_model, "last_std", None)  # an Ensemble's members' std per pair
                 if done_idx.size:
                     at_end = np.isin(scored_idx, done_idx)
                     end_prompts = [p for p, e in zip(prompts, at_end, strict=True) if e]
@@ -258,6 +259,10 @@ class TextGenVectorEnv(VectorEnv):
                 rewards[scored_idx] = scores
             if done_idx.size:
                 infos = self._end_infos(done_idx, end_prompts, end_completions, scores[at_end], gold)
+                if spread is not None:
+                    std = np.zeros(N, dtype=np.float64)
+                    std[done_idx] = np.asarray(spread)[at_end]
+                    infos.update(reward_model_std=std, _reward_model_std=infos["_gold_score"].copy())
         self._active[done_idx] = False
         mode = self.autoreset_mode
         reset_idx = np.zeros(0, dtype=np.int64)

@@ -3,6 +3,10 @@
 - ``"sentiment"`` (:class:`SentimentTask`): continue a movie review so that it reads positive.
 - ``"arithmetic"`` (:class:`ArithmeticTask`): answer ``a+b=``; exact-match gold.
 - ``"keywords"`` (:class:`KeywordsTask`): one well-formed sentence that uses three given words.
+- ``"translation"`` (:class:`TranslationTask`): English-like text into a constructed language; chrF gold.
+- ``"summarization"`` (:class:`SummarizationTask`): what a document's main person did; ROUGE-L gold.
+- ``"qa"`` (:class:`QATask`): answer a question about a passage, some by combining two facts; SQuAD F1 gold.
+- ``"detox"`` (:class:`DetoxTask`): rewrite a rude sentence civilly, keeping its content; (1 - toxicity) x chrF.
 
 A user's own rows and metric make a :class:`DatasetTask` (:mod:`textenv.tasks.dataset`), and
 ``"reasoning_gym:<dataset>"`` names a procedural dataset of the ``reasoning-gym`` package
@@ -21,14 +25,22 @@ from typing import Any
 from textenv.tasks.arithmetic import ArithmeticTask
 from textenv.tasks.base import Task
 from textenv.tasks.dataset import DatasetTask, task_from_spec
+from textenv.tasks.detox import DetoxTask
 from textenv.tasks.keywords import KeywordsTask
+from textenv.tasks.qa import QATask
 from textenv.tasks.sentiment import SentimentTask
+from textenv.tasks.summarization import SummarizationTask
+from textenv.tasks.translation import TranslationTask
 
 #: Built-in tasks by registry name.
 TASKS: dict[str, type[Task]] = {
     SentimentTask.name: SentimentTask,
     ArithmeticTask.name: ArithmeticTask,
     KeywordsTask.name: KeywordsTask,
+    TranslationTask.name: TranslationTask,
+    SummarizationTask.name: SummarizationTask,
+    QATask.name: QATask,
+    DetoxTask.name: DetoxTask,
 }
 
 
@@ -61,4 +73,5 @@ def get_task(name: str | Task | dict[str, Any], **kwargs: Any) -> Task:
     return cls(**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "DatasetTask", "KeywordsTask", "SentimentTask", "Task", "get_task"]
+__all__ = ["TASKS", "ArithmeticTask", "DatasetTask", "DetoxTask", "KeywordsTask", "QATask", "SentimentTask",
+           "SummarizationTask", "Task", "TranslationTask", "get_task"]
