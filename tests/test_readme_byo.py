@@ -27,7 +27,7 @@ def test_the_byo_snippets_run(tmp_path, monkeypatch):
     pytest.importorskip("trl")
     pytest.importorskip("reasoning_gym")
     snippets = section_snippets()
-    assert len(snippets) >= 5  # JSONL + metric, reward model directory, reasoning-gym, TRL, wrapper
+    assert len(snippets) >= 6  # JSONL + metric, reward model directory, seq2seq, reasoning-gym, TRL, wrapper
     monkeypatch.chdir(tmp_path)
     scope: dict[str, object] = {"__name__": "readme"}
     for code in snippets:
@@ -35,3 +35,4 @@ def test_the_byo_snippets_run(tmp_path, monkeypatch):
     assert scope["reward"] == pytest.approx(1.0)  # the wrapper scored the reference
     assert (tmp_path / "runs" / "rm" / "textenv_reward.json").exists()
     assert scope["info"]["gold_score"] == pytest.approx(1.0)
+    assert scope["agent"].episodes == 16  # the encoder-decoder policy trained on the dataset task
