@@ -19,7 +19,7 @@ def arithmetic(**kwargs):
     return ResponseLevel(gym.make("TextGen-Arithmetic-v0", reward_model="gold", **kwargs))
 
 
-@pytest.mark.parametrize("env_id", ["TextGen-Arithmetic-v0", "TextGen-v0"])
+@pytest.mark.parametrize("env_id", ["TextGen-Arithmetic-v0", "TextGen-v0", "TextGen-Translation-v0"])
 def test_passes_gymnasiums_env_checker(env_id):
     env = ResponseLevel(gym.make(env_id, reward_model="gold", render_mode="ansi").unwrapped)
     assert isinstance(env.action_space, gym.spaces.Text) and isinstance(env.observation_space, AnyText)
