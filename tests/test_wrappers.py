@@ -83,3 +83,29 @@ def test_bad_actions_and_envs_are_refused():
     with pytest.raises(ValueError, match="max_response_chars"):
         ResponseLevel(gym.make("TextGen-Arithmetic-v0"), max_response_chars=0)
     assert env.action_space.contains("é ünïcode") and not env.action_space.contains(5)
+
+
+def test_multi_turn_task_is_one_step_per_turn():
+    """On TextGen-Dialogue-v0 a step is one agent turn: the separator ends it when the response does not, the
+    observation carries the user's reply, and the dialogue's end is the wrapped env's."""
+    from test_multiturn import oracle_turns
+
+    env = ResponseLevel(gym.make("TextGen-Dialogue-v0", reward_model="gold"))
+    prompt, info = env.reset(seed=3)
+    turns = [t.strip() for t in oracle_turns(prompt)]  # no trailing separator: the wrapper adds it
+    rewards, texts = [], [prompt]
+    for k, turn in enumerate(turns):
+        text, reward, terminated, truncated, info = env.step(turn)
+        rewards.append(float(reward))
+        texts.append(text)
+        assert terminated == (k == len(turns) - 1) and not truncated
+        assert info["turn"] == k + 1
+        if not terminated:  # the user's reply follows the agent's turn in the observation
+            assert text.startswith(texts[-2]) and text.endswith("\nAgent:") and "User: " in text[len(texts[-2]):]
+            assert info["inserted_tokens"] > 0
+    assert rewards[:-1] == [0.0] * (len(turns) - 1) and rewards[-1] == 1.0 and info["gold_score"] == 1.0
+    # the whole transcript is what the env scored
+    assert texts[-1] == prompt + info["completion"]
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        check_env(ResponseLevel(gym.make("TextGen-Dialogue-v0", reward_model="gold").unwrapped))

@@ -44,6 +44,12 @@ class ResponseLevel(gym.Wrapper[str, str | Sequence[int], dict[str, np.ndarray],
     then EOS if the response has not ended the episode) and returns the episode's reward: one step is one
     episode, and the reward model, gold score and ``info`` are the wrapped env's.
 
+    A multi-turn task (one that inserts the other speaker's text between the agent's turns, see
+    :class:`~textenv.env.TextGenEnv`) is played one turn per step: the response's tokens, then the task's
+    turn separator if the response has not ended the turn (instead of EOS, which would end the dialogue;
+    a response may still end it with EOS). The env then appends the other speaker's reply, and the
+    observation is the prompt followed by the whole transcript so far, reply included.
+
     ## Action Space
     :class:`AnyText` (a gymnasium ``Text`` space) of up to ``max_response_chars`` characters (default:
     ``16 * max_new_tokens``): the response as a ``str``, encoded with the env's tokenizer (no special tokens).
@@ -56,12 +62,14 @@ class ResponseLevel(gym.Wrapper[str, str | Sequence[int], dict[str, np.ndarray],
 
     ## Rewards
     The sum of the wrapped env's rewards over the episode: the reward model's score of (prompt, completion)
-    in either ``reward_mode`` (dense rewards sum to the terminal score).
+    in either ``reward_mode`` (dense rewards sum to the terminal score). Multi-turn: the sum over this turn's
+    tokens (terminal mode: the transcript's score at the dialogue's last turn, 0 before; dense: this turn's
+    difference).
 
     ## Episode End
-    Every step ends the episode (``terminated=True``). With the multi-turn contract (a task that inserts
-    text between the agent's turns, see DESIGN.md "Turns and inserted tokens") a step will be one turn:
-    it will end at the agent's end of turn and the observation will carry the inserted text.
+    Every step ends a single-turn episode (``terminated=True``). In a multi-turn task a step ends one agent
+    turn, and ``terminated`` is the wrapped env's: the dialogue ended (the task had no reply, EOS, or the
+    turn budget ``max_turns``). A response longer than a turn's ``max_new_tokens`` is cut there.
 
     ## Arguments
     - ``env``: a ``TextGenEnv`` (from ``gym.make("TextGen-v0", ...)``, wrapped or not); not a vector env.
@@ -119,23 +127,32 @@ class ResponseLevel(gym.Wrapper[str, str | Sequence[int], dict[str, np.ndarray],
 
     def step(self, action: Any) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
         ids = self.response_ids(action)  # checked before the wrapped env changes
-        T, eos = self._base.max_new_tokens, self._base.setup.eos_id
+        setup = self._base.setup
+        T, multi_turn = self._base.max_new_tokens, setup.multi_turn
+        # what ends the response if it has not ended by itself: the turn separator, or EOS (single-turn)
+        end_id = setup.separator_id if multi_turn and setup.separator_id is not None else setup.eos_id
         truncated_response = len(ids) > T
         total = 0.0
         info: dict[str, Any] = {}
         terminated = False
         n = 0
         env_step: Any = self.env.step  # the wrapped env acts on token ids
+
+        def turn_over() -> bool:  # the env reports a finished agent turn with "turn" in info
+            return terminated or (multi_turn and "turn" in info)
+
         for tok in ids[:T]:
             _, reward, terminated, _, info = env_step(tok)
             total += float(reward)
             n += 1
-            if terminated:
+            if turn_over():
                 break
-        while not terminated:  # the response is over: end it (EOS, which decoding skips)
-            _, reward, terminated, _, info = env_step(eos)
+        while not turn_over():  # the response is over: end the turn (or the episode)
+            _, reward, terminated, _, info = env_step(end_id)
             total += float(reward)
         info = dict(info)
         info["response_tokens"] = n
         info["response_truncated"] = truncated_response or n < len(ids)
-        return self._prompt + str(info["completion"]), total, True, False, info
+        if terminated:
+            return self._prompt + str(info["completion"]), total, True, False, info
+        return self._prompt + setup.decode(self._base.completion_ids()), total, False, False, info
