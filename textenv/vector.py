@@ -304,8 +304,8 @@ class TextGenVectorEnv(VectorEnv):
                 self._turn_len[stepping] -= 1
             self._ids[stepping, pos] = s.pad_id
             self._mask[stepping, pos] = 0
-            for i, state in rng_states.items():
-                self._rngs[i].bit_generator.state = state
+            for slot, state in rng_states.items():
+                self._rngs[slot].bit_generator.state = state
             raise
         if scored_idx.size:
             if s.reward_mode == "dense":
