@@ -247,3 +247,30 @@ def test_dialogue_env_passes_gymnasium_and_sb3_env_checkers():
     envs = gym.make_vec("TextGen-Dialogue-v0", num_envs=2, reward_model="gold")
     assert isinstance(envs.unwrapped, TextGenVectorEnv)
     assert envs.unwrapped.autoreset_mode == AutoresetMode.NEXT_STEP
+
+
+def test_turn_level_wrapper_steps_whole_responses():
+    from textenv.turns import TurnLevelEnv
+
+    env = TurnLevelEnv(TextGenEnv(task="dialogue", reward_model="gold"))
+    obs, info = env.reset(seed=3)
+    assert obs == info["prompt"]
+    turns = [t.rstrip("\n") for t in oracle_turns(info["prompt"])]  # the wrapper ends each turn itself
+    for k, turn in enumerate(turns):
+        obs, reward, terminated, truncated, info = env.step(turn)
+        assert info["turn"] == k + 1 and info["response"] == turn + "\n"
+        assert terminated == (k == len(turns) - 1) and not truncated
+    assert reward == 1.0 and info["gold_score"] == 1.0
+    assert obs == info["prompt"] + info["completion"] and obs.endswith("Agent: Booked, thank you!\n")
+    # a response longer than the turn's budget is cut there, and the turn ends
+    env.reset(seed=4)
+    _, _, terminated, _, info = env.step("la " * 100)
+    assert not terminated and info["turn"] == 1 and info["response_tokens"] == 32
+    # single-turn tasks: the response is the completion, ended by EOS
+    plain = TurnLevelEnv(TextGenEnv(task="arithmetic", reward_model="gold"))
+    _, info = plain.reset(seed=0)
+    a, b = (int(x) for x in info["prompt"].rstrip("=").split("+"))
+    _, reward, terminated, _, info = plain.step(str(a + b))
+    assert terminated and reward == 1.0 and info["completion"] == str(a + b)
+    with pytest.raises(ValueError, match="response text"):
+        plain.step(5)

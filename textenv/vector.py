@@ -116,6 +116,11 @@ class TextGenVectorEnv(VectorEnv):
         return int(self.setup.max_actions)
 
     @property
+    def multi_turn(self) -> bool:
+        """Whether the task inserts text between agent turns (see "Turns" in :class:`textenv.env.TextGenEnv`)."""
+        return self.setup.multi_turn
+
+    @property
     def max_episode_tokens(self) -> int:
         """The most tokens after the prompt, agent and inserted (``L - max_prompt_tokens``): the width of a
         rollout buffer."""
