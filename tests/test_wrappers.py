@@ -106,6 +106,10 @@ def test_multi_turn_task_is_one_step_per_turn():
     assert rewards[:-1] == [0.0] * (len(turns) - 1) and rewards[-1] == 1.0 and info["gold_score"] == 1.0
     # the whole transcript is what the env scored
     assert texts[-1] == prompt + info["completion"]
+    # a response longer than the turn's budget (32 tokens) is cut there, and the turn ends
+    env.reset(seed=4)
+    _, _, terminated, _, info = env.step("la " * 100)
+    assert not terminated and info["turn"] == 1 and info["response_tokens"] == 32 and info["response_truncated"]
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         check_env(ResponseLevel(gym.make("TextGen-Dialogue-v0", reward_model="gold").unwrapped))

@@ -192,6 +192,11 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         return int(self.setup.max_actions)
 
     @property
+    def multi_turn(self) -> bool:
+        """Whether the task inserts text between agent turns (see "Turns" in :class:`textenv.env.TextGenEnv`)."""
+        return self.setup.multi_turn
+
+    @property
     def max_episode_tokens(self) -> int:
         """The most tokens after the prompt, agent and inserted (``L - max_prompt_tokens``)."""
         return int(self.setup.max_episode_tokens)
