@@ -216,6 +216,10 @@ class LMPolicy(nn.Module):
         self.__dict__["ref_model"] = ref_model
         self.__dict__["peft_model"] = None  # the peft wrapper of ``model`` once LoRA is on (enable_lora)
         self._decoder: KVDecoder | None = None  # the acting KV cache, between start() and end()
+        #: an optional mask on the sampled tokens (e.g. NLPO's top-p set, :class:`agents.nlpo.TopPMask`): an
+        #: object with ``start(query_ids, query_mask)``, ``step(tokens)``, ``end()`` and, after start/step,
+        #: ``allowed`` (B, V) bool; acting samples from the logits renormalised over the allowed tokens
+        self.action_mask: Any = None
         self.compute_dtype: torch.dtype = torch.float32  # see set_dtype: bfloat16 = every forward under autocast
 
     # ------------------------------------------------------------------------------------ construction
@@ -479,6 +483,8 @@ class LMPolicy(nn.Module):
         self._decoder = KVDecoder(self.model.base_model)
         with self.autocast():
             out = self._decoder.start(query_ids, query_mask)
+            if self.action_mask is not None:
+                self.action_mask.start(query_ids, query_mask)
             return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     @torch.no_grad()
@@ -489,10 +495,14 @@ class LMPolicy(nn.Module):
             raise RuntimeError("call start() before step()")
         with self.autocast():
             out = self._decoder.step(tokens)
+            if self.action_mask is not None:
+                self.action_mask.step(tokens)
             return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:
         logits = self._head_logits(h)  # (B, V)
+        if self.action_mask is not None:
+            logits = logits.masked_fill(~self.action_mask.allowed, float("-inf"))
         actions, logprobs = self._sample(logits, generator)
         values = self.value_head(h).squeeze(-1).float() if with_values else None
         return StepOutput(actions, logprobs, values)
@@ -508,6 +518,8 @@ class LMPolicy(nn.Module):
     def end(self) -> None:
         """Free the KV cache."""
         self._decoder = None
+        if self.action_mask is not None:
+            self.action_mask.end()
 
     # ------------------------------------------------------------------------------------ training
     def _completion_hidden(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
