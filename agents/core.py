@@ -289,6 +289,29 @@ def gae(
     return advantages, returns
 
 
+def gae_over_mask(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """:func:`gae` along each row's masked tokens only: the positions outside the mask *inside* a row are
+    skipped, as if they were not there, instead of ending the episode.
+
+    This is GAE over the agent's steps of a multi-turn episode, whose tokens sit between tokens the env
+    inserted (another speaker's turns, masked out): the state after an agent token is the state before its
+    next agent token, so ``V_{t+1}`` is that token's value. With a mask that is contiguous from the start of
+    each row (single-turn episodes) it equals :func:`gae`. Returns ``(advantages, returns)``, (B, T), 0
+    outside the mask.
+    """
+    _check_shapes(rewards=rewards, values=values, mask=mask)
+    valid = mask.bool()  # (B, T)
+    # each row's masked positions first, in order (a stable sort on "not masked")
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
+    adv_p, ret_p = gae(rewards.gather(1, order), values.gather(1, order), mask.gather(1, order),
+                       gamma, lam)  # (B, T) each, on the packed layout
+    advantages = torch.zeros_like(adv_p).scatter(1, order, adv_p)
+    returns = torch.zeros_like(ret_p).scatter(1, order, ret_p)
+    return advantages, returns
+
+
 def token_level_rewards(
     rewards: Tensor,
     logprobs: Tensor,

@@ -85,7 +85,7 @@ class GRPO(Agent):
         mask = batch.mask[idx]
         mode = NORMALIZATIONS[cfg.normalization]
         ev = self.policy.per_token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], mask)
-        max_len = self.envs.max_new_tokens
+        max_len = self.envs.max_actions  # the most agent tokens (multi-turn: over all turns)
         pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], mask,
                                          cfg.clip_range, mode=mode, max_len=max_len)
         stats = {**stats, "policy_loss": pg_loss.detach(), "entropy": masked_mean(ev.entropy.detach(), mask)}
@@ -108,10 +108,12 @@ class GRPO(Agent):
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
         dist = self.dist
-        # over the global batch (under torchrun the ranks' scores, gathered), then this rank's shard
-        scores = dist.gather(self.sequence_scores(batch))
+        # under torchrun the global batch on every rank (gathered once): group advantages are global and
+        # every rank takes an equal part of each minibatch
+        batch = dist.gather_batch(batch, self.envs.pad_id)
+        scores = self.sequence_scores(batch)  # (B,)
         B = scores.shape[0]
-        advantages = group_advantages(scores, cfg.group_size, cfg.normalization)[dist.shard(B)]  # (b,)
+        advantages = group_advantages(scores, cfg.group_size, cfg.normalization)  # (B,)
         token_weighted = NORMALIZATIONS[cfg.normalization] == "token_mean"
         gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
         sums: dict[str, float] = {}
@@ -119,7 +121,7 @@ class GRPO(Agent):
         for _ in range(cfg.num_iterations):
             perm = torch.randperm(B, generator=gen).to(self.device)
             for global_idx in perm.chunk(cfg.n_minibatches):
-                idx, any_here = dist.local_indices(global_idx, B)
+                idx, any_here = dist.minibatch_part(global_idx)
                 loss, stats = self.loss(batch, advantages, idx)
                 # this rank's share of the minibatch's normaliser: its tokens or its sequences
                 weight = (float(batch.mask[idx].sum()) if token_weighted else float(idx.numel())) if any_here else 0.0

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agents.policy import PerTokenLogps, _lm_head
+from agents.policy import PerTokenLogps, _lm_head, feed_step
 from agents.ppo import PPO, PPOConfig
 from agents.rollout import RolloutBatch
 from textenv.decoding import KVDecoder
@@ -71,11 +71,11 @@ class TopPMask:
         self.allowed = top_p_mask(self.logits(out.last_hidden_state[:, -1]), self.top_p)
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor) -> None:
+    def step(self, tokens: torch.Tensor, inserted: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Advance with the slots' last actions (and a multi-turn env's inserted tokens, as the policy does)."""
         if self._decoder is None:
             raise RuntimeError("TopPMask.step before start")
-        out = self._decoder.step(tokens)
-        self.allowed = top_p_mask(self.logits(out.last_hidden_state[:, -1]), self.top_p)
+        self.allowed = top_p_mask(self.logits(feed_step(self._decoder, tokens, inserted)), self.top_p)
 
     def end(self) -> None:
         self._decoder, self.allowed = None, None

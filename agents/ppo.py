@@ -26,7 +26,7 @@ from agents.core import (
     FixedKLController,
     KLController,
     explained_variance,
-    gae,
+    gae_over_mask,
     kl_penalty,
     masked_mean,
     masked_whiten,
@@ -104,20 +104,20 @@ class PPO(Agent):
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
         dist = self.dist
+        # under torchrun the global batch on every rank (gathered once): batch statistics are global and
+        # every rank takes an equal part of each minibatch
+        batch = dist.gather_batch(batch, self.envs.pad_id)
         mask = batch.mask
         kl_in_loss = cfg.kl_in == "loss"
         rewards, kl = token_level_rewards(batch.rewards, batch.logprobs, batch.ref_logprobs, mask,
-                                          0.0 if kl_in_loss else self.kl_ctl.value, cfg.kl_estimator)  # (b, T)
-        advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
-        # batch statistics over the global batch: under torchrun the ranks' (b, T) tensors are gathered
-        # (right-padded to the longest shard; the padding is outside the mask)
-        g_mask, g_values, g_returns = dist.gather(mask), dist.gather(batch.values), dist.gather(returns)
+                                          0.0 if kl_in_loss else self.kl_ctl.value, cfg.kl_estimator)  # (B, T)
+        # over the agent's tokens only: a multi-turn episode's inserted tokens are not steps (mask 0 inside)
+        advantages, returns = gae_over_mask(rewards, batch.values, mask, cfg.gamma, cfg.lam)
         # how much of the returns' variance the rollout values explain (cleanrl logs it every iteration)
-        explained_var = float(explained_variance(g_values, g_returns, g_mask))
-        if cfg.whiten_advantages and g_mask.sum() > 1:
-            g_adv = masked_whiten(dist.gather(advantages), g_mask)
-            advantages = g_adv[dist.shard(g_adv.shape[0]), :mask.shape[1]]
-        B = g_mask.shape[0]
+        explained_var = float(explained_variance(batch.values, returns, mask))
+        if cfg.whiten_advantages and mask.sum() > 1:
+            advantages = masked_whiten(advantages, mask)
+        B = mask.shape[0]
         gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
         sums: dict[str, float] = {}
         n = 0
@@ -125,7 +125,7 @@ class PPO(Agent):
         for _ in range(cfg.n_epochs):
             perm = torch.randperm(B, generator=gen).to(self.device)
             for global_idx in perm.chunk(cfg.n_minibatches):
-                idx, any_here = dist.local_indices(global_idx, B)
+                idx, any_here = dist.minibatch_part(global_idx)
                 m = mask[idx]
                 ev = self.token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
                 pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], m, cfg.clip_range)
@@ -152,7 +152,7 @@ class PPO(Agent):
                     break
             if stop:
                 break
-        mean_kl = float(dist.gather(kl.sum(1)).mean())
+        mean_kl = float(kl.sum(1).mean())
         self.kl_ctl.update(mean_kl, B)
         out = {k: v / n for k, v in sums.items()}
         out["explained_variance"] = explained_var

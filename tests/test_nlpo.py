@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -73,3 +75,20 @@ def test_save_load(tiny_tokenizer, tmp_path):
     assert loaded.config == agent.config and loaded.mask_synced_at == 0
     assert loaded.policy.action_mask is loaded.mask
     assert all(torch.equal(v, agent.policy.model.state_dict()[k]) for k, v in loaded.mask.model.state_dict().items())
+
+
+def test_nlpo_on_a_multi_turn_env():
+    """The masking policy reads the env's inserted tokens through its own cache, as the policy does: every
+    agent token of a dialogue is in the mask's top-p set at its state, and an update runs."""
+    from tests.test_multiturn_agents import make_envs
+    from tests.test_multiturn_agents import tiny_policy as dialogue_policy
+
+    agent = NLPO(make_envs(4), policy=dialogue_policy(), batch_size=4, top_p=0.5, n_epochs=1, n_minibatches=1)
+    batch = agent.collect()
+    assert batch.inserted_mask is not None and batch.inserted_mask.sum() > 0
+    with torch.no_grad():
+        h = agent.policy._completion_hidden(agent.mask.model, batch.query_ids, batch.query_mask, batch.tokens)
+        allowed = top_p_mask(agent.mask.logits(h), 0.5).gather(-1, batch.tokens[..., None]).squeeze(-1)
+    assert bool(allowed[batch.mask.bool()].all())
+    row = agent.update(batch)
+    assert math.isfinite(row["policy_loss"]) and math.isfinite(row["grad_norm"])

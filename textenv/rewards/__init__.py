@@ -19,6 +19,7 @@ from textenv.rewards.base import (
 from textenv.rewards.ensemble import Ensemble
 from textenv.rewards.hf import HFClassifierReward, LearnedRewardModel, read_reward_metadata
 from textenv.rewards.resolve import load_reward_model, resolve_reward_model
+from textenv.rewards.toxicity import ToxicityReward
 
 __all__ = [
     "INPUT_FORMAT",
@@ -31,6 +32,7 @@ __all__ = [
     "LearnedRewardModel",
     "RewardModel",
     "RewardModelError",
+    "ToxicityReward",
     "check_inputs",
     "check_scores",
     "load_reward_model",

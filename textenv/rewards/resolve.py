@@ -20,11 +20,12 @@ from textenv.rewards.hf import (
     check_classifier_object,
     check_model_dir,
 )
+from textenv.rewards.toxicity import ToxicityReward
 
 if TYPE_CHECKING:
     from textenv.tasks.base import Task
 
-_ADAPTERS = (CallableReward, GoldReward, CompositeReward, HFClassifierReward)
+_ADAPTERS = (CallableReward, GoldReward, CompositeReward, HFClassifierReward, ToxicityReward)
 
 
 def resolve_reward_model(
@@ -32,8 +33,10 @@ def resolve_reward_model(
 ) -> RewardModel:
     """A reward model from any of the accepted forms:
 
-    - ``"default"``: the task's shipped learned reward model (``textenv/data/rewards/<task.name>``);
+    - ``"default"``: the task's shipped learned reward model (``textenv/data/rewards/<task.name>``), or its
+      gold scorer for a task whose ``default_reward_model`` is ``"gold"`` (tasks from data);
     - ``"gold"``: the task's exact scorer, :class:`GoldReward`;
+    - ``"toxicity"``: civility by the detox task's toxicity lexicon, :class:`ToxicityReward` (any task);
     - a directory (``str`` or ``Path``): a model saved by ``textenv train-reward``
       (:class:`LearnedRewardModel`; with ``--ensemble K``, an :class:`Ensemble` of its K members) or any Hugging Face sequence-classification model
       (:class:`HFClassifierReward`, ``num_labels=1`` or a label named like "positive"; for another label
@@ -76,10 +79,12 @@ def resolve_reward_model(
         return spec.resolve(lambda member: resolve_reward_model(member, task, device, tokenizer))
     if isinstance(spec, _ADAPTERS):
         return spec
+    if isinstance(spec, str) and spec == "toxicity":
+        return ToxicityReward()
     if isinstance(spec, str) and spec in ("default", "gold"):
         if task is None:
             raise ValueError(f"reward_model={spec!r} needs a task, got task=None")
-        if spec == "gold":
+        if spec == "gold" or getattr(task, "default_reward_model", "learned") == "gold":
             return GoldReward(task)
         path = REWARD_DIR / task.name
         if not (path / "config.json").is_file():
@@ -115,7 +120,7 @@ def resolve_reward_model(
     if callable(spec):
         return CallableReward(spec, task=task)
     raise ValueError(
-        f"unknown reward_model {spec!r} ({type(spec).__name__}); expected 'default', 'gold', a directory, "
+        f"unknown reward_model {spec!r} ({type(spec).__name__}); expected 'default', 'gold', 'toxicity', a directory, "
         f"a callable, or a list of them with optional weights"
     )
 
