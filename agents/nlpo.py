@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agents.policy import PerTokenLogps, _lm_head, feed_step
+from agents.policy import LMPolicy, PerTokenLogps, _lm_head, feed_step
 from agents.ppo import PPO, PPOConfig
 from agents.rollout import RolloutBatch
 from textenv.decoding import KVDecoder
@@ -113,6 +113,9 @@ class NLPO(PPO):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         pol = self.policy
+        if type(pol).start is not LMPolicy.start or type(pol).step is not LMPolicy.step:
+            raise ValueError(f"NLPO masks a decoder-only LMPolicy's acting; {type(pol).__name__} acts its own way "
+                             f"(an encoder-decoder policy is not supported)")
         self.mask = TopPMask(copy.deepcopy(pol.model), self.config.top_p, pol.vocab_size, pol.temperature)
         pol.action_mask = self.mask
         self.mask_synced_at = self.iteration

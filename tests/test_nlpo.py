@@ -92,3 +92,11 @@ def test_nlpo_on_a_multi_turn_env():
     assert bool(allowed[batch.mask.bool()].all())
     row = agent.update(batch)
     assert math.isfinite(row["policy_loss"]) and math.isfinite(row["grad_norm"])
+
+
+def test_nlpo_refuses_an_encoder_decoder_policy(tiny_tokenizer):
+    from tests.test_seq2seq import make_envs as seq2seq_envs
+    from tests.test_seq2seq import t5_policy
+
+    with pytest.raises(ValueError, match="Seq2SeqPolicy acts its own way"):
+        NLPO(seq2seq_envs(tiny_tokenizer, 4), policy=t5_policy(tiny_tokenizer), batch_size=4)
