@@ -217,14 +217,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def make_optimizer(params: Any, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over ``params``; the fused kernel (one launch for all parameters) on CUDA, torch's default
-    (foreach) elsewhere."""
+    """AdamW over ``params``; torch's fused kernel (one kernel for all parameters) on CUDA and on the CPU,
+    torch's default elsewhere."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adamw_kwargs(device))
 
 
+#: devices whose AdamW step runs torch's fused kernel: CUDA (what TRL/HF use there) and the CPU, where it
+#: is ~3x faster than the default per-tensor loop (issue 11: the step is replicated on every rank, so its
+#: cost does not shrink with more processes and held PPO's scaling back)
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
+
 def adamw_kwargs(device: torch.device) -> dict[str, Any]:
-    """``{"fused": True}`` on a CUDA device, ``{}`` elsewhere (the fused kernel is what TRL/HF use there)."""
-    return {"fused": True} if torch.device(device).type == "cuda" else {}
+    """``{"fused": True}`` on a device of :data:`FUSED_ADAMW_DEVICES`, ``{}`` elsewhere."""
+    return {"fused": True} if torch.device(device).type in FUSED_ADAMW_DEVICES else {}
 
 
 class Agent(ABC):
