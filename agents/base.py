@@ -460,7 +460,8 @@ class Agent(ABC):
         Returns ``reward``, ``gold_score``, ``kl`` (sequence KL to the reference, k1), ``entropy`` and
         ``completions/mean_length``. Sampling is seeded, by default with
         :func:`~agents.contract.evaluation_seed` of ``config.seed``: every learner of a seed (native, SB3,
-        TRL) evaluates on the same prompts with the same random stream.
+        TRL) evaluates on the same prompts with the same random stream. An FSDP-sharded agent
+        (``strategy="fsdp"`` under torchrun) gathers its weights for it: every rank must call it.
         """
         seed = evaluation_seed(self.config.seed) if seed is None else seed
         with fsdp.gathered(self.policy):  # under FSDP a collective: every rank calls it
@@ -491,7 +492,9 @@ class Agent(ABC):
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a checkpoint directory atomically: ``policy/`` (safetensors), ``reference/`` (when the
         reference is not a named model), ``agent.json`` (state, with the sha256 of every other file under
-        ``"files"``, which :meth:`load` checks) and ``optimizer.pt`` (tensors only)."""
+        ``"files"``, which :meth:`load` checks) and ``optimizer.pt`` (tensors only). Under torchrun every
+        rank calls it and rank 0 writes; an FSDP-sharded agent's ranks first gather the full state dicts,
+        so the checkpoint is the one-process format either way."""
         path = Path(path)
         check_finite_weights(f"{self.name} after {self.episodes} episodes", self.policy)
         with_ref = self.policy_source in (None, "tiny") and self.policy.ref_model is not None
