@@ -352,6 +352,21 @@ def test_bad_strategies_are_refused_and_fsdp_in_one_process_trains_unsharded():
     assert agent.history[-1]["episodes"] == 4.0
 
 
+def test_fsdp_units_are_the_transformer_blocks_and_unsharded_models_pass_through():
+    from agents import fsdp
+
+    gpt2, llama = _policy("gpt2"), _policy("llama")
+    assert fsdp.transformer_blocks(gpt2.model) == list(gpt2.model.transformer.h)
+    assert fsdp.transformer_blocks(llama.model) == list(llama.model.model.layers)
+    with pytest.raises(ValueError, match=r"Linear has no list of transformer blocks"):
+        fsdp.transformer_blocks(torch.nn.Linear(2, 2))
+    before = {k: v.clone() for k, v in gpt2.ref_model.state_dict().items()}
+    with fsdp.gathered(gpt2), fsdp.gathered_frozen(gpt2.ref_model):  # not sharded: nothing to gather
+        assert not fsdp.is_sharded(gpt2)
+    after = gpt2.ref_model.state_dict()
+    assert all(after[k] is not None and torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_one_process_context_is_the_identity():
     from agents.distributed import Context, rank_seed
 
