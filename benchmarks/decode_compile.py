@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import finish
+from benchmarks.report import finish, load_average, spread
 
 
 def _model(n_layer: int, n_embd: int, device: torch.device, dtype: torch.dtype) -> Any:
@@ -155,6 +155,9 @@ def measure(n_layer: int = 4, n_embd: int = 256, batch: int = 64, prompt_tokens:
     return {
         "tokens_per_s": {n: round(v, 1) for n, v in tps.items()},
         "vs_eager_dynamic": {n: round(v / tps["eager_dynamic"], 3) for n, v in tps.items()},
+        # per round: eager_dynamic's seconds / the row's seconds, the same ratio measured side by side
+        "vs_eager_dynamic_spread": {n: spread([e / t for e, t in zip(times["eager_dynamic"], v, strict=True)])
+                                    for n, v in times.items() if n != "eager_dynamic"},
         "compile_s": round(compile_s, 1),
         "same_tokens_as_eager_dynamic": {"eager_static": agree_static, "compiled_static": agree_compiled},
         "config": {"n_layer": n_layer, "n_embd": n_embd, "batch": batch, "prompt_tokens": prompt_tokens,
@@ -171,11 +174,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    load_start = load_average()
     torch.set_num_threads(args.threads)
     kw: dict[str, Any] = ({"n_layer": 1, "n_embd": 64, "batch": 4, "new_tokens": 4, "rounds": 1} if args.smoke
                           else {})
     result = measure(device=args.device, dtype=args.dtype, **kw)
-    finish(result, "decode-compile", argv, args.json, args.smoke)
+    finish(result, "decode-compile", argv, args.json, args.smoke, load_start)
     return result
 
 

@@ -38,6 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.report import command, load_average, spread
+from textenv.io import write_text
+
 #: Targets, in microseconds (single env per step; vector env per env-step).
 TARGET_ENV_STEP_US = 20.0
 TARGET_VECTOR_STEP_US_PER_ENV = 2.0
@@ -175,6 +178,7 @@ def measure(quick: bool = False, repeats: int | None = None, num_envs: int = 64,
     env's prompt-encoding cache is warm, as in a long run on a built-in task (about 10k distinct prompts);
     ``vector_reset_cold_us_per_env`` is the cost of a reset with that cache empty.
     """
+    load_start = load_average()
     repeats = repeats if repeats is not None else (3 if quick else 7)
     single_steps = single_steps if single_steps is not None else (5_000 if quick else 30_000)
     vector_steps = vector_steps if vector_steps is not None else (250 if quick else 1_500)
@@ -234,7 +238,9 @@ def measure(quick: bool = False, repeats: int | None = None, num_envs: int = 64,
                    "actions": "uniform random token ids, never EOS or pad: every episode is max_new_tokens long",
                    "statistic": "medians (per 1,000-step chunk / per batched-step kind, then over repeats)"},
         "all_repeats": {"env_step_us": step_us, "env_reset_us": reset_us, "vector_env_step_us_per_env": vec_us},
+        "spread": {"env_step_us": spread(step_us), "vector_env_step_us_per_env": spread(vec_us)},
         "versions": versions(),
+        "load_average": {"start": load_start, "end": load_average()},
     }
 
 
@@ -271,6 +277,9 @@ def report(r: dict[str, Any]) -> str:
         f"vector env  {r['vector_env_step_us_per_env']:8.3f} us per env-step (num_envs={c['num_envs']}, "
         f"autoreset included; {r['vector_env_batched_step_us']:.1f} us per batched step; target <= "
         f"{TARGET_VECTOR_STEP_US_PER_ENV:g}: {'met' if r['meets_targets']['vector_env_step_us_per_env'] else 'MISSED'})",
+        f"            (over repeats: {r['spread']['vector_env_step_us_per_env']['min']:.3f} to "
+        f"{r['spread']['vector_env_step_us_per_env']['max']:.3f} us; load average {r['load_average']['start']} at the "
+        f"start, {r['load_average']['end']} at the end)",
         f"            (plain mean, hiccups included: {r['vector_env_step_us_per_env_plain_mean']:.3f} us; a reset with "
         f"the prompt cache cold: {r['vector_reset_cold_us_per_env']:.1f} us per env)",
     ]
@@ -300,9 +309,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(report(r))
     if args.profile:
         print(profile_vector(args.num_envs))
+    r["command"] = command("env_step", argv)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(r, indent=2) + "\n")
+        write_text(args.json, json.dumps(r, indent=2) + "\n")
         print(f"wrote {args.json}")
     return r
 

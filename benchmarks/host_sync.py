@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import finish
+from benchmarks.report import finish, load_average, spread
 
 #: calls are counted where our code makes them (agents/, textenv/), not inside transformers or torch
 OURS = str(Path(__file__).resolve().parents[1])
@@ -130,6 +130,7 @@ def measure(batch_size: int = 32, new_tokens: int = 32, rollouts: int = 5, polic
         "host_copies_per_rollout_outside_loop": round(sum(rest.values()) / rollouts, 2),
         "host_copies_per_rollout_outside_loop_by_method": {k: round(v / rollouts, 2) for k, v in sorted(rest.items())},
         "rollout_tokens_per_s": round(statistics.median(t / s for t, s in zip(tokens, times, strict=True)), 1),
+        "rollout_tokens_per_s_spread": spread([t / s for t, s in zip(tokens, times, strict=True)]),
         "decode_steps": decode_steps,
         "config": {"batch_size": batch_size, "new_tokens": new_tokens, "rollouts": rollouts, "policy": policy,
                    "reward": reward, "device": str(agent.device), "with_values": with_values,
@@ -145,11 +146,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="output file (default: results/host-sync-<device>.json)")
     args = ap.parse_args(argv)
+    load_start = load_average()
     torch.set_num_threads(args.threads)
     kw: dict[str, Any] = ({"batch_size": 4, "new_tokens": 4, "rollouts": 2, "policy": "tiny"} if args.smoke
                           else {})
     result = measure(reward=args.reward, device=args.device, **kw)
-    finish(result, "host-sync", argv, args.json, args.smoke)
+    finish(result, "host-sync", argv, args.json, args.smoke, load_start)
     return result
 
 

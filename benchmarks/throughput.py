@@ -22,6 +22,14 @@ Rows (tokens/s are completion tokens per second of wall time):
   KL coefficient (beta), learning rate and loss (``loss_type="grpo"``), gradient checkpointing off (as
   ours), ``min_new_tokens`` = ``max_completion_length`` (every row generates the full length, as ours).
   Only when ``trl`` is importable (the optional ``bench`` extra).
+- ``trl_grpo_defaults``: TRL's ``GRPOTrainer`` with its *default* ``GRPOConfig``, only the shape set (batch,
+  group size, completion length, full-length rows; ``use_cpu`` on CPU): gradient checkpointing and bf16
+  mixed precision on, beta 0, its own loss. What a user who runs TRL's defaults gets; a few steps only
+  (``--trl-defaults-rounds``, default 2, after one warm-up step), each paired with one of our GRPO
+  iterations, so ``grpo_vs_trl_grpo_defaults`` is side by side like the other ratios.
+
+Every ratio is the median of per-round ratios; ``spread`` gives each one's min, max and relative spread over
+the rounds, ``load_average`` the machine's load at the start and the end, ``command`` the command line.
 
 The reward model is a cheap callable (share of "e" in the completion) for ours and TRL alike, unless
 ``--reward-model default`` (the task's shipped reward model, for both). Configurations: CPU, GPT-2 4 x 256,
@@ -53,6 +61,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -71,6 +80,8 @@ import numpy as np
 import torch
 
 from benchmarks import env_step
+from benchmarks.report import command, load_average, spread
+from textenv.io import write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Targets of the CPU configuration.
@@ -323,6 +334,7 @@ class Bench:
         self._build_rollout()
         self._build_agents()
         self.trl_trainer: Any = None
+        self.trl_defaults_reason: str | None = "not run"
         if use_trl:
             self._build_trl()
         else:
@@ -441,60 +453,122 @@ class Bench:
                 f"{name}_iteration", f"agents.{name.upper()} Agent.learn for one iteration (rollout + update)",
                 cfg.batch * cfg.new_tokens, run)
 
-    def _build_trl(self) -> None:
+    def _trl_reward(self) -> Any:
+        """The reward function TRL gets: the same as ours."""
+        if self.reward_name == "cheap":
+            return cheap_reward
+        from textenv.rewards import resolve_reward_model
+        from textenv.tasks import get_task
+
+        rm = resolve_reward_model(self.reward_name, get_task("sentiment"))
+
+        def reward_fn(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+            return [float(x) for x in rm(list(prompts), list(completions))]
+
+        reward_fn.__name__ = f"textenv_{self.reward_name}"
+        return reward_fn
+
+    def _trl_args(self, defaults: bool) -> dict[str, Any]:
+        """``GRPOConfig`` keywords. Both sets give TRL the same work as ours (batch, group size, completion
+        length, every row generating the full length) and keep its bookkeeping out of the timing (no saving,
+        logging, progress bar). ``defaults=False`` (the tuned row) also sets our beta, learning rate and loss
+        and turns off gradient checkpointing (mixed precision only where ours has it); ``defaults=True``
+        leaves the rest at TRL's defaults, as a user who only sets the shape runs it (on CPU ``use_cpu``,
+        without which TRL's default ``bf16=True`` refuses to start)."""
+        cfg = self.cfg
+        on_gpu = self.device.type == "cuda"
+        shape: dict[str, Any] = dict(
+            output_dir=str(self.workdir / ("trl-defaults" if defaults else "trl")),
+            per_device_train_batch_size=cfg.batch, num_generations=cfg.group_size,
+            max_completion_length=cfg.new_tokens, generation_kwargs={"min_new_tokens": cfg.new_tokens},
+            use_cpu=not on_gpu, max_steps=10_000, logging_steps=10_000, save_strategy="no", report_to="none",
+            disable_tqdm=True, log_completions=False, dataloader_num_workers=0,
+        )
+        if defaults:
+            return shape
+        return {**shape, "gradient_accumulation_steps": 1, "beta": cfg.kl_coef, "learning_rate": cfg.learning_rate,
+                "num_iterations": 1, "loss_type": "grpo", "scale_rewards": "group", "epsilon": 0.2,
+                "max_grad_norm": 1.0, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "gradient_checkpointing": False,
+                "bf16": on_gpu and cfg.dtype == "bfloat16", "model_init_kwargs": {"dtype": self.dtype},
+                "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0, "seed": 0}
+
+    def _make_trl_trainer(self, defaults: bool) -> tuple[Any, str | None]:
+        """TRL's ``GRPOTrainer`` on our model directory, prompts and reward, or ``(None, why not)``."""
         try:
             import trl
             from datasets import Dataset
             from trl import GRPOConfig, GRPOTrainer
         except Exception as exc:  # ImportError, or an incompatible install failing at import
-            self.trl_reason = f"trl is not importable: {type(exc).__name__}: {exc}"
-            return
+            return None, f"trl is not importable: {type(exc).__name__}: {exc}"
         cfg = self.cfg
-        reward_fn: Any = cheap_reward
-        if self.reward_name != "cheap":
-            from textenv.rewards import resolve_reward_model
-            from textenv.tasks import get_task
-
-            rm = resolve_reward_model(self.reward_name, get_task("sentiment"))
-
-            def reward_fn(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-                return [float(x) for x in rm(list(prompts), list(completions))]
-
-            reward_fn.__name__ = f"textenv_{self.reward_name}"
         n_prompts = cfg.batch // cfg.group_size
         ds = Dataset.from_dict({"prompt": [self.prompts[i % len(self.prompts)] for i in range(n_prompts * 200)]})
-        on_gpu = self.device.type == "cuda"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # gradient_checkpointing's rename in transformers 5
-                args = GRPOConfig(
-                    output_dir=str(self.workdir / "trl"), per_device_train_batch_size=cfg.batch,
-                    gradient_accumulation_steps=1, num_generations=cfg.group_size,
-                    max_completion_length=cfg.new_tokens, beta=cfg.kl_coef, learning_rate=cfg.learning_rate,
-                    num_iterations=1, loss_type="grpo", scale_rewards="group", epsilon=0.2, max_grad_norm=1.0,
-                    temperature=1.0, top_p=1.0, top_k=0, generation_kwargs={"min_new_tokens": cfg.new_tokens},
-                    gradient_checkpointing=False, bf16=on_gpu and cfg.dtype == "bfloat16", use_cpu=not on_gpu,
-                    model_init_kwargs={"dtype": self.dtype}, lr_scheduler_type="constant", warmup_steps=0,
-                    weight_decay=0.0, max_steps=10_000, logging_steps=10_000, save_strategy="no", report_to="none",
-                    disable_tqdm=True, seed=0, dataloader_num_workers=0, log_completions=False,
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.trl_trainer = GRPOTrainer(model=str(self.model_dir), reward_funcs=[reward_fn], args=args,
-                                               train_dataset=ds, **self._trl_kwargs())
+                args = GRPOConfig(**self._trl_args(defaults))
+                trainer = GRPOTrainer(model=str(self.model_dir), reward_funcs=[self._trl_reward()], args=args,
+                                      train_dataset=ds, **self._trl_kwargs())
         except Exception as exc:
-            self.trl_reason = f"TRL {trl.__version__} GRPOTrainer failed to build: {type(exc).__name__}: {exc}"
-            self.trl_trainer = None
-            return
+            return None, f"TRL {trl.__version__} GRPOTrainer failed to build: {type(exc).__name__}: {exc}"
         torch.set_num_threads(BENCH_THREADS)  # in case anything on TRL's side changed it
         self.trl_version = trl.__version__
-        self.rows["trl_grpo"] = Row("trl_grpo", f"TRL {trl.__version__} GRPOTrainer, one training step "
-                                    "(generate + reward + reference + loss + backward + AdamW)",
-                                    cfg.batch * cfg.new_tokens, lambda: float("nan"))
+        return trainer, None
+
+    def _build_trl(self) -> None:
+        self.trl_trainer, self.trl_reason = self._make_trl_trainer(defaults=False)
+        if self.trl_trainer is not None:
+            self.rows["trl_grpo"] = Row("trl_grpo", f"TRL {self.trl_version} GRPOTrainer, one training step "
+                                        "(generate + reward + reference + loss + backward + AdamW)",
+                                        self.cfg.batch * self.cfg.new_tokens, lambda: float("nan"))
+
+    def run_trl_defaults(self, rounds: int) -> None:
+        """TRL's ``GRPOTrainer`` with its default ``GRPOConfig`` (:meth:`_trl_args`): one warm-up step, then
+        ``rounds`` timed steps, each followed by one of our GRPO iterations (``grpo_defaults_pair_s``), so
+        the ratio is taken side by side like the others. Run after :meth:`run` (the tuned trainer freed)."""
+        from transformers import TrainerCallback
+
+        self.trl_trainer = None
+        gc.collect()
+        trainer, self.trl_defaults_reason = self._make_trl_trainer(defaults=True)
+        if trainer is None:
+            return
+        bench = self
+        row = Row("trl_grpo_defaults", f"TRL {self.trl_version} GRPOTrainer with its default GRPOConfig (only "
+                  "the shape set: batch, group, lengths; use_cpu on CPU), one training step",
+                  self.cfg.batch * self.cfg.new_tokens, lambda: float("nan"))
+        ours = self.rows["grpo_iteration"]
+
+        class Pair(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                self.peak = bench.memory(row) if state.global_step == 0 else None
+                if self.peak is not None:
+                    self.peak.__enter__()
+                sync(bench.device)
+                self.t0 = time.perf_counter()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                sync(bench.device)
+                dt = time.perf_counter() - self.t0
+                if self.peak is not None:
+                    self.peak.__exit__(None, None, None)
+                if state.global_step >= 2:  # step 1 is the warm-up
+                    row.seconds.append(dt)
+                    torch.set_num_threads(BENCH_THREADS)
+                    row.extra.setdefault("grpo_defaults_pair_s", []).append(ours.run())
+                if state.global_step >= rounds + 1:
+                    control.should_training_stop = True
+
+        trainer.add_callback(Pair())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.train()
+        torch.set_num_threads(BENCH_THREADS)
+        self.rows["trl_grpo_defaults"] = row
 
     # -------------------------------------------------------------------- running
     def our_rows(self) -> list[Row]:
-        return [r for name, r in self.rows.items() if name != "trl_grpo"]
+        return [r for name, r in self.rows.items() if not name.startswith("trl_")]
 
     def run_round(self, k: int) -> None:
         rows = self.our_rows()
@@ -597,20 +671,32 @@ class Bench:
                 for key, values in row.extra.items():
                     rows[name][key] = med(values)
 
-        def ratio(num: list[float], den: list[float]) -> float:
-            """Median over rounds of den_seconds / num_seconds (= tokens/s ratio num / den)."""
-            return med(d / n for n, d in zip(num, den))
+        def per_round(num: list[float], den: list[float]) -> list[float]:
+            """den_seconds / num_seconds of each round (= the tokens/s ratio num / den, side by side)."""
+            return [d / n for n, d in zip(num, den)]
 
-        out: dict[str, Any] = {
-            "rollout_vs_kv_limit": ratio(self.rows["rollout"].seconds, decode),
-            "train_vs_limit": ratio(self.rows["grpo_iteration"].seconds, limit.seconds),
-            "ppo_train_vs_limit": ratio(self.rows["ppo_iteration"].seconds, limit.seconds),
-            "grpo_vs_trl_grpo": None,
-            "grpo_vs_trl_grpo_reason": self.trl_reason,
+        per: dict[str, list[float]] = {
+            "rollout_vs_kv_limit": per_round(self.rows["rollout"].seconds, decode),
+            "train_vs_limit": per_round(self.rows["grpo_iteration"].seconds, limit.seconds),
+            "ppo_train_vs_limit": per_round(self.rows["ppo_iteration"].seconds, limit.seconds),
         }
+        out: dict[str, Any] = {name: med(v) for name, v in per.items()}
+        out["grpo_vs_trl_grpo"] = None
+        out["grpo_vs_trl_grpo_reason"] = self.trl_reason
         if "trl_grpo" in self.rows and self.rows["trl_grpo"].seconds:
-            out["grpo_vs_trl_grpo"] = ratio(self.rows["grpo_iteration"].seconds, self.rows["trl_grpo"].seconds)
+            per["grpo_vs_trl_grpo"] = per_round(self.rows["grpo_iteration"].seconds, self.rows["trl_grpo"].seconds)
+            out["grpo_vs_trl_grpo"] = med(per["grpo_vs_trl_grpo"])
             out["grpo_vs_trl_grpo_reason"] = None
+        defaults = self.rows.get("trl_grpo_defaults")
+        out["grpo_vs_trl_grpo_defaults"] = None
+        out["grpo_vs_trl_grpo_defaults_reason"] = getattr(self, "trl_defaults_reason", "not run")
+        if defaults is not None and defaults.seconds:
+            per["grpo_vs_trl_grpo_defaults"] = per_round(defaults.extra["grpo_defaults_pair_s"], defaults.seconds)
+            out["grpo_vs_trl_grpo_defaults"] = med(per["grpo_vs_trl_grpo_defaults"])
+            out["grpo_vs_trl_grpo_defaults_reason"] = None
+            out["trl_grpo_defaults_config"] = {k: v for k, v in self._trl_args(defaults=True).items()
+                                               if k != "output_dir"}
+        out["spread"] = {name: spread(v) for name, v in per.items()}
         out["rows"] = rows
         return out
 
@@ -659,9 +745,14 @@ def versions() -> dict[str, str]:
 def run_benchmark(quick: bool = False, smoke: bool = False, device: str | None = None, reward_model: str = "cheap",
                   use_trl: bool = True, rounds: int | None = None, json_path: Path | None = None,
                   do_profile: bool = False, env_step_kwargs: dict[str, Any] | None = None,
-                  note: str | None = None) -> dict[str, Any]:
-    """Build, run and report one configuration; returns (and writes) the JSON result."""
-    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+                  note: str | None = None, trl_defaults_rounds: int | None = None,
+                  argv: list[str] | None = None) -> dict[str, Any]:
+    """Build, run and report one configuration; returns (and writes) the JSON result.
+
+    ``trl_defaults_rounds``: timed steps of TRL with its default config (default 2, 1 with ``smoke``; 0 skips
+    it). ``argv``: the command-line arguments, recorded as ``command``.
+    """
+    load_start = load_average()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = pick_config(dev, quick, smoke)
     if rounds is not None:
@@ -669,6 +760,14 @@ def run_benchmark(quick: bool = False, smoke: bool = False, device: str | None =
     t_start = time.perf_counter()
     bench = Bench(cfg, dev, reward_model=reward_model, use_trl=use_trl)
     bench.run()
+    if trl_defaults_rounds is None:
+        trl_defaults_rounds = 1 if smoke else 2
+    if not use_trl:
+        bench.trl_defaults_reason = "skipped (--no-trl)"
+    elif trl_defaults_rounds < 1:
+        bench.trl_defaults_reason = "skipped (--trl-defaults-rounds 0)"
+    else:
+        bench.run_trl_defaults(trl_defaults_rounds)
     res = bench.results()
     if do_profile:
         print(profile(bench))
@@ -697,13 +796,14 @@ def run_benchmark(quick: bool = False, smoke: bool = False, device: str | None =
         "peak_rss_mib_process": ru_maxrss_bytes() / 2**20,
         "versions": versions(),
         "wall_s": time.perf_counter() - t_start,
-        "load_average": {"start": load_start, "end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "load_average": {"start": load_start, "end": load_average()},
+        "command": command("throughput", argv),
         "note": note,
     }
     print(report(result))
     path = json_path if json_path is not None else RESULTS_DIR / f"throughput-{dev.type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    write_text(path, json.dumps(result, indent=2, default=_json_default) + "\n")
     print(f"wrote {path}")
     return result
 
@@ -737,6 +837,8 @@ def report(r: dict[str, Any]) -> str:
               f"ppo_train_vs_limit   {fmt(r['ppo_train_vs_limit'])}",
               f"grpo_vs_trl_grpo     {fmt(r['grpo_vs_trl_grpo'])}  (target >= {TARGET_GRPO_VS_TRL_GRPO})"
               + (f"  [{r['grpo_vs_trl_grpo_reason']}]" if r["grpo_vs_trl_grpo_reason"] else ""),
+              f"grpo_vs_trl_grpo_defaults {fmt(r.get('grpo_vs_trl_grpo_defaults'))}  (ours vs TRL's default GRPOConfig)"
+              + (f"  [{r['grpo_vs_trl_grpo_defaults_reason']}]" if r.get("grpo_vs_trl_grpo_defaults_reason") else ""),
               f"env_step_us {r['env_step_us']:.2f}, vector_env_step_us_per_env {r['vector_env_step_us_per_env']:.3f}"]
     return "\n".join(lines)
 
@@ -754,6 +856,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", action="store_true", help="cProfile one rollout and one GRPO iteration")
     parser.add_argument("--threads", type=int, default=BENCH_THREADS, help="torch threads (default 2)")
     parser.add_argument("--note", default=None, help="a remark stored in the JSON (e.g. why --threads 1)")
+    parser.add_argument("--trl-defaults-rounds", type=int, default=None,
+                        help="timed steps of TRL's GRPOTrainer with its default GRPOConfig (default 2; 0 skips)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     from textenv.models import quiet_progress
@@ -761,7 +865,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with quiet_progress():  # restored after: main() may run in-process
         return run_benchmark(quick=args.quick, smoke=args.smoke, device=args.device, reward_model=args.reward_model,
                              use_trl=not args.no_trl, rounds=args.rounds, json_path=args.json,
-                             do_profile=args.profile, note=args.note)
+                             do_profile=args.profile, note=args.note, trl_defaults_rounds=args.trl_defaults_rounds,
+                             argv=argv)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,17 @@ def test_env_step_cli_writes_json(tmp_path):
     r = json.loads(out.read_text())
     assert _positive(r["env_step_us"]) and _positive(r["vector_env_step_us_per_env"])
     assert "single env" in proc.stdout
+    _check_reproducible(r, "python -m benchmarks.env_step --smoke --json")
+    assert r["spread"]["vector_env_step_us_per_env"]["rounds"] == 1
+
+
+def _check_reproducible(r: dict, command_start: str) -> None:
+    """What a figure needs to be reproduced: the command, and how busy the machine was."""
+    assert r["command"].startswith(command_start), r["command"]
+    if hasattr(os, "getloadavg"):
+        for when in ("start", "end"):
+            load = r["load_average"][when]
+            assert len(load) == 3 and all(isinstance(x, float) and x >= 0 for x in load), load
 
 
 def _check_throughput_json(r: dict) -> None:
@@ -68,6 +79,10 @@ def _check_throughput_json(r: dict) -> None:
     for key in ("batch", "prompt_tokens", "new_tokens", "group_size"):
         assert _positive(r["config"][key]), key
     assert r["versions"]["torch"] and r["versions"]["transformers"]
+    _check_reproducible(r, "python -m benchmarks.throughput --smoke")
+    for name in ("rollout_vs_kv_limit", "train_vs_limit", "ppo_train_vs_limit"):
+        sp = r["spread"][name]
+        assert sp["min"] <= r[name] <= sp["max"] and sp["rounds"] == r["config"]["rounds"], (name, sp)
 
 
 def test_throughput_smoke_without_trl(tmp_path):
@@ -77,6 +92,7 @@ def test_throughput_smoke_without_trl(tmp_path):
     r = json.loads(out.read_text())
     _check_throughput_json(r)
     assert r["grpo_vs_trl_grpo"] is None and "no-trl" in r["grpo_vs_trl_grpo_reason"]
+    assert r["grpo_vs_trl_grpo_defaults"] is None and "no-trl" in r["grpo_vs_trl_grpo_defaults_reason"]
     assert "rollout_vs_kv_limit" in proc.stdout
 
 
@@ -92,3 +108,11 @@ def test_throughput_smoke_with_trl(tmp_path):
     assert r["grpo_vs_trl_grpo"] is not None or r["grpo_vs_trl_grpo_reason"]
     if r["grpo_vs_trl_grpo"] is not None:
         assert _positive(r["rows"]["trl_grpo"]["tokens_per_s"])
+    # TRL with its default GRPOConfig: only the shape set, the rest (checkpointing, bf16, beta...) TRL's own
+    assert r["grpo_vs_trl_grpo_defaults"] is not None or r["grpo_vs_trl_grpo_defaults_reason"]
+    if r["grpo_vs_trl_grpo_defaults"] is not None:
+        assert _positive(r["grpo_vs_trl_grpo_defaults"]) and _positive(r["rows"]["trl_grpo_defaults"]["tokens_per_s"])
+        assert r["spread"]["grpo_vs_trl_grpo_defaults"]["rounds"] == 1  # --smoke: one timed step
+        config = r["trl_grpo_defaults_config"]
+        assert "gradient_checkpointing" not in config and "bf16" not in config and "beta" not in config
+        assert config["per_device_train_batch_size"] == r["config"]["batch"]

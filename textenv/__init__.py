@@ -2,7 +2,8 @@
 
 ``import textenv`` registers ``TextGen-v0`` (the sentiment task) and one id per built-in task
 (``TextGen-Sentiment-v0``, ``TextGen-Arithmetic-v0``, ``TextGen-Keywords-v0``, ``TextGen-Translation-v0``,
-...). Tasks whose shipped reward model is not built yet need ``reward_model="gold"`` (or another model). Entry points are strings,
+``TextGen-Dialogue-v0``, ...). Tasks whose shipped reward model is not built yet need ``reward_model="gold"``
+(or another model). Entry points are strings,
 so this import stays light and ``gym.make("textenv:TextGen-v0")`` works without it.
 
 Example:
@@ -25,6 +26,7 @@ ENV_IDS = {
     "TextGen-Translation-v0": "translation",
     "TextGen-Summarization-v0": "summarization",
     "TextGen-QA-v0": "qa",
+    "TextGen-Dialogue-v0": "dialogue",
     "TextGen-Detox-v0": "detox",
 }
 

@@ -115,13 +115,37 @@ class EnvSetup:
     vocab_size: int = 0
     eos_id: int = 0
     pad_id: int = 0
+    #: the most agent turns per episode (1: single-turn), and the most tokens inserted after one turn
+    max_turns: int = 1
+    max_inserted_tokens: int = 0
+    #: the token id that ends an agent turn (the task's ``turn_separator``), or None (single-turn)
+    separator_id: int | None = None
     _prompt_cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _fast: Any = field(default=None, repr=False)
+    #: per token id, the bytes decoding turns it into (see :func:`byte_level_table`); built on first use
+    _byte_table: np.ndarray | None = field(default=None, repr=False)
+    _byte_table_built: bool = field(default=False, repr=False)
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether the task inserts text between agent turns (``max_turns > 1``)."""
+        return self.max_turns > 1
+
+    @property
+    def max_actions(self) -> int:
+        """The most agent tokens (actions) in an episode: ``max_turns * max_new_tokens``."""
+        return self.max_turns * self.max_new_tokens
+
+    @property
+    def max_episode_tokens(self) -> int:
+        """The most tokens after the prompt: every agent turn's budget plus every inserted reply's."""
+        return self.max_actions + (self.max_turns - 1) * self.max_inserted_tokens
 
     @property
     def max_length(self) -> int:
-        """L, the observation length: prompt budget plus completion budget."""
-        return self.max_prompt_tokens + self.max_new_tokens
+        """L, the observation length: prompt budget plus the episode's token budget (single-turn:
+        ``max_prompt_tokens + max_new_tokens``)."""
+        return self.max_prompt_tokens + self.max_episode_tokens
 
     def observation_space(self) -> spaces.Dict:
         L = self.max_length
@@ -166,10 +190,42 @@ class EnvSetup:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: np.ndarray) -> str:
-        """Text of token ids, special tokens skipped (the Rust tokenizer directly when that is exact)."""
+        """Text of token ids, special tokens skipped (see :meth:`decode_block`)."""
+        table = self._table()
+        if table is not None:
+            return b"".join(table[np.asarray(ids, dtype=np.int64)].tolist()).decode("utf-8", "replace")
         if self._fast is not None:
-            return self._fast.decode(ids.tolist(), skip_special_tokens=True)
+            return self._fast.decode(np.asarray(ids).tolist(), skip_special_tokens=True)
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _table(self) -> np.ndarray | None:
+        """The byte table of :meth:`decode_block` (built on first use), with one more entry, ``b""``, for
+        the positions past a row's length; ``None`` where the tokenizer is not byte-level BPE."""
+        if not self._byte_table_built:
+            table = byte_level_table(self._fast) if self._fast is not None else None
+            self._byte_table = None if table is None else np.array([*table, b""], dtype=object)
+            self._byte_table_built = True
+        return self._byte_table
+
+    def decode_block(self, ids: np.ndarray, lengths: np.ndarray) -> list[str]:
+        """Texts of the rows of ``ids`` ``(B, T)``, row ``j`` cut to its first ``lengths[j]`` tokens, special
+        tokens skipped: the strings ``tokenizer.decode(ids[j, :lengths[j]], skip_special_tokens=True)``.
+
+        A byte-level BPE tokenizer (GPT-2's kind) is decoded through a per-token byte table: one gather for
+        the whole block, then one join and one UTF-8 decode per row, several times faster than a call into
+        the tokenizer per row. The table is checked against the tokenizer when it is built (on first use)
+        and not used unless every token agrees.
+        """
+        table = self._table()
+        if table is not None:
+            inside = np.arange(ids.shape[1]) < lengths[:, None]  # (B, T)
+            pieces = table[np.where(inside, ids, len(table) - 1)]  # (B, T) of bytes
+            join = b"".join
+            return [join(row).decode("utf-8", "replace") for row in pieces.tolist()]
+        rows = [ids[j, :n].tolist() for j, n in enumerate(lengths.tolist())]
+        if self._fast is not None:
+            return [self._fast.decode(row, skip_special_tokens=True) for row in rows]
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
     def __post_init__(self) -> None:
         # The Rust backend of a fast tokenizer, used directly for speed when the Python wrapper adds nothing
@@ -202,6 +258,79 @@ class EnvSetup:
     def gold(self, prompts: list[str], completions: list[str]) -> list[float]:
         return [float(s) for s in self.task.gold_score(prompts, completions)]
 
+    def insertion(self, prompt: str, dialogue: list[str], rng: np.random.Generator) -> np.ndarray | None:
+        """The token ids the env inserts after the agent's turn (the task's :meth:`~textenv.tasks.base.Task.next_turn`,
+        encoded), or None when the dialogue ends. A reply that is not a str, encodes to no tokens or to more
+        than ``max_inserted_tokens`` is a ``ValueError`` naming the task."""
+        text = self.task.next_turn(prompt, dialogue, rng)
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise ValueError(f"task {self.task.name!r}: next_turn must return a str or None, got {text!r}")
+        ids = self._encode(text)
+        if not ids:
+            raise ValueError(f"task {self.task.name!r}: next_turn returned {text!r}, which encodes to no tokens")
+        if len(ids) > self.max_inserted_tokens:
+            raise ValueError(f"task {self.task.name!r}: next_turn returned {len(ids)} tokens, more than "
+                             f"max_inserted_tokens={self.max_inserted_tokens}: {text[:80]!r}")
+        return np.asarray(ids, dtype=np.int64)
+
+    def segments(self, ids: np.ndarray, starts: list[int], end: int) -> list[str]:
+        """The decoded transcript segments of one episode: ``ids`` are the tokens after the prompt, ``starts``
+        the offset where each segment (agent turn, inserted reply, ...) begins, ``end`` the episode's length."""
+        bounds = [*starts, end]
+        return [self.decode(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _byte_to_char() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 byte values to printable characters: the printable Latin-1 bytes
+    stand for themselves, the others (controls, space, soft hyphen...) take the characters from U+0100 on,
+    in byte order. Byte-level BPE vocabularies are written in these characters."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]  # "!".."~", "¡".."¬", "®".."ÿ"
+    kept = set(keep)
+    shifted = [b for b in range(256) if b not in kept]
+    out = {b: chr(b) for b in keep}
+    out.update({b: chr(256 + k) for k, b in enumerate(shifted)})
+    return out
+
+
+def byte_level_table(backend: Any) -> list[bytes] | None:
+    """Per token id of a Hugging Face ``tokenizers.Tokenizer`` whose decoder is ``ByteLevel``, the bytes that
+    decoding adds for it (``b""`` for special tokens, which ``skip_special_tokens`` drops), so that decoding
+    a row is ``b"".join(table[i] for i in row).decode("utf-8", "replace")``; ``None`` for any other decoder.
+
+    ByteLevel maps each character of a token back to its byte, and a token with a character outside the
+    byte alphabet (an added token such as ``"<tag>"`` typed in plain text) to its own UTF-8 bytes; the
+    joined bytes of a row are then decoded with invalid sequences replaced. The table is checked against
+    the tokenizer on every id, in runs of a few tokens (so multi-byte characters split across tokens are
+    covered), and ``None`` comes back if any text differs.
+    """
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None or type(decoder).__name__ != "ByteLevel":
+        return None
+    char_to_byte = {c: b for b, c in _byte_to_char().items()}
+    special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+    V = backend.get_vocab_size(with_added_tokens=True)
+    table: list[bytes] = []
+    for i in range(V):
+        token = backend.id_to_token(i)
+        if token is None or i in special:
+            table.append(b"")
+            continue
+        mapped = [char_to_byte.get(c) for c in token]
+        table.append(token.encode("utf-8") if None in mapped else bytes(mapped))  # type: ignore[arg-type]
+    # the check: every id at least once, in shuffled runs of 1-8 tokens, against the tokenizer itself
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.concatenate([np.arange(V), rng.integers(0, V, size=V)])).tolist()
+    start = 0
+    while start < len(ids):
+        run = ids[start:start + int(rng.integers(1, 9))]
+        start += len(run)
+        ours = b"".join([table[i] for i in run]).decode("utf-8", "replace")
+        if ours != backend.decode(run, skip_special_tokens=True):
+            return None
+    return table
+
 
 def build_setup(
     task: str | Task = "sentiment",
@@ -216,6 +345,7 @@ def build_setup(
     split: str = "train",
     prompt_truncation: str = "left",
     device: Any = "cpu",
+    max_turns: int | None = None,
 ) -> EnvSetup:
     """Check and resolve the env keyword arguments (see :class:`textenv.env.TextGenEnv`)."""
     from textenv.models import load_tokenizer, resolve_device
@@ -229,6 +359,16 @@ def build_setup(
     for name, value in (("max_prompt_tokens", max_prompt_tokens), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_TOKENS:
             raise ValueError(f"{name} must be an integer in [1, {MAX_TOKENS}], got {value!r}")
+    if max_turns is None:
+        max_turns = task_obj.default_max_turns
+    if isinstance(max_turns, bool) or not isinstance(max_turns, (int, np.integer)) or not 1 <= max_turns <= 1024:
+        raise ValueError(f"max_turns must be an integer in [1, 1024], got {max_turns!r}")
+    if max_turns > 1 and task_obj.turn_separator is None:
+        raise ValueError(f"max_turns={max_turns} needs a multi-turn task (one with a turn_separator); "
+                         f"task {task_obj.name!r} is single-turn")
+    max_inserted = int(task_obj.default_max_inserted_tokens) if max_turns > 1 else 0
+    if max_turns > 1 and max_inserted < 1:
+        raise ValueError(f"task {task_obj.name!r}: default_max_inserted_tokens must be >= 1, got {max_inserted}")
     if reward_mode not in REWARD_MODES:
         raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
     if prompt_truncation not in PROMPT_TRUNCATIONS:
@@ -259,7 +399,18 @@ def build_setup(
         vocab_size=len(tok),
         eos_id=int(tok.eos_token_id),
         pad_id=int(tok.pad_token_id),
+        max_turns=int(max_turns),
+        max_inserted_tokens=max_inserted,
     )
+    if task_obj.turn_separator is not None:
+        sep = setup._encode(task_obj.turn_separator)
+        if len(sep) != 1:
+            raise ValueError(f"task {task_obj.name!r}: turn_separator {task_obj.turn_separator!r} must encode to "
+                             f"one token of the tokenizer, got {len(sep)} tokens {sep}")
+        setup.separator_id = int(sep[0])
+    if setup.multi_turn and setup.max_length > 2 * MAX_TOKENS:  # what a single-turn env can reach at most
+        raise ValueError(f"the observation length {setup.max_length} (max_prompt_tokens + max_turns * "
+                         f"max_new_tokens + inserted tokens) is over {2 * MAX_TOKENS}; lower max_turns or the budgets")
     if setup.prompts is not None:
         for p in setup.prompts:  # fail at construction, not at the first reset that draws a bad one
             setup.encode_prompt(p)

@@ -34,6 +34,12 @@ class TextGenVectorEnv(VectorEnv):
     mode, on every active prefix). Slot ``i`` reset with ``seed=s`` draws the same prompts as a single
     ``TextGenEnv`` reset with ``seed=s+i``, so results match ``gym.make_vec(..., vectorization_mode="sync")``.
 
+    Multi-turn tasks: each slot inserts the other speaker's tokens after its agent turns as the single env
+    does; a step whose action ends slot ``i``'s turn sets ``info["_turn"][i]`` and gives ``info["turn"][i]``,
+    ``info["inserted_tokens"][i]`` and ``info["inserted_mask"][i]`` (``(N, L)`` int8); with ``SAME_STEP``
+    a finished slot's go into ``info["final_info"]``. :attr:`max_episode_tokens` is the widest transcript
+    (a rollout buffer's width), :attr:`max_actions` the most agent tokens.
+
     Autoreset modes (``autoreset_mode=``, Gymnasium's names):
     - ``NEXT_STEP`` (default): the step after an episode ends resets that slot (its action is ignored,
       reward 0, flags False).
@@ -76,7 +82,11 @@ class TextGenVectorEnv(VectorEnv):
         self._ids = np.full((N, L), s.pad_id, dtype=np.int64)  # (N, L)
         self._mask = np.zeros((N, L), dtype=np.int8)  # (N, L)
         self._prompt_len = np.zeros(N, dtype=np.int64)
-        self._n_gen = np.zeros(N, dtype=np.int64)
+        self._n_gen = np.zeros(N, dtype=np.int64)  # tokens after the prompt (agent's and inserted)
+        self._turn = np.zeros(N, dtype=np.int64)  # multi-turn: agent turns finished
+        self._turn_len = np.zeros(N, dtype=np.int64)  # tokens of the current agent turn
+        self._segments: list[list[int]] = [[0] for _ in range(N)]  # where each transcript segment starts
+        self._inserted = np.zeros((N, L), dtype=np.int8)  # (N, L) 1 where the env inserted a token
         self._potential = np.zeros(N, dtype=np.float64)
         self._active = np.zeros(N, dtype=bool)  # slot is inside an episode
         self._needs_reset = np.zeros(N, dtype=bool)  # NEXT_STEP: slot ended on the previous step
@@ -97,8 +107,28 @@ class TextGenVectorEnv(VectorEnv):
 
     @property
     def max_new_tokens(self) -> int:
-        """T, the completion budget: an episode is truncated after this many actions."""
+        """T, the completion budget: an episode (multi-turn: an agent turn) ends after this many actions."""
         return int(self.setup.max_new_tokens)
+
+    @property
+    def max_actions(self) -> int:
+        """The most agent tokens in an episode (``max_turns * max_new_tokens``; single-turn: ``max_new_tokens``)."""
+        return int(self.setup.max_actions)
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether the task inserts text between agent turns (see "Turns" in :class:`textenv.env.TextGenEnv`)."""
+        return self.setup.multi_turn
+
+    @property
+    def max_episode_tokens(self) -> int:
+        """The most tokens after the prompt, agent and inserted (``L - max_prompt_tokens``): the width of a
+        rollout buffer."""
+        return int(self.setup.max_episode_tokens)
+
+    def inserted_mask(self) -> np.ndarray:
+        """``(N, L)`` int8: 1 at the observation positions the env inserted (a copy; zeros if single-turn)."""
+        return self._inserted.copy()
 
     @property
     def vocab_size(self) -> int:
@@ -131,27 +161,40 @@ class TextGenVectorEnv(VectorEnv):
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             self._needs_reset |= finished
         elif self.autoreset_mode == AutoresetMode.SAME_STEP:
-            for i in np.flatnonzero(finished):
-                self._reset_slot(int(i), None, None)
+            if finished.any():
+                self._reset_slots(np.flatnonzero(finished), None, None)
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
 
-    def _reset_slot(self, i: int, prompt: str | None, split: str | None) -> None:
-        if prompt is None:
-            prompt = self.setup.sample_prompt(self._rngs[i], split)
-        ids = self.setup.encode_prompt(prompt)
-        n = len(ids)
-        self._ids[i].fill(self.setup.pad_id)
-        self._mask[i].fill(0)
-        self._ids[i, :n] = ids
-        self._mask[i, :n] = 1
-        self._prompt_len[i] = n
-        self._n_gen[i] = 0
-        self._potential[i] = 0.0
-        self._active[i] = True
-        self._needs_reset[i] = False
-        self._prompts[i] = prompt
+    def _reset_slots(self, idx: np.ndarray, prompts: list[str | None] | None, split: str | None) -> None:
+        """Start new episodes in slots ``idx`` (together: one write per buffer), slot ``idx[j]`` with
+        ``prompts[j]``, or a prompt drawn with the slot's RNG where that is ``None`` (or ``prompts`` is)."""
+        s = self.setup
+        slots = idx.tolist()
+        if prompts is None:
+            prompts = [None] * len(slots)
+        new = [s.sample_prompt(self._rngs[i], split) if p is None else p for i, p in zip(slots, prompts, strict=True)]
+        encoded = [s.encode_prompt(p) for p in new]
+        lengths = np.array([len(e) for e in encoded], dtype=np.int64)
+        inside = np.arange(s.max_length) < lengths[:, None]  # (B, L): the prompt's positions
+        rows = np.full((len(slots), s.max_length), s.pad_id, dtype=np.int64)  # (B, L)
+        rows[inside] = np.concatenate(encoded)  # row-major order: each prompt in its row, left-aligned
+        self._ids[idx] = rows
+        self._mask[idx] = inside
+        self._prompt_len[idx] = lengths
+        self._n_gen[idx] = 0
+        if s.multi_turn:
+            self._turn[idx] = 0
+            self._turn_len[idx] = 0
+            self._inserted[idx] = 0
+        self._potential[idx] = 0.0
+        self._active[idx] = True
+        self._needs_reset[idx] = False
+        for i, p in zip(slots, new, strict=True):
+            self._prompts[i] = p
+            if s.multi_turn:
+                self._segments[i] = [0]
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -195,7 +238,7 @@ class TextGenVectorEnv(VectorEnv):
         for i in idx:
             if seeds[i] is not None:
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
-            self._reset_slot(int(i), prompts[i] if prompts is not None else one_prompt, split)
+        self._reset_slots(idx, [prompts[i] if prompts is not None else one_prompt for i in idx], split)
         self._started = True
         return self._obs(), self._prompt_infos(idx)
 
@@ -205,11 +248,14 @@ class TextGenVectorEnv(VectorEnv):
             raise ValueError(
                 f"actions must be an integer array of shape ({self.num_envs},), got {a.dtype} array of shape {a.shape}"
             )
-        bad = (a < 0) | (a >= self.setup.vocab_size)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"actions[{i}] must be a token id in [0, {self.setup.vocab_size}), got {int(a[i])}")
-        return a.astype(np.int64, copy=False)
+        given, a = a, a.astype(np.int64, copy=False)
+        # one comparison catches both ends: as unsigned, a negative id is larger than any vocabulary
+        # (np.count_nonzero and .nonzero(): several times cheaper than .any() on arrays this small)
+        bad = a.view(np.uint64) >= self.setup.vocab_size
+        if np.count_nonzero(bad):
+            i = int(bad.nonzero()[0][0])
+            raise ValueError(f"actions[{i}] must be a token id in [0, {self.setup.vocab_size}), got {int(given[i])}")
+        return a
 
     def step(self, actions: Any) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if not self._started:
@@ -219,38 +265,73 @@ class TextGenVectorEnv(VectorEnv):
         N = self.num_envs
         rewards = np.zeros(N, dtype=np.float64)
         terminated = np.zeros(N, dtype=bool)
-        stepping = np.flatnonzero(self._active)
+        stepping = self._active.nonzero()[0]
         pos = self._prompt_len[stepping] + self._n_gen[stepping]
         tok = a[stepping]
         self._ids[stepping, pos] = tok
         self._mask[stepping, pos] = 1
         self._n_gen[stepping] += 1
-        ends = self._n_gen[stepping] >= s.max_new_tokens
-        if s.terminate_on_eos:
-            ends |= tok == s.eos_id
-        terminated[stepping] = ends
-        done_idx = stepping[ends]
+        turn_end: np.ndarray | None = None  # multi-turn: which stepping slots' agent turns end now
+        inserted: dict[int, np.ndarray] = {}  # the other speaker's replies by slot, written after scoring
+        rng_states: dict[int, Any] = {}
+        if s.multi_turn:
+            self._turn_len[stepping] += 1
+            ends, turn_end = self._turn_ends(stepping, tok)
+        else:
+            ends = self._n_gen[stepping] >= s.max_new_tokens
+            if s.terminate_on_eos:
+                ends |= tok == s.eos_id
         infos: dict[str, Any] = {}
-        scored_idx = stepping if s.reward_mode == "dense" else done_idx
-        if scored_idx.size:
-            try:
-                prompts = [self._prompts[i] for i in scored_idx]
-                completions = [s.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
-                               for i in scored_idx]
-                ids = ([self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]].tolist()
-                        for i in scored_idx] if s.wants_extras else None)
+        try:
+            if turn_end is not None:
+                # replies are asked for before anything is scored (a reply of None ends the dialogue)
+                asked = np.flatnonzero(turn_end & ~ends)
+                rng_states = {int(stepping[j]): self._rngs[stepping[j]].bit_generator.state for j in asked}
+                for j in asked:
+                    slot = int(stepping[j])
+                    dialogue = s.segments(self._ids[slot, self._prompt_len[slot]:], self._segments[slot],
+                                          int(self._n_gen[slot]))
+                    reply = s.insertion(self._prompts[slot], dialogue, self._rngs[slot])
+                    if reply is None:
+                        ends[j] = True
+                    else:
+                        inserted[slot] = reply
+            terminated[stepping] = ends
+            done_idx = stepping[ends]
+            if s.reward_mode != "dense":
+                scored_idx = done_idx
+            else:  # single-turn: every token; multi-turn: every agent turn's end
+                scored_idx = stepping if turn_end is None else stepping[turn_end | ends]
+            if scored_idx.size:
+                # the whole batch's episode-end work at once: one decode call for every scored slot
+                prompts = [self._prompts[i] for i in scored_idx.tolist()]
+                block, lengths = self._completion_block(scored_idx)
+                completions = s.decode_block(block, lengths)
+                ids = ([row[:n] for row, n in zip(block.tolist(), lengths.tolist(), strict=True)]
+                       if s.wants_extras else None)
                 scores = s.score(prompts, completions, ids)
+                spread = getattr(s.reward_model, "last_std", None)  # an Ensemble's members' std per pair
                 if done_idx.size:
-                    at_end = np.isin(scored_idx, done_idx)
-                    end_prompts = [p for p, e in zip(prompts, at_end, strict=True) if e]
-                    end_completions = [c for c, e in zip(completions, at_end, strict=True) if e]
+                    at_end: slice | np.ndarray
+                    if scored_idx is done_idx:  # terminal rewards: exactly the finished slots were scored
+                        at_end = slice(None)
+                        end_prompts, end_completions = prompts, completions
+                    else:
+                        at_end = np.isin(scored_idx, done_idx)
+                        end_prompts = [p for p, e in zip(prompts, at_end, strict=True) if e]
+                        end_completions = [c for c, e in zip(completions, at_end, strict=True) if e]
                     gold = s.gold(end_prompts, end_completions)
-            except BaseException:
-                # nothing half-written: undo this step's tokens so the batch is as before the call
-                self._n_gen[stepping] -= 1
-                self._ids[stepping, pos] = s.pad_id
-                self._mask[stepping, pos] = 0
-                raise
+        except BaseException:
+            # nothing half-written: undo this step's tokens (and the tasks' RNG draws) so the batch is as before
+            self._n_gen[stepping] -= 1
+            if turn_end is not None:
+                self._turn_len[stepping] -= 1
+            self._ids[stepping, pos] = s.pad_id
+            self._mask[stepping, pos] = 0
+            for slot, state in rng_states.items():
+                self._rngs[slot].bit_generator.state = state
+            raise
+        if scored_idx.size:
             if s.reward_mode == "dense":
                 rewards[scored_idx] = scores - self._potential[scored_idx]
                 self._potential[scored_idx] = scores
@@ -258,13 +339,28 @@ class TextGenVectorEnv(VectorEnv):
                 rewards[scored_idx] = scores
             if done_idx.size:
                 infos = self._end_infos(done_idx, end_prompts, end_completions, scores[at_end], gold)
+                if spread is not None:
+                    std = np.zeros(N, dtype=np.float64)
+                    std[done_idx] = np.asarray(spread)[at_end]
+                    infos.update(reward_model_std=std, _reward_model_std=infos["_gold_score"].copy())
+        turned = stepping[turn_end] if turn_end is not None else None
+        if turned is not None:
+            self._write_replies(turned, inserted)
         self._active[done_idx] = False
         mode = self.autoreset_mode
         reset_idx = np.zeros(0, dtype=np.int64)
         if mode == AutoresetMode.NEXT_STEP:
-            reset_idx = np.flatnonzero(self._needs_reset)
+            reset_idx = self._needs_reset.nonzero()[0]
             self._needs_reset[done_idx] = True
-        elif mode == AutoresetMode.SAME_STEP and done_idx.size:
+        running = None
+        if turned is not None and turned.size:
+            # SAME_STEP: a finished slot's turn info goes into its final info, a running slot's on top
+            same_step = mode == AutoresetMode.SAME_STEP
+            running = turned[~np.isin(turned, done_idx)] if same_step else None
+            finished = turned[np.isin(turned, done_idx)] if same_step else turned
+            if finished.size:
+                infos.update(self._turn_infos(finished, inserted))
+        if mode == AutoresetMode.SAME_STEP and done_idx.size:
             final_obs = np.full(N, None, dtype=object)
             for i in done_idx:
                 final_obs[i] = {"input_ids": self._ids[i].copy(), "attention_mask": self._mask[i].copy()}
@@ -272,9 +368,10 @@ class TextGenVectorEnv(VectorEnv):
             mask[done_idx] = True
             infos = {"final_obs": final_obs, "_final_obs": mask, "final_info": infos, "_final_info": mask.copy()}
             reset_idx = done_idx
+        if running is not None and running.size:
+            infos.update(self._turn_infos(running, inserted))
         if reset_idx.size:
-            for i in reset_idx:
-                self._reset_slot(int(i), None, None)
+            self._reset_slots(reset_idx, None, None)
             reset_info = self._prompt_infos(reset_idx)
             if "prompt" in infos:  # NEXT_STEP: other slots ended this step; merge slot-wise like Gymnasium
                 m = reset_info["_prompt"]
@@ -284,14 +381,70 @@ class TextGenVectorEnv(VectorEnv):
                 infos.update(reset_info)
         return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), infos
 
+    def _completion_block(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The generated token ids of slots ``idx``, gathered in one go: ``(len(idx), T)`` ids, row ``j``
+        holding slot ``idx[j]``'s completion in its first ``lengths[j]`` entries, and ``lengths``."""
+        lengths = self._n_gen[idx]
+        T = int(lengths.max()) if lengths.size else 0
+        cols = self._prompt_len[idx][:, None] + np.arange(T)  # (B, T)
+        np.minimum(cols, self.setup.max_length - 1, out=cols)  # past a row's end: any valid index
+        return self._ids[idx[:, None], cols], lengths
+
     def _prompt_infos(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """The reset info of slots ``idx`` (their new prompt), in Gymnasium's vector layout."""
         mask = np.zeros(self.num_envs, dtype=bool)
         mask[idx] = True
-        names = np.full(self.num_envs, None, dtype=object)
+        slots = idx.tolist()
+        return {"prompt": self._slot_values(slots, [self._prompts[i] for i in slots]), "_prompt": mask}
+
+    def _slot_values(self, slots: list[int], values: list[Any]) -> np.ndarray:
+        """An ``(N,)`` object array holding ``values[j]`` at ``slots[j]`` and ``None`` elsewhere."""
+        out: list[Any] = [None] * self.num_envs
+        for i, v in zip(slots, values, strict=True):
+            out[i] = v
+        arr = np.empty(self.num_envs, dtype=object)
+        arr[:] = out
+        return arr
+
+    def _turn_ends(self, stepping: np.ndarray, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Multi-turn: ``(ends, turn_end)`` of the stepping slots after their tokens ``tok``: a turn ends at
+        the separator, EOS or the per-turn budget; the dialogue ends at EOS or after the last allowed turn."""
+        s = self.setup
+        eos = tok == s.eos_id if s.terminate_on_eos else np.zeros(stepping.size, dtype=bool)
+        turn_end = eos | (self._turn_len[stepping] >= s.max_new_tokens) | (tok == s.separator_id)
+        return eos | (turn_end & (self._turn[stepping] + 1 >= s.max_turns)), turn_end
+
+    def _write_replies(self, turned: np.ndarray, inserted: dict[int, np.ndarray]) -> None:
+        """Close the agent turns of slots ``turned`` and append the replies ``inserted`` to their
+        observations (context, never actions)."""
+        self._turn[turned] += 1
+        self._turn_len[turned] = 0
+        for i, reply in inserted.items():
+            start = self._prompt_len[i] + self._n_gen[i]
+            k = len(reply)
+            self._ids[i, start:start + k] = reply
+            self._mask[i, start:start + k] = 1
+            self._inserted[i, start:start + k] = 1
+            self._segments[i] += [int(self._n_gen[i]), int(self._n_gen[i]) + k]
+            self._n_gen[i] += k
+
+    def _turn_infos(self, idx: np.ndarray, inserted: dict[int, np.ndarray]) -> dict[str, Any]:
+        """Multi-turn infos of the slots ``idx`` whose agent turn ended this step, in Gymnasium's vector layout:
+        ``turn`` (agent turns finished), ``inserted_tokens`` (how many tokens the env appended after the
+        action, 0 when the dialogue ended) and ``inserted_mask`` ``(N, L)`` (1 on every inserted position of
+        the episode so far)."""
+        N = self.num_envs
+        mask = np.zeros(N, dtype=bool)
+        mask[idx] = True
+        turn = np.zeros(N, dtype=np.int64)
+        k = np.zeros(N, dtype=np.int64)
+        turn[idx] = self._turn[idx]
         for i in idx:
-            names[i] = self._prompts[i]
-        return {"prompt": names, "_prompt": mask}
+            k[i] = len(inserted[int(i)]) if int(i) in inserted else 0
+        ins = np.zeros_like(self._inserted)
+        ins[idx] = self._inserted[idx]
+        return {"turn": turn, "_turn": mask, "inserted_tokens": k, "_inserted_tokens": mask.copy(),
+                "inserted_mask": ins, "_inserted_mask": mask.copy()}
 
     def _end_infos(self, idx: np.ndarray, prompts: list[str], completions: list[str], scores: np.ndarray,
                    gold: list[float]) -> dict[str, Any]:
@@ -299,12 +452,11 @@ class TextGenVectorEnv(VectorEnv):
         N = self.num_envs
         mask = np.zeros(N, dtype=bool)
         mask[idx] = True
-        p = np.full(N, None, dtype=object)
-        c = np.full(N, None, dtype=object)
+        slots = idx.tolist()
+        p = self._slot_values(slots, prompts)
+        c = self._slot_values(slots, completions)
         r = np.zeros(N, dtype=np.float64)
         g = np.zeros(N, dtype=np.float64)
-        for j, i in enumerate(idx):
-            p[i], c[i] = prompts[j], completions[j]
         r[idx] = scores
         g[idx] = gold
         return {"prompt": p, "_prompt": mask, "completion": c, "_completion": mask.copy(),
@@ -316,8 +468,7 @@ class TextGenVectorEnv(VectorEnv):
         as Gymnasium's vector envs return them: a tuple)."""
         if self.render_mode is None:
             return None
-        completions = [self.setup.decode(self._ids[i, self._prompt_len[i]:self._prompt_len[i] + self._n_gen[i]])
-                       for i in range(self.num_envs)]
+        completions = self.setup.decode_block(*self._completion_block(self._rows))
         if self.render_mode == "rgb_array":
             from textenv.render import render_text
 

@@ -16,6 +16,7 @@ from textenv.rewards.base import (
     check_scores,
     reward_name,
 )
+from textenv.rewards.ensemble import Ensemble
 from textenv.rewards.hf import HFClassifierReward, LearnedRewardModel, read_reward_metadata
 from textenv.rewards.resolve import load_reward_model, resolve_reward_model
 from textenv.rewards.toxicity import ToxicityReward
@@ -25,6 +26,7 @@ __all__ = [
     "REWARD_METADATA_FILE",
     "CallableReward",
     "CompositeReward",
+    "Ensemble",
     "GoldReward",
     "HFClassifierReward",
     "LearnedRewardModel",

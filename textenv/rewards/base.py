@@ -97,6 +97,10 @@ def check_scores(scores: Any, n: int, name: str) -> np.ndarray:
         raise RewardModelError(
             f"reward model {name!r} returned {len(values)} scores for {n} (prompt, completion) pairs"
         )
+    if all(type(v) is float for v in values):  # the usual case, checked at C speed: Python floats
+        out = np.array(values, dtype=np.float64)
+        if np.isfinite(out).all():
+            return out
     out = np.empty(n, dtype=np.float64)
     for i, v in enumerate(values):
         if not isinstance(v, numbers.Real):

@@ -83,8 +83,34 @@ MODIFIER_RANGE = (0.25, 3.0)
 #: gold = logistic(polarity / TEMPERATURE).
 TEMPERATURE = 2.0
 
-_TOKEN_RE = re.compile(r"[a-z]+|[.!?;:,\n]")
 _NOT_RE = re.compile(r"n[’']t\b")
+
+# The scan works on bytes: the texts are encoded as UTF-8 and joined with 0xFF (a byte UTF-8 never writes),
+# then one bytes.translate lower-cases A-Z, keeps a-z and the punctuation tokens, turns the joins into \x00
+# (a token of its own that ends a text), "\n" into \x01 (which bytes.split keeps) and every other byte
+# into a space: UTF-8 writes every non-ASCII character with bytes >= 0x80, so none survives, as none is
+# part of a token.
+_PUNCT = b".!?;:,"
+_NEWLINE, _TEXT_SEP = b"\x01", b"\x00"
+_BYTE_MAP = bytes(
+    c + 32 if 65 <= c <= 90 else c if (97 <= c <= 122 or c in _PUNCT) else 1 if c == 10 else 0 if c == 255 else 32
+    for c in range(256)
+)
+_SPACED = [(bytes([c]), b" " + bytes([c]) + b" ") for c in _PUNCT + _NEWLINE]
+# What each token does in the scan, in the order the rules are tried (the first rule that applies wins):
+# sentence ends, clause breaks and contrast markers, then sentiment words, negators, intensifiers and the
+# second words of two-word dampeners; any other word clears a pending intensifier.
+_END, _BREAK, _CONTRAST, _SENTIMENT, _NEGATOR, _INTENSIFIER, _BIGRAM_TAIL, _TEXT_END = range(8)
+_KIND: dict[bytes, tuple[int, float]] = {_TEXT_SEP: (_TEXT_END, 0.0)}
+for _words, _kind in ((_SENTENCE_ENDS, _END), (_CLAUSE_BREAKS, _BREAK), (CONTRAST, _CONTRAST)):
+    for _w in _words:
+        _KIND.setdefault(_NEWLINE if _w == "\n" else _w.encode(), (_kind, 0.0))
+for _table, _kind in ((LEXICON, _SENTIMENT), (NEGATORS, _NEGATOR), (INTENSIFIERS, _INTENSIFIER)):
+    for _w, _v in _table.items():
+        _KIND.setdefault(_w.encode(), (_kind, _v))
+_BIGRAMS = {(a.encode(), b.encode()): v for (a, b), v in BIGRAM_INTENSIFIERS.items()}
+for (_, _b) in _BIGRAMS:
+    _KIND.setdefault(_b, (_BIGRAM_TAIL, 0.0))
 
 
 def review_polarity(text: str) -> float:
@@ -94,38 +120,73 @@ def review_polarity(text: str) -> float:
         >>> review_polarity("The plot was bad, but the acting was great.")
         3.5
     """
-    tokens = _TOKEN_RE.findall(_NOT_RE.sub(" not", text.lower()))
+    return review_polarities([text])[0]
+
+
+def review_polarities(texts: Sequence[str]) -> list[float]:
+    """:func:`review_polarity` of each text, scanned as one batch: the texts are tokenised together by bytes
+    methods (no regular expression unless a text has a quote) and read in one pass over the tokens, several
+    times faster than text by text.
+
+    Example:
+        >>> review_polarities(["A great film.", "It was not good", ""])
+        [3.0, -1.0, 0.0]
+    """
+    if not texts:
+        return []
+    parts = []
+    for t in texts:
+        # the str methods where bytes would differ: a quote (the "n't" rule), or one of the two characters
+        # besides A-Z that str.lower turns into ASCII letters (U+0130 and the Kelvin sign)
+        if "'" in t or "’" in t or "\u0130" in t or "\u212a" in t:
+            t = _NOT_RE.sub(" not", t.lower())
+        parts.append(t.encode("utf-8", "surrogatepass"))
+    blob = b" \xff ".join(parts).translate(_BYTE_MAP)
+    for p, spaced in _SPACED:
+        blob = blob.replace(p, spaced)
+    tokens = blob.split()
+    tokens.append(_TEXT_SEP)
     lo, hi = MODIFIER_RANGE
+    kind_of = _KIND.get
+    out: list[float] = []
     total = 0.0
-    seen: dict[str, int] = {}
+    seen: dict[bytes, int] = {}
     segments = [0.0]  # segment polarities of the current sentence, split at contrast markers
     negation = 1.0  # pending negation, scoped to the clause, consumed by the next sentiment word
     modifier = 1.0  # pending intensifier, only for the adjacent sentiment word
-    prev = ""
+    prev = b""
     for tok in tokens:
-        if tok in _SENTENCE_ENDS or tok in _CLAUSE_BREAKS or tok in CONTRAST:
-            negation = modifier = 1.0
-            if tok in CONTRAST:
-                segments.append(0.0)
-            elif tok in _SENTENCE_ENDS:
+        kv = kind_of(tok)
+        if kv is None:
+            modifier = 1.0
+        else:
+            kind, value = kv
+            if kind == _SENTIMENT:
+                count = seen.get(tok, 0)
+                if count < MAX_REPEATS:
+                    segments[-1] += value * negation * min(max(modifier, lo), hi)
+                seen[tok] = count + 1
+                negation = modifier = 1.0
+            elif kind == _INTENSIFIER:
+                modifier *= value
+            elif kind == _NEGATOR:
+                negation *= value
+            elif kind == _BIGRAM_TAIL:
+                modifier = _BIGRAMS.get((prev, tok), 1.0)
+            elif kind == _END:
+                negation = modifier = 1.0
                 total += _weigh(segments)
                 segments = [0.0]
-        elif tok in LEXICON:
-            count = seen.get(tok, 0)
-            if count < MAX_REPEATS:
-                segments[-1] += LEXICON[tok] * negation * min(max(modifier, lo), hi)
-            seen[tok] = count + 1
-            negation = modifier = 1.0
-        elif tok in NEGATORS:
-            negation *= NEGATORS[tok]
-        elif tok in INTENSIFIERS:
-            modifier *= INTENSIFIERS[tok]
-        elif (prev, tok) in BIGRAM_INTENSIFIERS:
-            modifier = BIGRAM_INTENSIFIERS[(prev, tok)]
-        else:
-            modifier = 1.0
+            elif kind == _BREAK:
+                negation = modifier = 1.0
+            elif kind == _CONTRAST:
+                negation = modifier = 1.0
+                segments.append(0.0)
+            else:  # the end of one text: its score, and a fresh state for the next
+                out.append(total + _weigh(segments))
+                total, seen, segments, negation, modifier = 0.0, {}, [0.0], 1.0, 1.0
         prev = tok
-    return total + _weigh(segments)
+    return out
 
 
 def _weigh(segments: list[float]) -> float:
@@ -176,40 +237,40 @@ def _pick(seq: Sequence[str], u: float) -> str:
     return seq[int(u * len(seq))]
 
 
-def _t_aspect(u: np.ndarray) -> str:
+def _t_aspect(u: list[float]) -> str:
     a, pl = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: The {a} {_be(pl)}"
 
 
-def _t_aspect_in_kind(u: np.ndarray) -> str:
+def _t_aspect_in_kind(u: list[float]) -> str:
     a, pl = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: The {a} in this {_pick(_KINDS, u[2])} {_be(pl)}"
 
 
-def _t_watched(u: np.ndarray) -> str:
+def _t_watched(u: list[float]) -> str:
     a, _ = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: I watched this {_pick(_KINDS, u[2])} {_pick(_CONTEXTS, u[3])} and the {a}"
 
 
-def _t_saw_honestly(u: np.ndarray) -> str:
+def _t_saw_honestly(u: list[float]) -> str:
     return f"Review: I saw this {_pick(_KINDS, u[2])} {_pick(_CONTEXTS, u[3])}, and honestly I"
 
 
-def _t_about(u: np.ndarray) -> str:
+def _t_about(u: list[float]) -> str:
     return f"Review: This {_pick(_KINDS, u[2])} about {_pick(_TOPICS, u[3])} is"
 
 
-def _t_opener(u: np.ndarray) -> str:
+def _t_opener(u: list[float]) -> str:
     a, pl = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: {_pick(_OPENERS, u[3])}, the {a} {_be(pl)}"
 
 
-def _t_fan(u: np.ndarray) -> str:
+def _t_fan(u: list[float]) -> str:
     a, pl = _ASPECTS[int(u[1] * len(_ASPECTS))]
     return f"Review: As a fan of {_pick(_GENRES, u[3])}, I thought the {a} {_be(pl)}"
 
 
-def _t_mixed(u: np.ndarray) -> str:
+def _t_mixed(u: list[float]) -> str:
     # The one sentiment-laden opening: the completion must outweigh it after "but".
     n = len(_ASPECTS)
     i = int(u[1] * n)
@@ -218,7 +279,7 @@ def _t_mixed(u: np.ndarray) -> str:
     return f"Review: The {a} {_be(pl)} {_pick(_PROMPT_ADJ, u[3])}, but the {_ASPECTS[j][0]}"
 
 
-def _t_relation(u: np.ndarray) -> str:
+def _t_relation(u: list[float]) -> str:
     return (f"Review: My {_pick(_RELATIONS, u[1])} picked this {_pick(_KINDS, u[2])} "
             f"{_pick(_WHENS, u[3])}, and I")
 
@@ -355,7 +416,7 @@ class SentimentTask(Task):
 
     def generate_prompt(self, rng: np.random.Generator) -> str:
         """A review opening from the prompt grammar (one ``rng.random(4)`` draw)."""
-        u = rng.random(4)
+        u = rng.random(4).tolist()  # Python floats: the same values, and cheaper to index and multiply
         t = 0
         while t < len(_TEMPLATE_CDF) - 1 and u[0] >= _TEMPLATE_CDF[t]:
             t += 1
@@ -401,4 +462,4 @@ class SentimentTask(Task):
         """``logistic(polarity(prompt + completion) / 2)`` per pair (see the class docstring)."""
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
-        return [polarity_to_score(review_polarity(p + c)) for p, c in zip(prompts, completions, strict=True)]
+        return [polarity_to_score(x) for x in review_polarities([p + c for p, c in zip(prompts, completions, strict=True)])]
