@@ -119,6 +119,22 @@ class Context:
         b = n // self.world_size
         return slice(self.rank * b, (self.rank + 1) * b)
 
+    def local_indices(self, idx: torch.Tensor, n: int) -> tuple[torch.Tensor, bool]:
+        """The entries of global indices ``idx`` (into a batch of ``n``) that fall in this rank's shard, as
+        indices into the shard, and whether there were any. A rank with none gets index ``[0]`` back (and
+        ``False``): it computes its loss on one episode with weight 0, so that it runs the same backward as
+        the others and contributes nothing. (The ranks' parts of a minibatch are then uneven, and the others
+        wait at the all-reduce for the busiest: :meth:`gather_batch` with :meth:`minibatch_part` gives
+        equal parts, as PPO and GRPO use.)"""
+        if not self.active:
+            return idx, idx.numel() > 0
+        s = self.shard(n)
+        keep = (idx >= s.start) & (idx < s.stop)
+        local = idx[keep] - s.start
+        if local.numel() == 0:
+            return torch.zeros(1, dtype=idx.dtype, device=idx.device), False
+        return local, True
+
     # -------------------------------------------------------------------------------------- collectives
     def all_sum(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` summed over ranks (a new tensor; ``x`` itself when there is one process)."""

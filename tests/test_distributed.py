@@ -384,6 +384,11 @@ def test_one_process_context_is_the_identity():
     assert Context(rank=0, world_size=2).minibatch_part(torch.tensor([5, 1, 7, 0, 2]))[0].tolist() == [5, 1, 7]
     part, here = two.minibatch_part(torch.tensor([3]))
     assert not here and part.tolist() == [3]  # a stand-in episode, weighted 0
+    assert ctx.local_indices(idx, 3)[0] is idx
+    local, here = two.local_indices(torch.tensor([5, 1, 7]), 8)
+    assert here and local.tolist() == [1, 3]
+    local, here = two.local_indices(torch.tensor([0, 3]), 8)
+    assert not here and local.tolist() == [0]  # a stand-in episode, weighted 0
 
 
 def test_concat_rollouts_repads_prompts_and_completions():
