@@ -184,23 +184,6 @@ class Context:
             fields[name] = self.gather(getattr(batch, name))
         return batch._replace(**fields)
 
-    def local_indices(self, idx: torch.Tensor, n: int) -> tuple[torch.Tensor, bool]:
-        """The entries of global indices ``idx`` (into a batch of ``n``, sharded by :meth:`shard`) that fall in
-        this rank's shard, as indices into the shard, and whether there were any. A rank with none gets index
-        ``[0]`` back (and ``False``): it computes its loss on one episode with weight 0, so that it runs the
-        same forward and backward as the others (FSDP's collectives included) and contributes nothing.
-
-        For updates that keep each rank's own shard (DAPO, GSPO, REINFORCE++) instead of gathering the batch
-        (:meth:`gather_batch` and :meth:`minibatch_part`, which balance the ranks' work)."""
-        if not self.active:
-            return idx, idx.numel() > 0
-        s = self.shard(n)
-        keep = (idx >= s.start) & (idx < s.stop)
-        local = idx[keep] - s.start
-        if local.numel() == 0:
-            return torch.zeros(1, dtype=idx.dtype, device=idx.device), False
-        return local, True
-
     def minibatch_part(self, idx: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """This rank's equal part of a minibatch's global indices ``idx`` (into the gathered global batch,
         :meth:`gather_batch`): ``idx`` split into ``world_size`` contiguous parts whose sizes differ by at
