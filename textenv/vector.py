@@ -228,18 +228,29 @@ class TextGenVectorEnv(VectorEnv):
         s = self.setup
         N = self.num_envs
         rewards = np.zeros(N, dtype=np.float64)
-        terminated = np.zeros(N, dtype=bool)
         stepping = self._active.nonzero()[0]
-        pos = self._prompt_len[stepping] + self._n_gen[stepping]
-        tok = a[stepping]
-        self._ids[stepping, pos] = tok
-        self._mask[stepping, pos] = 1
-        self._n_gen[stepping] += 1
-        ends = self._n_gen[stepping] >= s.max_new_tokens
-        if s.terminate_on_eos:
-            ends |= tok == s.eos_id
-        terminated[stepping] = ends
-        done_idx = stepping[ends]
+        if stepping.size == N:  # every slot steps (the usual case): whole arrays, no gathers
+            pos = self._prompt_len + self._n_gen
+            tok = a
+            self._ids[stepping, pos] = tok
+            self._mask[stepping, pos] = 1
+            self._n_gen += 1
+            terminated = self._n_gen >= s.max_new_tokens
+            if s.terminate_on_eos:
+                terminated |= tok == s.eos_id
+            done_idx = terminated.nonzero()[0]
+        else:
+            pos = self._prompt_len[stepping] + self._n_gen[stepping]
+            tok = a[stepping]
+            self._ids[stepping, pos] = tok
+            self._mask[stepping, pos] = 1
+            self._n_gen[stepping] += 1
+            ends = self._n_gen[stepping] >= s.max_new_tokens
+            if s.terminate_on_eos:
+                ends |= tok == s.eos_id
+            terminated = np.zeros(N, dtype=bool)
+            terminated[stepping] = ends
+            done_idx = stepping[ends]
         infos: dict[str, Any] = {}
         scored_idx = stepping if s.reward_mode == "dense" else done_idx
         if scored_idx.size:
@@ -274,12 +285,14 @@ class TextGenVectorEnv(VectorEnv):
                 rewards[scored_idx] = scores
             if done_idx.size:
                 infos = self._end_infos(done_idx, end_prompts, end_completions, scores[at_end], gold)
-        self._active[done_idx] = False
+        if done_idx.size:
+            self._active[done_idx] = False
         mode = self.autoreset_mode
-        reset_idx = np.zeros(0, dtype=np.int64)
+        reset_idx = done_idx[:0]
         if mode == AutoresetMode.NEXT_STEP:
             reset_idx = self._needs_reset.nonzero()[0]
-            self._needs_reset[done_idx] = True
+            if done_idx.size:
+                self._needs_reset[done_idx] = True
         elif mode == AutoresetMode.SAME_STEP and done_idx.size:
             final_obs = np.full(N, None, dtype=object)
             for i in done_idx:
