@@ -31,7 +31,9 @@ class TextGenVectorEnv(VectorEnv):
     Same MDP, arguments and observations as :class:`textenv.env.TextGenEnv` (read its docstring), batched:
     observations are ``(N, L)`` arrays, actions an ``(N,)`` integer array, rewards and flags ``(N,)`` arrays.
     The reward model is called once per step on the batch of episodes that finished in it (or, in dense
-    mode, on every active prefix). Slot ``i`` reset with ``seed=s`` draws the same prompts as a single
+    mode, on every active prefix); the rest of the episode-end work is batched too: one decode of every
+    finished completion (:meth:`~textenv.setup.EnvSetup.decode_block`) and one call of the task's gold
+    scorer. Slot ``i`` reset with ``seed=s`` draws the same prompts as a single
     ``TextGenEnv`` reset with ``seed=s+i``, so results match ``gym.make_vec(..., vectorization_mode="sync")``.
 
     Autoreset modes (``autoreset_mode=``, Gymnasium's names):
