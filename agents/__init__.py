@@ -15,15 +15,20 @@ stable-baselines3 runs unmodified through :mod:`agents.sb3`; the ``textenv`` con
 from __future__ import annotations
 
 from agents.base import Agent, AgentConfig
+from agents.best_of_n import BestOfN, BestOfNConfig
 from agents.contract import Learner, evaluation_seed
+from agents.dapo import DAPO, DAPOConfig
 from agents.grpo import GRPO, GRPOConfig
+from agents.gspo import GSPO, GSPOConfig
 from agents.policy import LMPolicy
 from agents.ppo import PPO, PPOConfig
 from agents.registry import AGENTS, get_agent_class, make_agent
 from agents.reinforce import REINFORCE, REINFORCEConfig
+from agents.reinforce_pp import REINFORCEPP, REINFORCEPPConfig
 from agents.rloo import RLOO, RLOOConfig
 from agents.rollout import RolloutBatch, collect_rollout
 
-__all__ = ["AGENTS", "GRPO", "PPO", "REINFORCE", "RLOO", "Agent", "AgentConfig", "GRPOConfig", "LMPolicy", "Learner",
+__all__ = ["AGENTS", "DAPO", "GSPO", "REINFORCEPP", "BestOfN", "BestOfNConfig", "DAPOConfig", "GSPOConfig",
+           "REINFORCEPPConfig", "GRPO", "PPO", "REINFORCE", "RLOO", "Agent", "AgentConfig", "GRPOConfig", "LMPolicy", "Learner",
            "PPOConfig", "REINFORCEConfig", "RLOOConfig", "RolloutBatch", "collect_rollout", "evaluation_seed",
            "get_agent_class", "make_agent"]

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from agents import distributed
+from agents import distributed, fsdp
 from agents.contract import evaluation_seed
-from agents.core import KLKind
+from agents.core import KL_PLACEMENTS, KLKind, KLPlacement
 from agents.policy import LMPolicy, resolve_lora_targets
 from agents.rollout import (
     RolloutBatch,
@@ -38,16 +38,33 @@ from textenv.training.loop import check_finite, check_finite_weights
 if TYPE_CHECKING:
     from textenv.vector import TextGenVectorEnv
 
+#: policy names built with random weights: a checkpoint must store their reference (it cannot be rebuilt)
+RANDOM_POLICIES = ("tiny", "tiny-t5")
+
 #: the native agent classes by ``name``, filled as each concrete subclass is defined (see
 #: ``Agent.__init_subclass__``); :mod:`agents.registry` exposes it, :meth:`Agent.load` reads it
 AGENT_CLASSES: dict[str, type[Agent]] = {}
 #: the file every agent checkpoint holds (its presence marks a complete checkpoint)
 CHECKPOINT_MARKER = "agent.json"
 _SCALARS = (str, int, float, bool)
+#: how the ranks of a torchrun job hold the policy: whole (DDP-style all-reduce) or sharded (FSDP2)
+STRATEGIES = ("ddp", "fsdp")
 
 @dataclasses.dataclass
 class AgentConfig:
-    """Hyperparameters every agent has. Subclasses add their own; every field is validated."""
+    """Hyperparameters every agent has. Subclasses add their own; every field is validated.
+
+    The KL to the reference goes where ``kl_in`` says, estimated per token by ``kl_estimator`` (see
+    :func:`agents.core.kl_surrogate` for the expected gradients of each combination):
+
+    - ``"reward"`` (the default here): ``kl_coef`` times the estimate is subtracted from the reward, as in
+      RLHF-PPO (Ziegler et al. 2019, Ouyang et al. 2022). With ``"k1"`` (the default estimator) this is the
+      one combination whose gradient is an unbiased estimate of grad KL(pi || ref) over whole sequences,
+      hence the defaults of PPO, REINFORCE and RLOO.
+    - ``"loss"``: ``kl_coef`` times the estimate, aggregated as the agent's policy loss is, is added to the
+      loss and differentiated. Unbiased per token only with ``"k2"``; ``"k1"`` gives no gradient in
+      expectation and ``"k3"`` (GRPO's default, as DeepSeekMath and TRL) follows the reverse KL(ref || pi).
+    """
 
     batch_size: int = 64  # episodes per rollout (= vector env slots)
     learning_rate: float = 5e-5  # AdamW learning rate
@@ -55,6 +72,7 @@ class AgentConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     kl_coef: float = 0.05  # beta: weight of the KL to the reference
     kl_estimator: KLKind = "k1"  # estimator of the per-token KL to the reference (Schulman's k1/k2/k3)
+    kl_in: KLPlacement = "reward"  # where the KL goes: "reward" (penalised reward) or "loss" (a loss term)
     temperature: float = 1.0  # sampling temperature of the policy
     seed: int = 0  # seed of the rollouts and of the evaluation stream
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
@@ -63,6 +81,7 @@ class AgentConfig:
     lora_r: int | None = None  # LoRA rank (peft, pip install 'textenv[lora]'); unset: full fine-tuning
     lora_alpha: float | None = None  # LoRA scale alpha (the update is alpha / r times B A); unset: 2 * lora_r
     lora_target_modules: str = "auto"  # LoRA layers: auto (by architecture), all-linear, or comma-separated names
+    strategy: str = "ddp"  # under torchrun: "ddp" (whole weights on every rank) | "fsdp" (sharded: agents.fsdp)
 
     def __post_init__(self) -> None:
         self.check_types()
@@ -124,6 +143,8 @@ class AgentConfig:
                 raise ValueError(f"{name} must be >= 0, got {v!r}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+        if self.kl_in not in KL_PLACEMENTS:
+            raise ValueError(f"kl_in must be 'reward' or 'loss', got {self.kl_in!r}")
         self.device = check_device(self.device)  # a torch.device becomes its string (checkpoints are JSON)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
@@ -135,6 +156,11 @@ class AgentConfig:
             if not self.lora_alpha > 0:
                 raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
         resolve_lora_targets("", self.lora_target_modules)  # a bad name list raises here, naming it
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        if self.strategy == "fsdp" and self.lora_r is not None:
+            raise ValueError(f"strategy 'fsdp' does not support LoRA (lora_r={self.lora_r}): a LoRA run trains a "
+                             f"small adapter on a frozen base, which DDP replicates cheaply; use strategy 'ddp'")
 
 
 def read_agent_meta(meta_file: str | os.PathLike[str]) -> dict[str, Any]:
@@ -168,7 +194,8 @@ def check_policy_fits_env(policy: LMPolicy, env: Any, *, larger_head: bool = Tru
       vocabulary (it cannot read some tokens);
     - its tokenizer has another size, or the same size but other tokens, than the env's (the policy would read
       ids as other text);
-    - its context length (``n_positions``) is shorter than the env's ``max_prompt_tokens + max_new_tokens``.
+    - its context length (``n_positions``) is shorter than the env's observation length (single-turn:
+      ``max_prompt_tokens + max_new_tokens``).
     """
     env_tok = getattr(env, "tokenizer", None)
     n_actions = int(env.vocab_size)
@@ -196,10 +223,15 @@ def check_policy_fits_env(policy: LMPolicy, env: Any, *, larger_head: bool = Tru
     n_positions = policy_context_length(policy.model)
     setup = getattr(env, "setup", None)
     if n_positions is not None and setup is not None and n_positions < setup.max_length:
+        need = (f"max_prompt_tokens + max_new_tokens = {setup.max_prompt_tokens} + {setup.max_new_tokens}"
+                if not getattr(setup, "multi_turn", False) else
+                f"max_prompt_tokens + max_turns * max_new_tokens + (max_turns - 1) * max_inserted_tokens = "
+                f"{setup.max_prompt_tokens} + {setup.max_turns} * {setup.max_new_tokens} + "
+                f"{setup.max_turns - 1} * {setup.max_inserted_tokens}")
         raise ValueError(
-            f"the policy's context length is {n_positions} positions but the env needs max_prompt_tokens + "
-            f"max_new_tokens = {setup.max_prompt_tokens} + {setup.max_new_tokens} = {setup.max_length}; lower "
-            f"max_new_tokens / max_prompt_tokens (env_kwargs) or use a policy with n_positions >= {setup.max_length}"
+            f"the policy's context length is {n_positions} positions but the env needs {need} = "
+            f"{setup.max_length}; lower max_new_tokens / max_prompt_tokens (env_kwargs) or use a policy with "
+            f"n_positions >= {setup.max_length}"
         )
 
 
@@ -281,7 +313,7 @@ class Agent(ABC):
                                                    with_reference=self.config.lora_r is None)
             # a directory is recorded absolute (the reference is reloaded from it); "tiny" is random, so a
             # checkpoint stores its reference (see save)
-            self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", "tiny")
+            self.policy_source = (str(Path(policy).resolve()) if str(policy) not in ("default", *RANDOM_POLICIES)
                                   else str(policy))
         self._apply_memory_settings()  # LoRA first: with it the reference is the model itself, not cast
         self.dtype: torch.dtype = resolve_dtype(self.config.dtype, self.device)
@@ -308,6 +340,10 @@ class Agent(ABC):
                                  f"{self.rollout_size()} episodes{per_rank}")
         check_policy_fits_env(self.policy, self.envs)
         self.dist.broadcast_module(self.policy, self.policy.ref_model)  # every rank starts from rank 0's weights
+        #: whether this rank holds a shard of the policy (strategy "fsdp" under torchrun; one process: whole)
+        self.sharded = self.dist.active and self.config.strategy == "fsdp"
+        if self.sharded:  # before the optimizer, which must hold the shards
+            fsdp.shard_policy(self.policy, fsdp.device_mesh(self.device, self.dist.world_size))
         self.optimizer = make_optimizer(self.policy.parameters(), self.config.learning_rate,
                                         self.config.weight_decay, self.device)
         self.episodes = 0
@@ -377,8 +413,18 @@ class Agent(ABC):
             n_prompts = b * world_size // G
             distinct = [envs.sample_prompt(rng, split) for _ in range(n_prompts)]
             prompts = [p for p in distinct for _ in range(G)][rank * b:(rank + 1) * b]
-        return collect_rollout(self.policy, envs, seed=seed, prompts=prompts, split=split,
-                               with_values=self.uses_values, generator=gen)
+        if not self.sharded:
+            return collect_rollout(self.policy, envs, seed=seed, prompts=prompts, split=split,
+                                   with_values=self.uses_values, generator=gen)
+        # FSDP: the policy is gathered whole for the episodes (no communication per token), then freed
+        # before the reference is gathered for its one forward
+        with fsdp.gathered(self.policy):
+            batch = collect_rollout(self.policy, envs, seed=seed, prompts=prompts, split=split,
+                                    with_values=self.uses_values, generator=gen, with_ref=False)
+        if self.policy.has_reference:
+            ref = self.policy.ref_logprobs(batch.query_ids, batch.query_mask, batch.tokens, batch.mask)
+            batch = batch._replace(ref_logprobs=ref * batch.mask)
+        return batch
 
     def _to_device(self, batch: RolloutBatch) -> RolloutBatch:
         moved: dict[str, Any] = {k: v.to(self.device) for k, v in batch._asdict().items()
@@ -435,13 +481,15 @@ class Agent(ABC):
         TRL) evaluates on the same prompts with the same random stream.
         """
         seed = evaluation_seed(self.config.seed) if seed is None else seed
-        return evaluate_policy(self.policy, self.envs, num_episodes, split=split, seed=seed)
+        with fsdp.gathered(self.policy):  # under FSDP a collective: every rank calls it
+            return evaluate_policy(self.policy, self.envs, num_episodes, split=split, seed=seed)
 
     def samples(self, n: int = 4, split: str = "test", seed: int | None = None) -> list[tuple[str, str]]:
         """``n`` (prompt, completion) pairs sampled from the current policy on held-out prompts (seeded as
         :meth:`evaluate`)."""
         seed = evaluation_seed(self.config.seed) if seed is None else seed
-        return sample_completions(self.policy, self.envs, n, split=split, seed=seed)
+        with fsdp.gathered(self.policy):  # under FSDP a collective: every rank calls it
+            return sample_completions(self.policy, self.envs, n, split=split, seed=seed)
 
     # ------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -464,23 +512,30 @@ class Agent(ABC):
         ``"files"``, which :meth:`load` checks) and ``optimizer.pt`` (tensors only)."""
         path = Path(path)
         check_finite_weights(f"{self.name} after {self.episodes} episodes", self.policy)
+        with_ref = self.policy_source in (None, *RANDOM_POLICIES) and self.policy.ref_model is not None
+        full: dict[str, Any] = {}
+        if self.sharded:  # every rank takes part in gathering the full state dicts; rank 0 writes them
+            full = {"policy": fsdp.full_model_state_dict(self.policy),
+                    "reference": fsdp.frozen_full_state_dict(self.policy.ref_model) if with_ref else None,
+                    "optimizer": fsdp.full_optimizer_state_dict(self.policy, self.optimizer)}
         if not self.dist.is_main:  # under torchrun rank 0 writes (the ranks hold the same weights)
             self.dist.barrier()
             return path
         try:
-            self._write_checkpoint(path)
+            self._write_checkpoint(path, with_ref, full)
         finally:
             self.dist.barrier()
         return path
 
-    def _write_checkpoint(self, path: Path) -> None:
+    def _write_checkpoint(self, path: Path, with_ref: bool, full: dict[str, Any]) -> None:
         state = self.state()  # before the write: hashing a reward-model directory may fail
         with io.atomic_dir(path) as tmp:
-            self.policy.save(tmp / "policy")
-            if self.policy_source in (None, "tiny") and self.policy.ref_model is not None:
+            self.policy.save(tmp / "policy", state_dict=full.get("policy"))
+            if with_ref:
                 with quiet_progress():
-                    self.policy.ref_model.save_pretrained(str(tmp / "reference"))
-            torch.save({"optimizer": self.optimizer.state_dict()}, tmp / "optimizer.pt")
+                    self.policy.ref_model.save_pretrained(str(tmp / "reference"), state_dict=full.get("reference"))
+            optimizer = full["optimizer"] if self.sharded else self.optimizer.state_dict()
+            torch.save({"optimizer": optimizer}, tmp / "optimizer.pt")
             state["files"] = io.file_digests(tmp)  # checked by load: a changed byte is an error
             (tmp / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=1))
 
@@ -538,7 +593,10 @@ class Agent(ABC):
         opt_file = path / "optimizer.pt"
         try:
             opt = torch.load(opt_file, map_location=agent.device, weights_only=True)
-            agent.optimizer.load_state_dict(opt["optimizer"])
+            if agent.sharded:  # every rank loaded the whole state: each keeps its shards
+                fsdp.load_optimizer_state_dict(agent.policy, agent.optimizer, opt["optimizer"])
+            else:
+                agent.optimizer.load_state_dict(opt["optimizer"])
         except Exception as exc:  # truncated, not a torch file, or a state of another optimizer
             raise ValueError(f"cannot load the optimizer state {str(opt_file)!r}: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:400]) from None
@@ -564,7 +622,13 @@ class Agent(ABC):
         iteration, before the optimizer applies it (on every rank: both are global)."""
         where = f"{self.name} iteration {self.iteration + 1} (after {self.episodes} episodes)"
         self.optimizer.zero_grad(set_to_none=True)
-        if self.dist.active:
+        if self.sharded:  # FSDP averages the gradients over ranks: scale each rank's share before the backward
+            head = self.dist.all_sum(torch.tensor([float(loss.detach()) * weight, weight], dtype=torch.float64,
+                                                  device=self.dist._comm_device()))
+            total = float(head[1])
+            check_finite(where, loss=float(head[0]) / total if total > 0 else float(loss.detach()))
+            (loss * (self.dist.world_size * weight / total if total > 0 else 0.0)).backward()
+        elif self.dist.active:
             (loss * weight).backward()
             check_finite(where, loss=self.dist.reduce_gradients(self.policy.parameters(), loss, float(weight)))
         else:
@@ -582,12 +646,28 @@ def env_record(env_kwargs: dict[str, Any], env_id: str | None, envs: Any) -> dic
     (``unsaved_env_kwargs``) and the reward model's spec (``reward_model``, see :mod:`textenv.rewards.spec`):
     the ``reward_model=`` argument for an env built from an id, the env's resolved one otherwise."""
     rm = env_kwargs.get("reward_model", "default") if env_id is not None else envs.reward_model
+    # a task object that can describe itself (textenv.tasks.Task.spec, e.g. a DatasetTask of a file) is kept
+    # as its JSON record, which the env's task= accepts back
+    recorded = {k: _task_record(v) for k, v in env_kwargs.items() if k != "reward_model"}
     return {
-        "env_kwargs": {k: v for k, v in env_kwargs.items() if k != "reward_model" and isinstance(v, _SCALARS)},
-        "unsaved_env_kwargs": sorted(k for k, v in env_kwargs.items()
-                                     if k != "reward_model" and not isinstance(v, _SCALARS)),
+        "env_kwargs": {k: v for k, v in recorded.items() if _recordable(k, v)},
+        "unsaved_env_kwargs": sorted(k for k, v in recorded.items() if not _recordable(k, v)),
         "reward_model": describe_reward_model(rm),
     }
+
+
+def _recordable(key: str, value: Any) -> bool:
+    return isinstance(value, _SCALARS) or (key == "task" and isinstance(value, dict))
+
+
+def _task_record(value: Any) -> Any:
+    """``value`` itself, or the JSON record of a task object that has one (``Task.spec()``)."""
+    from textenv.tasks import Task
+
+    if isinstance(value, Task):
+        spec = value.spec()
+        return spec if spec is not None else value
+    return value
 
 
 def rebuild_env(meta: dict[str, Any], where: str, env: Any = None,

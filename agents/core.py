@@ -40,6 +40,7 @@ __all__ = [
     "gae",
     "group_advantages",
     "kl_penalty",
+    "kl_surrogate",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 KLKind = Literal["k1", "k2", "k3"]
+KLPlacement = Literal["reward", "loss"]
 GroupNormalization = Literal["grpo", "dr_grpo", "batch_std"]
 LossMode = Literal["token_mean", "seq_mean", "constant"]
 Dim = int | tuple[int, ...] | None
@@ -200,6 +202,45 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind = "k1") -> T
     return estimator(logprobs - ref_logprobs)
 
 
+KL_PLACEMENTS = ("reward", "loss")
+
+
+def kl_surrogate(logprobs: Tensor, ref_logprobs: Tensor, kind: KLKind = "k1",
+                 placement: KLPlacement = "reward") -> Tensor:
+    """Per-token surrogate whose gradient is the gradient estimate of KL(pi || ref) that an agent following
+    ``placement`` uses, from a token sampled from pi (``logprobs`` carries the gradient).
+
+    - ``"reward"``: the estimate k (detached) is subtracted from the reward, so it reaches the policy through
+      the score function: surrogate = k.detach() * log pi(a), gradient k * grad log pi(a).
+    - ``"loss"``: the estimate is added to the loss and differentiated through log pi(a): surrogate = k, with
+      the sampling distribution held fixed (GRPO's k3 term, DeepSeekMath; TRL ``GRPOTrainer``).
+
+    Expected gradients on one categorical, E_{a ~ pi}[grad surrogate(a)] (``tests/test_kl_placement.py``
+    checks them exactly, by enumeration), against grad KL(pi || ref):
+
+    ============  ====================================  ==================================================
+    estimator     ``"reward"``                          ``"loss"``
+    ============  ====================================  ==================================================
+    k1            grad KL(pi || ref): **unbiased**      E[grad log pi] = 0: no gradient at all
+    k2            biased (grad of E[d^2 / 2] misses     E[d grad log pi] = grad KL(pi || ref): **unbiased**
+                  the pathwise term)
+    k3            biased                                grad KL(ref || pi): the *reverse* KL's gradient
+    ============  ====================================  ==================================================
+
+    (d = log pi(a) - log ref(a).) Over sequences, k1 in the reward stays unbiased when the KL is part of the
+    return every earlier token is credited with (REINFORCE's sequence return, PPO's per-token reward through
+    GAE with gamma = lam = 1); k2 in the loss is unbiased only for each visited state's next-token KL and
+    ignores how a token changes the KL of the states after it (Tang and Munos 2025, "On a few pitfalls in KL
+    divergence gradient estimation for RL").
+    """
+    if placement not in KL_PLACEMENTS:
+        raise ValueError(f"unknown KL placement {placement!r}; expected one of {list(KL_PLACEMENTS)}")
+    kl = kl_penalty(logprobs, ref_logprobs, kind)
+    if placement == "reward":
+        return kl.detach() * logprobs
+    return kl
+
+
 # --------------------------------------------------------------------------------------------------------
 # Returns and advantages
 # --------------------------------------------------------------------------------------------------------
@@ -245,6 +286,29 @@ def gae(
         advantages_reversed.append(advantage)
     advantages = torch.stack(advantages_reversed[::-1], dim=1)  # (B, T)
     returns = torch.where(valid, advantages + values, zero)
+    return advantages, returns
+
+
+def gae_over_mask(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """:func:`gae` along each row's masked tokens only: the positions outside the mask *inside* a row are
+    skipped, as if they were not there, instead of ending the episode.
+
+    This is GAE over the agent's steps of a multi-turn episode, whose tokens sit between tokens the env
+    inserted (another speaker's turns, masked out): the state after an agent token is the state before its
+    next agent token, so ``V_{t+1}`` is that token's value. With a mask that is contiguous from the start of
+    each row (single-turn episodes) it equals :func:`gae`. Returns ``(advantages, returns)``, (B, T), 0
+    outside the mask.
+    """
+    _check_shapes(rewards=rewards, values=values, mask=mask)
+    valid = mask.bool()  # (B, T)
+    # each row's masked positions first, in order (a stable sort on "not masked")
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # (B, T)
+    adv_p, ret_p = gae(rewards.gather(1, order), values.gather(1, order), mask.gather(1, order),
+                       gamma, lam)  # (B, T) each, on the packed layout
+    advantages = torch.zeros_like(adv_p).scatter(1, order, adv_p)
+    returns = torch.zeros_like(ret_p).scatter(1, order, ret_p)
     return advantages, returns
 
 
@@ -404,11 +468,15 @@ def ppo_policy_loss(
     clip_range: float,
     mode: LossMode = "token_mean",
     max_len: int | None = None,
+    clip_range_high: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate loss (Schulman et al. 2017, "Proximal Policy Optimization Algorithms"):
 
     ratio = exp(logprobs - old_logprobs),
-    l_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps)),   loss = aggregate_loss(l, mask, mode).
+    l_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps_high)),   loss = aggregate_loss(l, mask, mode),
+
+    with eps = ``clip_range`` and eps_high = ``clip_range_high`` (default: eps, the symmetric clip; DAPO's
+    "clip-higher", Yu et al. 2025, takes eps_high > eps).
 
     ``advantages`` is (B, T), or (B,) for one advantage per sequence (GRPO, RLOO, REINFORCE). Returns
     ``(loss, stats)``; ``stats`` holds detached 0-dim tensors over valid tokens:
@@ -421,6 +489,9 @@ def ppo_policy_loss(
     """
     if clip_range <= 0:
         raise ValueError(f"clip_range must be > 0, got {clip_range}")
+    high = clip_range if clip_range_high is None else clip_range_high
+    if high <= 0:
+        raise ValueError(f"clip_range_high must be > 0, got {clip_range_high}")
     _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs, mask=mask)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # (B, 1): broadcasts over T
@@ -431,7 +502,7 @@ def ppo_policy_loss(
     logratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(logratio)  # (B, T)
     pg_losses = -advantages * ratio  # (B, T)
-    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)  # (B, T)
+    pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)  # (B, T)
     per_token_loss = torch.maximum(pg_losses, pg_losses_clipped)  # (B, T)
     loss = aggregate_loss(per_token_loss, mask, mode, max_len)
     with torch.no_grad():

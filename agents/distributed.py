@@ -25,7 +25,10 @@ How (the design, see also README "Scaling"):
 - Batch statistics (GRPO group and batch-std advantages, PPO's whitening and explained variance, the
   REINFORCE mean / EMA baseline, the adaptive KL's mean) are computed over the global batch, from the
   gathered per-episode values. Minibatches are drawn from one permutation of the global batch (the same
-  on every rank); each rank takes the episodes of a minibatch that are in its shard.
+  on every rank). PPO and GRPO gather the whole rollout batch once per update (token ids and per-token
+  floats, :meth:`Context.gather_batch`) and each rank trains on an equal part of every minibatch
+  (:meth:`Context.minibatch_part`), so that no rank waits at the all-reduce for one that holds more of
+  the minibatch (issue 11: this lifted PPO's 2-process scaling, see README "Scaling").
 - Rank 0 alone writes (metrics, checkpoints, summary) and shows the progress bar; the others wait at a
   barrier. Every rank loads a checkpoint to resume.
 """
@@ -116,20 +119,6 @@ class Context:
         b = n // self.world_size
         return slice(self.rank * b, (self.rank + 1) * b)
 
-    def local_indices(self, idx: torch.Tensor, n: int) -> tuple[torch.Tensor, bool]:
-        """The entries of global indices ``idx`` (into a batch of ``n``) that fall in this rank's shard, as
-        indices into the shard, and whether there were any. A rank with none gets index ``[0]`` back (and
-        ``False``): it computes its loss on one episode with weight 0, so that it runs the same backward as
-        the others and contributes nothing."""
-        if not self.active:
-            return idx, idx.numel() > 0
-        s = self.shard(n)
-        keep = (idx >= s.start) & (idx < s.stop)
-        local = idx[keep] - s.start
-        if local.numel() == 0:
-            return torch.zeros(1, dtype=idx.dtype, device=idx.device), False
-        return local, True
-
     # -------------------------------------------------------------------------------------- collectives
     def all_sum(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` summed over ranks (a new tensor; ``x`` itself when there is one process)."""
@@ -141,10 +130,10 @@ class Context:
         dist.all_reduce(y, op=dist.ReduceOp.SUM)
         return y
 
-    def gather(self, x: torch.Tensor, pad_value: float = 0.0) -> torch.Tensor:
+    def gather(self, x: torch.Tensor, pad_value: float = 0.0, left: bool = False) -> torch.Tensor:
         """The ranks' ``x`` concatenated along dim 0, in rank order (the global batch). Tensors of 2 dims
         may differ in dim 1 (e.g. each shard's longest completion): the shorter are right-padded with
-        ``pad_value``."""
+        ``pad_value`` (left-padded with ``left``, e.g. left-padded prompts)."""
         if not self.active:
             return x
         import torch.distributed as dist
@@ -154,10 +143,60 @@ class Context:
             width = self.all_max(float(x.shape[1]))
             if x.shape[1] < width:
                 pad = x.new_full((x.shape[0], int(width) - x.shape[1]), pad_value)
-                x = torch.cat([x, pad], dim=1)
+                x = torch.cat([pad, x] if left else [x, pad], dim=1)
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
         dist.all_gather(parts, x)
         return torch.cat(parts, dim=0)
+
+    def gather_batch(self, batch: Any, pad_id: int) -> Any:
+        """The global :class:`~agents.rollout.RolloutBatch` on every rank: each tensor of the ranks' shards
+        gathered in rank order and re-padded as one process would hold it (prompts left-padded to the
+        longest, completions right-padded with ``pad_id`` / mask 0); the text lists stay this rank's.
+
+        Minibatch updates (PPO, GRPO) train on the global batch so that every rank can take an equal part
+        of every minibatch (:meth:`minibatch_part`): the ranks then do the same work between two gradient
+        all-reduces instead of waiting for the one that holds more of the minibatch's episodes. The batch
+        is token ids and per-token floats, small next to the model, and gathered once per update."""
+        if not self.active:
+            return batch
+        fields: dict[str, Any] = {
+            "query_ids": self.gather(batch.query_ids, pad_id, left=True),
+            "query_mask": self.gather(batch.query_mask, 0, left=True),
+            "tokens": self.gather(batch.tokens, pad_id),
+        }
+        for name in ("mask", "logprobs", "ref_logprobs", "values", "rewards", "scores", "gold_scores"):
+            fields[name] = self.gather(getattr(batch, name))
+        return batch._replace(**fields)
+
+    def local_indices(self, idx: torch.Tensor, n: int) -> tuple[torch.Tensor, bool]:
+        """The entries of global indices ``idx`` (into a batch of ``n``, sharded by :meth:`shard`) that fall in
+        this rank's shard, as indices into the shard, and whether there were any. A rank with none gets index
+        ``[0]`` back (and ``False``): it computes its loss on one episode with weight 0, so that it runs the
+        same forward and backward as the others (FSDP's collectives included) and contributes nothing.
+
+        For updates that keep each rank's own shard (DAPO, GSPO, REINFORCE++) instead of gathering the batch
+        (:meth:`gather_batch` and :meth:`minibatch_part`, which balance the ranks' work)."""
+        if not self.active:
+            return idx, idx.numel() > 0
+        s = self.shard(n)
+        keep = (idx >= s.start) & (idx < s.stop)
+        local = idx[keep] - s.start
+        if local.numel() == 0:
+            return torch.zeros(1, dtype=idx.dtype, device=idx.device), False
+        return local, True
+
+    def minibatch_part(self, idx: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """This rank's equal part of a minibatch's global indices ``idx`` (into the gathered global batch,
+        :meth:`gather_batch`): ``idx`` split into ``world_size`` contiguous parts whose sizes differ by at
+        most 1, and whether its part is not empty. A rank with none (a minibatch smaller than the number of
+        ranks) gets ``idx[:1]`` back (and ``False``): it computes its loss on one episode with weight 0,
+        so that it runs the same backward as the others and contributes nothing."""
+        if not self.active:
+            return idx, idx.numel() > 0
+        part = idx.tensor_split(self.world_size)[self.rank]
+        if part.numel() == 0:
+            return idx[:1], False
+        return part, True
 
     def all_max(self, value: float) -> float:
         if not self.active:
@@ -360,6 +399,8 @@ def concat_rollouts(batches: Sequence[Any], pad_id: int) -> Any:
     }
     for name in ("mask", "logprobs", "ref_logprobs", "values", "rewards"):
         fields[name] = torch.cat([right(getattr(b, name), 0) for b in batches])
+    if all(b.inserted_mask is not None for b in batches):  # multi-turn
+        fields["inserted_mask"] = torch.cat([right(b.inserted_mask, 0) for b in batches])
     for name in ("scores", "gold_scores"):
         fields[name] = torch.cat([getattr(b, name) for b in batches])
     for name in ("prompts", "completions"):

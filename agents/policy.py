@@ -222,7 +222,9 @@ class LMPolicy(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str] = "default", tokenizer: Any = None,
                         **kwargs: Any) -> LMPolicy:
-        """A policy from ``"default"`` (the shipped fine-tuned LM), ``"tiny"`` or a model directory.
+        """A policy from ``"default"`` (the shipped fine-tuned LM), ``"tiny"``, ``"tiny-t5"`` or a model directory.
+
+        An encoder-decoder model (T5, BART, ...; ``"tiny-t5"``) gives a :class:`~agents.seq2seq.Seq2SeqPolicy`.
 
         A directory written by :meth:`save` restores the value head, the sampling settings (temperature,
         top_k, top_p) and a LoRA adapter (``adapter/``, see :meth:`save`) too. The tokenizer defaults to the one saved with the model, else the shipped one.
@@ -236,6 +238,10 @@ class LMPolicy(nn.Module):
         else:
             tokenizer = load_tokenizer(tokenizer)
         model = load_causal_lm(name_or_path, tokenizer=tokenizer)  # "tiny" is sized for this tokenizer
+        if cls is LMPolicy and getattr(model.config, "is_encoder_decoder", False):
+            from agents.seq2seq import Seq2SeqPolicy  # an encoder-decoder directory (or "tiny-t5")
+
+            cls = Seq2SeqPolicy
         saved = path / "policy.json"
         if path.is_dir() and saved.exists():  # the sampling settings :meth:`save` wrote, unless given here
             from textenv.io import read_json
@@ -264,23 +270,30 @@ class LMPolicy(nn.Module):
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}"[:400]) from None
         return policy
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write the LM (``save_pretrained``), tokenizer and value head into directory ``path``.
 
         With LoRA on, the LM written is the frozen base (a plain model directory) and ``adapter/`` holds the
-        adapter (peft's ``save_pretrained``: ``adapter_config.json``, ``adapter_model.safetensors``)."""
+        adapter (peft's ``save_pretrained``: ``adapter_config.json``, ``adapter_model.safetensors``).
+        ``state_dict``: this policy's full state dict (``model.*`` and ``value_head.*`` keys) to write instead
+        of its own tensors (an FSDP policy holds shards; :mod:`agents.fsdp` gathers them)."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        head_sd = self.value_head.state_dict()
+        model_sd = None
+        if state_dict is not None:
+            model_sd = {k[len("model."):]: v for k, v in state_dict.items() if k.startswith("model.")}
+            head_sd = {k[len("value_head."):]: v for k, v in state_dict.items() if k.startswith("value_head.")}
         with quiet_progress():
             if self.peft_model is None:
-                self.model.save_pretrained(str(path))
+                self.model.save_pretrained(str(path), state_dict=model_sd)
             else:  # the frozen base as a plain model directory, and the adapter beside it
                 self.model.save_pretrained(str(path), state_dict=base_state_dict(self.model))
                 self.peft_model.save_pretrained(str(path / "adapter"), safe_serialization=True)
         self.tokenizer.save_pretrained(str(path))
-        save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()},
+        save_file({k: v.detach().contiguous() for k, v in head_sd.items()},
                   str(path / "value_head.safetensors"))
         (path / "policy.json").write_text(json.dumps(
             {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}, indent=2))
@@ -483,13 +496,33 @@ class LMPolicy(nn.Module):
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None,
-             with_values: bool = True) -> StepOutput:
-        """Feed the last sampled token of every slot ``(B,)`` through the cache and sample the next."""
+             with_values: bool = True, inserted: tuple[torch.Tensor, torch.Tensor] | None = None) -> StepOutput:
+        """Feed the last sampled token of every slot ``(B,)`` through the cache and sample the next.
+
+        ``inserted = (ids, mask)``, both ``(B, K)``: tokens the env appended after a slot's action (another
+        speaker's turn; ``mask`` 1 on a row's first real ones, 0 after). They go through the cache right after
+        the action, at the next positions, and the next token is sampled after the last of them: they are
+        context, never sampled (a multi-turn env's contract, see :class:`textenv.env.TextGenEnv`).
+        """
         if self._decoder is None:
             raise RuntimeError("call start() before step()")
         with self.autocast():
-            out = self._decoder.step(tokens)
-            return self._act(out.last_hidden_state[:, -1], generator, with_values)
+            if inserted is None:
+                out = self._decoder.step(tokens)
+                return self._act(out.last_hidden_state[:, -1], generator, with_values)
+            ins_ids, ins_mask = inserted
+            if ins_ids.shape != ins_mask.shape or ins_ids.dim() != 2 or ins_ids.shape[0] != tokens.shape[0]:
+                raise ValueError(f"inserted ids {tuple(ins_ids.shape)} and mask {tuple(ins_mask.shape)} must both "
+                                 f"be (B, K) with B = {tokens.shape[0]}")
+            ids = torch.cat([tokens[:, None], ins_ids.to(tokens.device)], dim=1)  # (B, 1 + K)
+            attn = torch.cat([torch.ones_like(tokens)[:, None], ins_mask.to(tokens.device).long()], dim=1)
+            assert self._decoder.positions is not None
+            # the real columns continue each row's positions; a row's padding columns are masked out
+            positions = self._decoder.positions[:, None] + attn.cumsum(1)  # (B, 1 + K)
+            out = self._decoder.extend(ids, positions, attn)
+            last = attn.sum(1) - 1  # (B,) each row's last real column
+            h = out.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), last]  # (B, H)
+            return self._act(h, generator, with_values)
 
     def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:
         logits = self._head_logits(h)  # (B, V)
@@ -544,7 +577,9 @@ class LMPolicy(nn.Module):
             logprobs, entropy = chunked_logps_entropy(h, tokens, self.lm_head, temperature=self.temperature,
                                                       vocab_size=self.vocab_size, chunk_tokens=self.logits_chunk)
             values = self.value_head(h).squeeze(-1).float()  # (B, T); h is bf16 under autocast
-        return PerTokenLogps(logprobs, values, entropy)
+        # tensors of their own, not views: FSDP hooks the backward of a sharded policy's outputs, which an
+        # in-place op on a view would bypass (and FSDP warns of views on every call)
+        return PerTokenLogps(*(t if t._base is None else t.clone() for t in (logprobs, values, entropy)))
 
     @torch.no_grad()
     def ref_logprobs(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
@@ -556,7 +591,10 @@ class LMPolicy(nn.Module):
                 return self._ref_logprobs(self.model, query_ids, query_mask, tokens)
         if self.ref_model is None:
             raise RuntimeError("this policy was built with with_reference=False")
-        return self._ref_logprobs(self.ref_model, query_ids, query_mask, tokens)
+        from agents.fsdp import gathered_frozen
+
+        with gathered_frozen(self.ref_model):  # a reference sharded under FSDP is gathered for this forward
+            return self._ref_logprobs(self.ref_model, query_ids, query_mask, tokens)
 
     def _ref_logprobs(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
                       tokens: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """PPO for language models with a KL penalty to the reference (Ziegler et al. 2019; Ouyang et al. 2022).
 
 Per-token reward: the env's reward (the reward-model score on the last token) minus ``kl_coef`` times the
-per-token KL to the reference. Advantages by GAE over the completion (no bootstrap past the end), whitened;
+per-token KL to the reference (``kl_in="reward"``, the default, k1: the unbiased combination; with
+``kl_in="loss"`` the reward is the env's alone and ``kl_coef`` times the token mean of the KL estimate of the
+current policy is added to the loss). Advantages by GAE over the completion (no bootstrap past the end), whitened;
 the clipped surrogate, a clipped value loss and an optional entropy bonus, over minibatches and epochs.
 The KL coefficient is fixed or adaptive (the proportional controller of Ziegler et al.).
 
@@ -24,7 +26,8 @@ from agents.core import (
     FixedKLController,
     KLController,
     explained_variance,
-    gae,
+    gae_over_mask,
+    kl_penalty,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
@@ -95,19 +98,20 @@ class PPO(Agent):
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
         dist = self.dist
+        # under torchrun the global batch on every rank (gathered once): batch statistics are global and
+        # every rank takes an equal part of each minibatch
+        batch = dist.gather_batch(batch, self.envs.pad_id)
         mask = batch.mask
+        kl_in_loss = cfg.kl_in == "loss"
         rewards, kl = token_level_rewards(batch.rewards, batch.logprobs, batch.ref_logprobs, mask,
-                                          self.kl_ctl.value, cfg.kl_estimator)  # (b, T) each
-        advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
-        # batch statistics over the global batch: under torchrun the ranks' (b, T) tensors are gathered
-        # (right-padded to the longest shard; the padding is outside the mask)
-        g_mask, g_values, g_returns = dist.gather(mask), dist.gather(batch.values), dist.gather(returns)
+                                          0.0 if kl_in_loss else self.kl_ctl.value, cfg.kl_estimator)  # (B, T)
+        # over the agent's tokens only: a multi-turn episode's inserted tokens are not steps (mask 0 inside)
+        advantages, returns = gae_over_mask(rewards, batch.values, mask, cfg.gamma, cfg.lam)
         # how much of the returns' variance the rollout values explain (cleanrl logs it every iteration)
-        explained_var = float(explained_variance(g_values, g_returns, g_mask))
-        if cfg.whiten_advantages and g_mask.sum() > 1:
-            g_adv = masked_whiten(dist.gather(advantages), g_mask)
-            advantages = g_adv[dist.shard(g_adv.shape[0]), :mask.shape[1]]
-        B = g_mask.shape[0]
+        explained_var = float(explained_variance(batch.values, returns, mask))
+        if cfg.whiten_advantages and mask.sum() > 1:
+            advantages = masked_whiten(advantages, mask)
+        B = mask.shape[0]
         gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
         sums: dict[str, float] = {}
         n = 0
@@ -115,19 +119,24 @@ class PPO(Agent):
         for _ in range(cfg.n_epochs):
             perm = torch.randperm(B, generator=gen).to(self.device)
             for global_idx in perm.chunk(cfg.n_minibatches):
-                idx, any_here = dist.local_indices(global_idx, B)
+                idx, any_here = dist.minibatch_part(global_idx)
                 m = mask[idx]
                 ev = self.policy.per_token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
                 pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], m, cfg.clip_range)
                 vf_loss = value_loss(ev.values, batch.values[idx], returns[idx], m, cfg.clip_range_vf)
                 entropy = masked_mean(ev.entropy, m)
                 loss = pg_loss + cfg.vf_coef * vf_loss - cfg.ent_coef * entropy
-                weight = float(m.sum()) if any_here else 0.0  # every term is a mean over this rank's tokens
-                grad_norm = self._step(loss, weight)
-                row = dist.weighted_mean({
+                logged = {
                     "policy_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "entropy": entropy.detach(),
                     "approx_kl": stats["approx_kl"], "old_approx_kl": stats["old_approx_kl"],
-                    "clip_ratio": stats["clip_ratio"]}, weight)
+                    "clip_ratio": stats["clip_ratio"]}
+                if kl_in_loss:
+                    kl_loss = masked_mean(kl_penalty(ev.logprobs, batch.ref_logprobs[idx], cfg.kl_estimator), m)
+                    loss = loss + self.kl_ctl.value * kl_loss
+                    logged["kl_loss"] = kl_loss.detach()
+                weight = float(m.sum()) if any_here else 0.0  # every term is a mean over this rank's tokens
+                grad_norm = self._step(loss, weight)
+                row = dist.weighted_mean(logged, weight)
                 row["grad_norm"] = grad_norm
                 for k, v in row.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -137,7 +146,7 @@ class PPO(Agent):
                     break
             if stop:
                 break
-        mean_kl = float(dist.gather(kl.sum(1)).mean())
+        mean_kl = float(kl.sum(1).mean())
         self.kl_ctl.update(mean_kl, B)
         out = {k: v / n for k, v in sums.items()}
         out["explained_variance"] = explained_var

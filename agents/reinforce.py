@@ -1,7 +1,9 @@
 """REINFORCE with a baseline (Williams 1992): the gradient of E[R] is E[(R - b) grad log pi(y|x)].
 
 The sequence return is the reward-model score minus the KL to the reference, summed over the completion:
-``R = score - kl_coef * sum_t kl_t``. One gradient step per batch (on-policy).
+``R = score - kl_coef * sum_t kl_t`` (``kl_in="reward"``, the default, with the unbiased k1). With
+``kl_in="loss"`` the return is the score alone and ``kl_coef * mean_b sum_t kl_t`` (the same sequence KL,
+differentiated) is added to the loss. One gradient step per batch (on-policy).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 import torch
 
 from agents.base import Agent, AgentConfig
-from agents.core import kl_penalty, masked_mean
+from agents.core import kl_penalty, masked_mean, masked_sum
 from agents.rollout import RolloutBatch
 
 BASELINES = ("mean", "ema", "none")
@@ -51,8 +53,11 @@ class REINFORCE(Agent):
         self.ema: float | None = None
 
     def sequence_returns(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(R, kl)``: per-episode return with the KL penalty, and the per-episode KL (both (B,))."""
-        kl = (kl_penalty(batch.logprobs, batch.ref_logprobs, self.config.kl_estimator) * batch.mask).sum(1)
+        """``(R, kl)``: per-episode return (with the KL penalty when ``kl_in="reward"``) and the per-episode
+        KL estimate of the rollout (both (B,))."""
+        kl = masked_sum(kl_penalty(batch.logprobs, batch.ref_logprobs, self.config.kl_estimator), batch.mask, dim=1)
+        if self.config.kl_in == "loss":
+            return batch.scores, kl
         return batch.scores - self.config.kl_coef * kl, kl
 
     def advantages(self, returns: torch.Tensor) -> torch.Tensor:
@@ -76,10 +81,16 @@ class REINFORCE(Agent):
         ev = self.policy.per_token_logps(batch.query_ids, batch.query_mask, batch.tokens, batch.mask)
         seq_logprob = (ev.logprobs * batch.mask).sum(1)  # (b,) log pi(y|x)
         pg_loss = -(advantages * seq_logprob).mean()
+        loss = pg_loss
+        stats = {"policy_loss": pg_loss.detach(), "entropy": masked_mean(ev.entropy.detach(), batch.mask)}
+        if self.config.kl_in == "loss":  # the sequence KL, differentiated: mean_b sum_t kl_t
+            kl_loss = masked_sum(kl_penalty(ev.logprobs, batch.ref_logprobs, self.config.kl_estimator),
+                                 batch.mask, dim=1).mean()
+            loss = pg_loss + self.config.kl_coef * kl_loss
+            stats["kl_loss"] = kl_loss.detach()
         weight = float(advantages.shape[0])  # the loss is a mean over sequences
-        grad_norm = self._step(pg_loss, weight)
-        out = dist.weighted_mean({"policy_loss": pg_loss.detach(),
-                                  "entropy": masked_mean(ev.entropy.detach(), batch.mask)}, weight)
+        grad_norm = self._step(loss, weight)
+        out = dist.weighted_mean(stats, weight)
         out["advantage_std"] = float(all_advantages.std()) if all_advantages.numel() > 1 else 0.0
         out["grad_norm"] = grad_norm
         return out

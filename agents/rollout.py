@@ -19,6 +19,12 @@ class RolloutBatch(NamedTuple):
     """One batch of finished episodes, laid out for one forward pass: left-padded prompts + completions.
 
     Shapes: B episodes, P prompt tokens (left-padded), T completion tokens (right-padded).
+
+    Multi-turn tasks: ``tokens`` is the whole transcript after the prompt, the agent's tokens and the tokens
+    the env inserted between its turns, in order; ``mask`` is 1 on the agent's tokens only (so every loss,
+    KL and entropy that weights by it ignores the inserted ones, whose log-probs and values are computed by
+    the training forward but never used) and ``inserted_mask`` is 1 on the inserted ones. Rewards sit on the
+    agent token of the step that earned them.
     """
 
     query_ids: torch.Tensor  # (B, P) prompt ids, left-padded
@@ -34,6 +40,7 @@ class RolloutBatch(NamedTuple):
     prompts: list[str]
     completions: list[str]
     stats: dict[str, float]  # timing of the rollout: tokens_per_s, rollout_s
+    inserted_mask: torch.Tensor | None = None  # (B, T) float, 1 on tokens the env inserted; None: single-turn
 
 
 def left_pad(obs_ids: np.ndarray, obs_mask: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,15 +111,22 @@ def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | Non
         options["split"] = split
     t0 = time.perf_counter()
     obs, info = env.reset(seed=seed, options=options)
-    B, T = env.num_envs, env.max_new_tokens
+    B, T = env.num_envs, env.max_episode_tokens  # T: agent and inserted tokens (single-turn: max_new_tokens)
     query_ids, query_mask = left_pad(obs["input_ids"], obs["attention_mask"], env.pad_id)
     query_ids, query_mask = query_ids.to(device), query_mask.to(device)
+    prompt_len = obs["attention_mask"].sum(1).astype(np.int64)  # (B,)
     # the per-token buffers live on the policy's device: the decode loop writes them there, and the only
-    # copy to the host per token is the actions the env steps with
-    tokens = torch.full((B, T), env.pad_id, dtype=torch.long, device=device)
-    logprobs = torch.zeros(B, T, device=device)
-    values = torch.zeros(B, T, device=device)
-    rewards = np.zeros((B, T), dtype=np.float64)
+    # copy to the host per token is the actions the env steps with. Column T is scratch: a finished slot
+    # writes there until the batch ends.
+    W = T + 1
+    tokens = torch.full((B, W), env.pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(B, W, device=device)
+    values = torch.zeros(B, W, device=device)
+    agent = torch.zeros(B, W, device=device)  # 1 where an action was written
+    rows = torch.arange(B, device=device)
+    ptr = torch.zeros(B, dtype=torch.long, device=device)  # each slot's next column (T once it is done)
+    ptr_host = np.zeros(B, dtype=np.int64)
+    rewards = np.zeros((B, W), dtype=np.float64)
     scores = np.zeros(B, dtype=np.float64)
     gold = np.zeros(B, dtype=np.float64)
     completions: list[str] = [""] * B
@@ -120,43 +134,69 @@ def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | Non
     done = np.zeros(B, dtype=bool)
     policy.eval()
     out = policy.start(query_ids, query_mask, generator=generator, with_values=with_values)
-    t = 0
-    for t in range(T):
-        tokens[:, t] = out.actions
-        logprobs[:, t] = out.logprobs
+    for _ in range(env.max_actions):
+        tokens[rows, ptr] = out.actions
+        logprobs[rows, ptr] = out.logprobs
+        agent[rows, ptr] = 1.0
         if out.values is not None:
-            values[:, t] = out.values
-        _, r, terminated, _, info = env.step(out.actions.cpu().numpy())  # the one host copy per token
-        rewards[:, t] = r
+            values[rows, ptr] = out.values
+        obs, r, terminated, _, info = env.step(out.actions.cpu().numpy())  # the one host copy per token
+        rewards[np.arange(B), ptr_host] = r
         scores += r
         ended = np.flatnonzero(terminated)
+        ptr_host[~done] += 1
+        moved = ended.size > 0
+        inserted = None
+        if "_inserted_tokens" in info:  # multi-turn: the env appended the other speaker's tokens
+            k = np.where(info["_inserted_tokens"] & ~done, info["inserted_tokens"], 0)  # (B,)
+            if k.any():
+                K = int(k.max())
+                cols = ptr_host[:, None] + np.arange(K)[None, :]  # (B, K) where they sit after the prompt
+                ins_mask = np.arange(K)[None, :] < k[:, None]
+                src = np.minimum(prompt_len[:, None] + cols, obs["input_ids"].shape[1] - 1)
+                ins_ids = np.where(ins_mask, np.take_along_axis(obs["input_ids"], src, 1), env.pad_id)
+                ins_ids_dev = torch.from_numpy(ins_ids).to(device)
+                ins_mask_dev = torch.from_numpy(ins_mask).to(device)
+                for i in np.flatnonzero(k):
+                    tokens[i, ptr_host[i]:ptr_host[i] + k[i]] = ins_ids_dev[i, :k[i]]
+                ptr_host += k
+                inserted = (ins_ids_dev, ins_mask_dev)
+                moved = True
         if ended.size:
-            lengths[ended] = t + 1
+            lengths[ended] = ptr_host[ended]
             gold[ended] = info["gold_score"][ended]
             for i in ended:
                 completions[i] = info["completion"][i]
             done[ended] = True
+            ptr_host[ended] = T
         if done.all():
             break
-        out = policy.step(out.actions, generator=generator, with_values=with_values)
+        if moved:  # a slot ended or took inserted tokens: upload the new columns (only then)
+            ptr = torch.tensor(ptr_host, device=device)  # a copy: from_numpy would share ptr_host's memory on CPU
+        else:
+            ptr = (ptr + 1).clamp_(max=T)
+        out = policy.step(out.actions, generator=generator, with_values=with_values, inserted=inserted)
     policy.end()
-    T_used = t + 1
+    T_used = int(lengths.max())
     lengths_dev = torch.from_numpy(lengths).to(device)
-    mask = (torch.arange(T_used, device=device)[None, :] < lengths_dev[:, None]).float()  # (B, T_used)
-    tokens = tokens[:, :T_used].masked_fill(mask == 0, env.pad_id)
+    within = torch.arange(T_used, device=device)[None, :] < lengths_dev[:, None]  # (B, T_used)
+    mask = agent[:, :T_used] * within  # (B, T_used): the agent's tokens
+    inserted_mask = within.float() - mask if env.setup.multi_turn else None
+    tokens = tokens[:, :T_used].masked_fill(~within, env.pad_id)
     batch_prompts = env.prompts()
     rollout_s = time.perf_counter() - t0
     ref = (policy.ref_logprobs(query_ids, query_mask, tokens, mask) if with_ref and policy.has_reference
            else torch.zeros(B, T_used, device=device))
     host = torch.from_numpy(np.concatenate([rewards[:, :T_used], scores[:, None], gold[:, None]], axis=1))
     host = host.float().to(device)  # (B, T_used + 2): rewards, scores and gold in one upload
-    n_tokens = int(lengths.clip(max=T_used).sum())  # from the host copy of the lengths: no device sync
+    n_tokens = int(lengths.sum())  # from the host copy of the lengths: no device sync
     return RolloutBatch(
         query_ids=query_ids, query_mask=query_mask, tokens=tokens, mask=mask,
         logprobs=logprobs[:, :T_used] * mask, ref_logprobs=ref * mask, values=values[:, :T_used] * mask,
         rewards=host[:, :T_used], scores=host[:, T_used], gold_scores=host[:, T_used + 1], prompts=batch_prompts,
         completions=completions,
         stats={"rollout_s": rollout_s, "tokens_per_s": n_tokens / max(rollout_s, 1e-9)},
+        inserted_mask=inserted_mask,
     )
 
 
@@ -178,7 +218,7 @@ def trim_batch(batch: RolloutBatch, n: int) -> RolloutBatch:
     """The first ``n`` episodes of ``batch`` (all of it when it has no more)."""
     if n >= batch.scores.shape[0]:
         return batch
-    cut: dict[str, Any] = {k: v[:n] for k, v in batch._asdict().items() if k != "stats"}
+    cut: dict[str, Any] = {k: v[:n] for k, v in batch._asdict().items() if k != "stats" and v is not None}
     return batch._replace(**cut)
 
 

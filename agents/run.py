@@ -47,13 +47,40 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     return ckpts[-1]
 
 
-def load_any(path: str | os.PathLike[str]) -> Agent | SB3Agent:
-    """Load our agents or an SB3 run from a checkpoint directory."""
+def load_any(path: str | os.PathLike[str], task: Any = None) -> Agent | SB3Agent:
+    """Load our agents or an SB3 run from a checkpoint directory; ``task`` (a task object, name or record)
+    replaces the checkpoint's task, the rest of its env (reward model, budgets) is kept."""
+    from agents.base import rebuild_env
+
     ckpt = resolve_checkpoint(path)
     meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
+    env_kwargs = None
+    if task is not None:
+        _, env_kwargs = rebuild_env(meta, str(ckpt / CHECKPOINT_MARKER))
+        env_kwargs["task"] = task
     if str(meta.get("agent", "")).startswith("sb3-"):
-        return SB3Agent.load(ckpt)
-    return Agent.load(ckpt)
+        return SB3Agent.load(ckpt, env_kwargs=env_kwargs)
+    return Agent.load(ckpt, env_kwargs=env_kwargs)
+
+
+def dataset_task(task_data: str | None, metric: str | None) -> Any:
+    """The :class:`~textenv.tasks.DatasetTask` of ``--task-data``/``--metric`` (None without ``--task-data``;
+    ``--metric`` alone is refused)."""
+    if task_data is None:
+        if metric is not None:
+            raise ValueError(f"--metric {metric!r} needs --task-data (the JSONL file the metric scores against)")
+        return None
+    from textenv.tasks import DatasetTask
+
+    return DatasetTask(task_data, metric=metric if metric is not None else "chrf")
+
+
+def _check_metric(metric: str | None) -> None:
+    if metric is not None:
+        from textenv.metrics import METRICS
+
+        if metric not in METRICS:
+            raise ValueError(f"--metric must be one of {list(METRICS)}, got {metric!r}")
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
@@ -141,6 +168,14 @@ class TrainArguments:
     """show a progress bar (--no-progress: none)"""
     report_to: ReportTo = "none"
     """also send the metrics to: none, tensorboard (<out>/tensorboard) or wandb (offline, <out>/wandb)"""
+    task: str | None = None
+    """a task name instead of --env's: a built-in one or 'reasoning_gym:<dataset>' (the [reasoning] extra), whose
+    reward is its gold scorer unless --reward-model says otherwise; exclusive with --task-data"""
+    task_data: str | None = None
+    """a .jsonl of {"prompt", "reference"|"references"|"answer", "split"?} rows: the task (textenv.tasks.DatasetTask)
+    instead of --env's; its reward is the --metric unless --reward-model says otherwise"""
+    metric: str | None = None
+    """with --task-data: exact_match, f1, bleu, chrf (default), rouge1, rouge2 or rougeL"""
 
     def __post_init__(self) -> None:
         from agents.registry import agent_names
@@ -159,6 +194,12 @@ class TrainArguments:
             raise ValueError(f"--dtype 'bfloat16' is for the native agents; {self.agent} trains in float32 "
                              f"(use --dtype auto or float32)")
         check_textgen_env_id(self.env)
+        _check_metric(self.metric)
+        if self.metric is not None and self.task_data is None:
+            raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
+        if self.task is not None and self.task_data is not None:
+            raise ValueError(f"give --task or --task-data, not both (got --task {self.task!r} and --task-data "
+                             f"{self.task_data!r})")
         check_report_to(self.report_to)  # a missing package fails here, before anything is written
         if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"--out {self.out!r} is a file, not a run directory")
@@ -191,6 +232,15 @@ class EvaluateArguments:
     """held-out episodes to evaluate on"""
     seed: int | None = None
     """evaluation seed (default: the stream of the run's seed, agents.contract.evaluation_seed)"""
+    task_data: str | None = None
+    """evaluate on this .jsonl's test split (a DatasetTask) instead of the checkpoint's task"""
+    metric: str | None = None
+    """with --task-data: the metric (default chrf)"""
+
+    def __post_init__(self) -> None:
+        _check_metric(self.metric)
+        if self.metric is not None and self.task_data is None:
+            raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
 
 
 @dataclasses.dataclass
@@ -205,8 +255,15 @@ class SampleArguments:
     """samples per prompt"""
     seed: int = 0
     """sampling seed"""
+    task_data: str | None = None
+    """sample with this .jsonl as the task (a DatasetTask; its metric scores the samples) instead of the checkpoint's"""
+    metric: str | None = None
+    """with --task-data: the metric (default chrf)"""
 
     def __post_init__(self) -> None:
+        _check_metric(self.metric)
+        if self.metric is not None and self.task_data is None:
+            raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
         if not self.prompt:
             raise ValueError("--prompt: give at least one prompt")
         if isinstance(self.num, bool) or self.num < 1:
@@ -221,7 +278,15 @@ def config_overrides(config: Any) -> dict[str, Any]:
 
 
 def _make_agent(args: TrainArguments, config: Any = None) -> Agent | SB3Agent:
-    env_kwargs = {} if args.reward_model == "default" else {"reward_model": args.reward_model}
+    env_kwargs: dict[str, Any] = {} if args.reward_model == "default" else {"reward_model": args.reward_model}
+    task = dataset_task(args.task_data, args.metric)
+    if task is not None:
+        env_kwargs["task"] = task
+    elif args.task is not None:
+        from textenv.tasks import get_task
+
+        get_task(args.task)  # a bad name or a missing extra fails before any directory is made
+        env_kwargs["task"] = args.task
     if args.agent in SB3_AGENTS:
         sb3 = config if isinstance(config, SB3Config) else SB3Config()
         return make_agent(args.agent, args.env, args.policy, seed=args.seed, device=args.device,
@@ -248,13 +313,19 @@ def _same_policy(given: str, recorded: Any) -> bool:
     return given not in ("default", "tiny") and isinstance(recorded, str) and str(Path(given).resolve()) == recorded
 
 
+#: agent settings that may change on --resume: how the ranks hold the weights (a checkpoint is the same
+#: whole-weights format under DDP and FSDP)
+RESUMABLE_SETTINGS = ("strategy",)
+
+
 def resume_conflicts(args: TrainArguments, config: Any, meta: dict[str, Any], where: str) -> None:
     """Raise ``ValueError`` when a flag given with ``--resume`` disagrees with the checkpoint it resumes
     (``meta``: its ``agent.json``, in the file ``where``), naming the flag, both values and the file.
 
     ``--agent``, ``--env``, ``--seed``, ``--policy``, ``--reward-model`` and the agent's settings are the
     run's: given equal to the checkpoint's they are accepted, otherwise refused (even when the value given
-    is the default). ``--episodes`` (the total to reach), ``--eval-episodes`` and ``--progress`` may change.
+    is the default). ``--episodes`` (the total to reach), ``--eval-episodes``, ``--progress`` and
+    ``--strategy`` may change.
     """
     from textenv.rewards.spec import describe_reward_model
 
@@ -283,10 +354,23 @@ def resume_conflicts(args: TrainArguments, config: Any, meta: dict[str, Any], wh
         if not same:
             conflict("reward-model", args.reward_model, meta["reward_model"].get("name", meta["reward_model"])
                      if isinstance(meta["reward_model"], dict) else meta["reward_model"])
+    if "task" in given and args.task != (meta.get("env_kwargs") or {}).get("task"):
+        conflict("task", args.task, (meta.get("env_kwargs") or {}).get("task"))
+    if given & {"task_data", "metric"}:
+        task = (meta.get("env_kwargs") or {}).get("task")
+        recorded_data = task.get("path") if isinstance(task, dict) else None
+        recorded_metric = task.get("metric") if isinstance(task, dict) else None
+        data = str(Path(args.task_data).expanduser().resolve()) if args.task_data is not None else None
+        if data != recorded_data:
+            conflict("task-data", args.task_data, recorded_data)
+        if "metric" in given and args.metric != recorded_metric:
+            conflict("metric", args.metric, recorded_metric)
     if config is not None:
         for name in sorted(_given(config)):
             if sb3 and name == "n_envs" and "n_envs" not in meta:
                 continue  # not recorded by this checkpoint
+            if name in RESUMABLE_SETTINGS:
+                continue
             value = getattr(config, name)
             recorded = meta.get("n_envs") if name == "n_envs" else recorded_config.get(name)
             if value != recorded:
@@ -353,7 +437,8 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
                 raise ValueError(f"{summary_file}: no initial evaluation in it; cannot resume this run")
         meta = read_agent_meta(ckpt / CHECKPOINT_MARKER)
         resume_conflicts(a, config, meta, str(ckpt / CHECKPOINT_MARKER))  # every rank: the same args, the same verdict
-        moved = {k: getattr(a, k) for k in ("device", "dtype") if k in _given(a)}
+        moved: dict[str, Any] = {k: getattr(a, k) for k in ("device", "dtype") if k in _given(a)}
+        moved.update({k: getattr(config, k) for k in RESUMABLE_SETTINGS if config is not None and k in _given(config)})
         if moved and not str(meta["agent"]).startswith("sb3-"):
             agent = Agent.load(ckpt, **moved)  # the device and dtype may change on resume
         else:
@@ -368,8 +453,11 @@ def _train(a: TrainArguments, config: Any, out: Path) -> int:
             out.mkdir(parents=True, exist_ok=True)
             print(f"training {agent.name} on {a.env} for {episodes} episodes -> {out}"
                   + (f" ({world_of(agent)} processes)" if world_of(agent) > 1 else ""))
+        if main or _collective(agent):
+            initial, samples = agent.evaluate(a.eval_episodes), agent.samples(4)
+        if main:
             summary = {"agent": agent.name, "env": a.env, "seed": a.seed, "episodes": episodes,
-                       "initial": agent.evaluate(a.eval_episodes), "samples_before": agent.samples(4)}
+                       "initial": initial, "samples_before": samples}
             io.write_text(summary_file, json.dumps(summary, indent=1))
         _barrier(agent)
     # an SB3 run counts from its last target (its last rollout's extra episodes count toward this one)
@@ -407,6 +495,9 @@ def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any
         summary["train_seconds"] = summary.get("train_seconds", 0.0) + time.perf_counter() - t0
     save_checkpoint()
     if not main:
+        if _collective(agent):  # rank 0's evaluation and samples gather the sharded weights from every rank
+            agent.evaluate(a.eval_episodes)
+            agent.samples(4)
         _barrier(agent)  # while rank 0 evaluates and writes the summary
         return 0
     write_metrics_csv(out / "metrics.csv", agent.history)
@@ -422,11 +513,16 @@ def _train_loop(a: TrainArguments, agent: Any, out: Path, summary: dict[str, Any
     print(format_table(summary["initial"], summary["final"]))
     print()
     _print_samples("samples before:", [tuple(s) for s in summary["samples_before"]])
-    _print_samples("samples after:", agent.samples(4))
+    _print_samples("samples after:", [tuple(s) for s in summary["samples_after"]])
     print(f"\nwrote {out / 'metrics.csv'}, {out / 'summary.json'}"
           + (f", {out / 'learning_curve.png'}" if plotted else " (install matplotlib for learning_curve.png)")
           + f" and {resolve_checkpoint(out)}")
     return 0
+
+
+def _collective(agent: Any) -> bool:
+    """Whether ``agent``'s evaluation and sampling need every rank (an FSDP-sharded policy, see agents.fsdp)."""
+    return bool(getattr(agent, "sharded", False))
 
 
 def world_of(agent: Any) -> int:
@@ -443,14 +539,14 @@ def _barrier(agent: Any) -> None:
 
 def evaluate_command(args: EvaluateArguments) -> int:
     """``textenv evaluate``: held-out metrics of a checkpoint, as JSON."""
-    agent = load_any(args.checkpoint)
+    agent = load_any(args.checkpoint, task=dataset_task(args.task_data, args.metric))
     print(json.dumps(agent.evaluate(args.episodes, seed=args.seed), indent=2))
     return 0
 
 
 def sample_command(args: SampleArguments) -> int:
     """``textenv sample``: completions of a checkpoint's policy for the given prompts."""
-    agent = load_any(args.checkpoint)
+    agent = load_any(args.checkpoint, task=dataset_task(args.task_data, args.metric))
     prompts = [p for p in args.prompt for _ in range(args.num)]
     for p, c in sample_completions(agent.policy, agent.envs, len(prompts), seed=args.seed, prompts=prompts):
         print(f"{p}{c}")

@@ -31,17 +31,27 @@ Acting (``forward`` without grad, as in SB3's rollout collection, and ``predict`
 :class:`textenv.decoding.KVDecoder` (the project's one cached decoder) for the whole batch, plus the
 observation it was built from. Each call sorts the rows:
 
-- a row whose observation extends its previous one by exactly one token feeds only that token;
+- a row whose observation extends its previous one by k >= 1 tokens appended after its old last token
+  feeds only those: its action (k = 1) or, in a multi-turn env, its action and the tokens the env inserted
+  after it (the other speaker's turn), which thus go through the cache as context;
 - any other row (a new episode after SB3's auto-reset, or anything unexpected) feeds its whole context, and
   its old cached columns are masked out.
 
-If every row extends, the step is one token per row ("one_token_steps"). If some do, one forward of width
-W (the longest replaced context) serves the batch ("mixed_steps"). If none do, or the dead columns would
+If every row extends by one token, the step is one token per row ("one_token_steps"). Otherwise one forward
+of width W (the longest replaced context, or the most new tokens of an extending row) serves the batch
+("mixed_steps"). If none do, or the dead columns would
 make the cache longer than ``2 L``, the batch is recomputed from scratch and the cache rebuilt compactly
 ("full_forwards"). ``policy.cache_stats`` counts the three. Mixed steps matter because a single early EOS
 puts the slots out of step for good, and an all-or-nothing cache would then never be used again.
 Positions come from the attention mask and the cache's attention mask tracks the holes, so cached logits
 equal full-forward logits (tested to 1e-4).
+
+Multi-turn envs (text inserted between the agent's turns, see :class:`textenv.env.TextGenEnv`): SB3 stores
+one (observation, action) pair per env step, and the env's step takes exactly one action, the agent's
+token; the inserted tokens only ever appear inside the next observation. So they are never actions in the
+rollout buffer, never in SB3's log-probs, entropy or losses, and SB3's GAE runs over the agent's steps
+only (the inserted tokens are part of the state transition). The features of a step are the hidden state
+after the last inserted token, exactly the state a full forward over the observation gives.
 
 Training (``evaluate_actions``) runs full forwards with grad and never touches the cache. The cache is
 dropped whenever the weights may have changed: an optimizer step, ``train(True)`` (SB3 calls it at the
@@ -194,6 +204,17 @@ class _KVState(NamedTuple):
 
 
 def _load_lm(model: Any) -> PreTrainedModel:
+    return _causal_only(_load_any_lm(model), model)
+
+
+def _causal_only(lm: PreTrainedModel, source: Any) -> PreTrainedModel:
+    if getattr(lm.config, "is_encoder_decoder", False):
+        raise ValueError(f"the SB3 policy acts with a causal LM; {source!r} is an encoder-decoder "
+                         f"({type(lm).__name__}): train it with the native agents (ppo, grpo, reinforce, rloo)")
+    return lm
+
+
+def _load_any_lm(model: Any) -> PreTrainedModel:
     if isinstance(model, PreTrainedModel):
         return model
     if isinstance(model, PretrainedConfig):  # how a policy saved from a model object is rebuilt
@@ -362,17 +383,20 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         B, L = ids.shape
         if kv is not None and kv.ids.shape == ids.shape and kv.ids.device == ids.device:
             added = bmask & ~kv.mask  # (B, L)
-            new_idx = added.long().argmax(-1)  # (B,)
-            # a row extends its previous observation by exactly one token, appended after the old last one
-            match = ~(kv.mask & ~bmask).any(-1) & (added.sum(-1) == 1) & ((ids == kv.ids) | ~kv.mask).all(-1) \
-                & (new_idx > kv.last)  # (B,)
+            n_added = added.sum(-1)  # (B,)
+            new_idx = added.long().argmax(-1)  # (B,) the first added position
             last = _last_index(mask)  # (B,)
+            # a row extends its previous observation by k >= 1 tokens appended after the old last one: its
+            # action, and in a multi-turn env the tokens the env inserted after it
+            match = ~(kv.mask & ~bmask).any(-1) & (n_added >= 1) & ((ids == kv.ids) | ~kv.mask).all(-1) \
+                & (new_idx > kv.last) & (last - new_idx + 1 == n_added)  # (B,)
             n_match = int(match.sum().item())
-            W = 1 if n_match == B else int(last[~match].max().item()) + 1
+            K = int(n_added[match].max().item()) if n_match else 1  # the most new tokens of a matching row
+            W = K if n_match == B else max(K, int(last[~match].max().item()) + 1)
             C = kv.decoder.num_columns
             # all rows new: nothing to reuse. Too many dead columns: compact by recomputing.
             if n_match > 0 and C + W <= self._cache_columns_limit(L):
-                return self._mixed_step(ids, mask, bmask, kv, match, new_idx, last, W)
+                return self._mixed_step(ids, mask, bmask, kv, match, new_idx, n_added, last, W)
         feats, decoder = self.features_extractor.start(ids, mask)
         self._kv = _KVState(decoder, ids.clone(), bmask, _last_index(mask))
         self.cache_stats["full_forwards"] += 1
@@ -385,28 +409,28 @@ class LMActorCriticPolicy(ActorCriticPolicy):
         return 2 * L
 
     def _mixed_step(self, ids: Tensor, mask: Tensor, bmask: Tensor, kv: _KVState, match: Tensor,
-                    new_idx: Tensor, last: Tensor, W: int) -> Tensor:
-        """One forward of W new columns: a matching row feeds its one new token (then padding), any other
-        row its whole context, with its old cached columns masked out. W = 1 when every row matches."""
-        B = ids.shape[0]
-        rows = torch.arange(B, device=ids.device)
+                    new_idx: Tensor, n_added: Tensor, last: Tensor, W: int) -> Tensor:
+        """One forward of W new columns: a matching row feeds its new tokens (then padding), any other row its
+        whole context, with its old cached columns masked out. W = 1 when every row adds one token."""
+        B, L = ids.shape
         m = match[:, None]  # (B, 1)
-        tok = ids[rows, new_idx][:, None]  # (B, 1)
-        pos_new = bmask.sum(-1, keepdim=True) - 1  # (B, 1): the new token is the last real one
-        ctx_ids, ctx_mask = ids[:, :W], mask[:, :W]  # (B, W)
+        j = torch.arange(W, device=ids.device)[None, :]  # (1, W)
+        new_cols = (new_idx[:, None] + j).clamp_(max=L - 1)  # (B, W) a matching row's new positions
+        tok = ids.gather(1, new_cols)  # (B, W)
+        pos_new = kv.mask.sum(-1, keepdim=True) + j  # (B, W): the new tokens follow the old real ones
+        new_mask = (j < n_added[:, None]).to(mask.dtype)  # (B, W)
+        ctx_ids, ctx_mask = ids[:, :W], mask[:, :W]  # (B, W); W <= L: a row holds at most L tokens
         ctx_pos = positions_from_mask(ctx_mask)  # (B, W)
-        one_hot0 = torch.zeros_like(ctx_mask)
-        one_hot0[:, 0] = 1
-        tokens = torch.where(m, tok.expand(B, W), ctx_ids)  # (B, W)
-        positions = torch.where(m, pos_new.expand(B, W), ctx_pos)  # (B, W)
-        new_attn = torch.where(m, one_hot0, ctx_mask)  # (B, W); a replaced row's old columns are masked out
-        pick = torch.where(match, 0, last)  # (B,) column of each row's features within the W new ones
+        tokens = torch.where(m, tok, ctx_ids)  # (B, W)
+        positions = torch.where(m, pos_new, ctx_pos)  # (B, W)
+        new_attn = torch.where(m, new_mask, ctx_mask)  # (B, W); a replaced row's old columns are masked out
+        pick = torch.where(match, n_added - 1, last)  # (B,) column of each row's features within the W new ones
         try:
             feats = self.features_extractor.extend(kv.decoder, tokens, positions, new_attn, match, pick)
         except BaseException:
             self.reset_cache()  # the cache may be half-updated
             raise
-        self._kv = _KVState(kv.decoder, ids.clone(), bmask, torch.where(match, new_idx, last))
+        self._kv = _KVState(kv.decoder, ids.clone(), bmask, last)
         self.cache_stats["one_token_steps" if W == 1 else "mixed_steps"] += 1
         return feats
 

@@ -401,8 +401,9 @@ def _check_meta(meta: dict[str, Any], path: Path, meta_file: Path) -> None:
 # functions are the only places that read it. SB3 internals (private fields of BaseAlgorithm): _last_obs,
 # _last_episode_starts, _n_updates, _episode_num, _current_progress_remaining; and DummyVecEnv._reset_seeds().
 # Public: num_timesteps, ep_info_buffer, ep_success_buffer, the DummyVecEnv's envs and reset_infos, each
-# Monitor's rewards and total_steps, each env's np_random and completion_ids(). Each env's running episode is
-# rebuilt with its public API: reset(options={"prompt": ...}), then its generated tokens are stepped again.
+# Monitor's rewards and total_steps, each env's np_random, action_ids() and episode_rng_state. Each env's running
+# episode is rebuilt with its public API: reset(options={"prompt": ...}), restart_rng (multi-turn), then its
+# actions are stepped again (a multi-turn env inserts the other speaker's turns again by itself).
 # Not restored (logging only, not used in training): the wall-clock time in SB3's ep_info_buffer ("t") and
 # Monitor's start time and its lists of finished episodes' returns, lengths and times.
 def _capture_sb3_state(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -430,7 +431,9 @@ def _capture_sb3_state(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors["last_obs"] = {k: torch.as_tensor(np.asarray(v)) for k, v in model._last_obs.items()}
         tensors["last_episode_starts"] = torch.as_tensor(np.asarray(model._last_episode_starts))
         js["envs"] = [{"prompt": venv.reset_infos[i]["prompt"],
-                       "completion_ids": [int(t) for t in mon.unwrapped.completion_ids()],
+                       # the agent's tokens (a multi-turn env inserts the rest again when they are replayed)
+                       "completion_ids": [int(t) for t in mon.unwrapped.action_ids()],
+                       "episode_rng": mon.unwrapped.episode_rng_state,
                        "monitor_rewards": [float(r) for r in mon.rewards], "monitor_total_steps": int(mon.total_steps),
                        "np_random": mon.unwrapped.np_random.bit_generator.state}
                       for i, mon in enumerate(venv.envs)]
@@ -450,6 +453,8 @@ def _restore_sb3_state(model: Any, js: dict[str, Any], tensors: dict[str, Any], 
             last_obs = {k: v.cpu().numpy() for k, v in tensors["last_obs"].items()}
             for i, (mon, st) in enumerate(zip(venv.envs, js["envs"], strict=True)):
                 obs, info = mon.reset(options={"prompt": st["prompt"]})
+                if st.get("episode_rng") is not None:  # multi-turn: the inserted turns are drawn as before
+                    mon.unwrapped.restart_rng(st["episode_rng"])
                 for tok in st["completion_ids"]:
                     obs, *_ = mon.env.step(int(tok))  # below the Monitor, which gets its saved rewards back
                 mon.rewards = [float(r) for r in st["monitor_rewards"]]

@@ -142,7 +142,6 @@ class TRLGRPOAgent:
         import textenv
         from agents.policy import LMPolicy
         from textenv.models import POLICY_DIR, load_causal_lm, load_tokenizer
-        from textenv.rewards.resolve import resolve_reward_model
         from textenv.tasks import get_task
 
         self.task = get_task(textenv.ENV_IDS[env_id])
@@ -159,15 +158,6 @@ class TRLGRPOAgent:
         self.tokenizer = load_tokenizer(path if (path / "tokenizer_config.json").exists() else "default")
         self.envs = gym.make_vec(env_id, num_envs=64, autoreset_mode=AutoresetMode.DISABLED,
                                  tokenizer=self.tokenizer, reward_model=reward_model).unwrapped
-        rm = resolve_reward_model(reward_model, self.task)
-
-        def reward_model_score(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-            return [float(x) for x in rm(list(prompts), list(completions))]
-
-        def gold(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-            return [float(x) for x in self.task.gold_score(list(prompts), list(completions))]
-
-        self.reward_funcs = [reward_model_score, gold]
         self.kwargs = {**trl_grpo_settings(), **overrides}
         self.batch = int(self.kwargs["per_device_train_batch_size"])
         self._out = tempfile.TemporaryDirectory()
@@ -179,27 +169,29 @@ class TRLGRPOAgent:
 
     def learn(self, total_episodes: int, progress: bool = True,
               callback: Callable[[Any, dict[str, float]], Any] | None = None) -> TRLGRPOAgent:
-        from datasets import Dataset
         from transformers import TrainerCallback
         from trl import GRPOTrainer
+
+        from textenv.integrations.trl import to_trl
 
         agent = self
         steps = math.ceil(total_episodes / self.batch)
         n_prompts = steps * self.batch // int(self.kwargs["num_generations"])
-        prompts = self.task.prompts(n_prompts + 8, split="train", seed=self.seed)
+        # prompts, the reward model and the gold scorer in TRL's convention, as a user would get them
+        data = to_trl(self.task, n_prompts=n_prompts + 8, split="train", seed=self.seed, reward_model=self.reward_model)
         args = self.args_cls(output_dir=self._out.name, use_cpu=True, max_steps=steps, logging_steps=1,
                              report_to="none", save_strategy="no", disable_tqdm=not progress, seed=self.seed,
                              bf16=False, max_completion_length=self.envs.max_new_tokens,
-                             reward_weights=[1.0, 0.0], **self.kwargs)
+                             reward_weights=data.reward_weights, **self.kwargs)
 
         class _Track(TrainerCallback):
             def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                        **kw: Any) -> None:
-                if not logs or "rewards/reward_model_score/mean" not in logs:
+                if not logs or "rewards/reward_model/mean" not in logs:
                     return
                 agent.episodes = state.global_step * agent.batch
                 length = float(logs.get("completions/mean_length", float("nan")))
-                m = {"reward": float(logs["rewards/reward_model_score/mean"]),
+                m = {"reward": float(logs["rewards/reward_model/mean"]),
                      "gold_score": float(logs["rewards/gold/mean"]),
                      "kl": float(logs.get("kl", float("nan"))) * length,  # TRL's is per token
                      "entropy": float(logs.get("entropy", float("nan"))),
@@ -210,8 +202,8 @@ class TRLGRPOAgent:
                 if callback is not None:
                     callback(agent, m)
 
-        trainer = GRPOTrainer(model=self.model, reward_funcs=self.reward_funcs, args=args,
-                              train_dataset=Dataset.from_dict({"prompt": prompts}),
+        trainer = GRPOTrainer(model=self.model, reward_funcs=data.reward_funcs, args=args,
+                              train_dataset=data.dataset,
                               processing_class=self.tokenizer, callbacks=[_Track()])
         trainer.train()
         self.policy.model = trainer.model

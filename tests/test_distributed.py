@@ -60,10 +60,20 @@ def _policy() -> Any:
     return LMPolicy(model, tok)
 
 
-def _worker(mode: str, out: str, names: list[str]) -> None:
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A whole tensor of a parameter or gradient (gathered from its shards under FSDP), detached, contiguous."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    return t.detach().clone().contiguous()
+
+
+def _worker(spec: str, out: str, names: list[str]) -> None:
     """Train each agent ``ITERATIONS`` iterations and write its weights, last gradients and history.
     ``ddp``: one of WORLD torchrun ranks; ``single``: one process with the whole batch, whose rollouts are
-    the WORLD ranks' shards collected here and concatenated (the same episodes, the same seeds)."""
+    the WORLD ranks' shards collected here and concatenated (the same episodes, the same seeds); ``fsdp``:
+    a rank of an FSDP job. ``spec`` is the mode, optionally with ``+gc`` (gradient checkpointing)."""
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
     from safetensors.torch import save_file
@@ -73,6 +83,7 @@ def _worker(mode: str, out: str, names: list[str]) -> None:
     from agents.registry import get_agent_class
 
     torch.set_num_threads(1)
+    mode, *options = spec.split("+")  # e.g. "fsdp+gc": with gradient checkpointing
     for name in names:
         cls = get_agent_class(name)
         if mode == "single":
@@ -83,18 +94,23 @@ def _worker(mode: str, out: str, names: list[str]) -> None:
                     return concat_rollouts(shards, self.envs.pad_id)
 
             cls = Sharded
-        agent = cls(ARITH, policy=_policy(), env_kwargs=ENV_KWARGS, **_overrides(name))
+        extra: dict[str, Any] = {"strategy": "fsdp"} if mode == "fsdp" else {}
+        if "gc" in options:
+            extra["gradient_checkpointing"] = True
+        agent = cls(ARITH, policy=_policy(), env_kwargs=ENV_KWARGS, **_overrides(name), **extra)
         if mode == "single":
             agent.half = gym.make_vec(ARITH, num_envs=BATCH // WORLD, autoreset_mode=AutoresetMode.DISABLED,
                                       tokenizer=agent.policy.tokenizer, **ENV_KWARGS).unwrapped
         else:
             assert agent.dist.world_size == WORLD and agent.envs.num_envs == BATCH // WORLD
+            assert agent.sharded == (mode == "fsdp")
         agent.learn(BATCH * ITERATIONS, progress=False)
+        named = dict(agent.policy.named_parameters())
+        params = {k: _full(p) for k, p in named.items()}  # under FSDP a collective: every rank gathers
+        grads = {k: _full(p.grad) for k, p in named.items() if p.grad is not None}
         if agent.dist.is_main:
-            named = dict(agent.policy.named_parameters())
-            save_file({k: p.detach().clone().contiguous() for k, p in named.items()}, f"{out}/{name}-params.safetensors")
-            save_file({k: p.grad.detach().clone().contiguous() for k, p in named.items() if p.grad is not None},
-                      f"{out}/{name}-grads.safetensors")
+            save_file(params, f"{out}/{name}-params.safetensors")
+            save_file(grads, f"{out}/{name}-grads.safetensors")
             Path(f"{out}/{name}-history.json").write_text(json.dumps(agent.history))
 
 
@@ -115,35 +131,43 @@ def torchrun(args: list[str], timeout: float, cwd: Path = ROOT) -> subprocess.Co
 
 
 # ------------------------------------------------------------------------------------------------- parity
-@pytest.mark.slow
-def test_two_gloo_ranks_with_half_the_batch_match_one_process_with_all_of_it(tmp_path):
-    from safetensors.torch import load_file
-
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
-    ddp.mkdir()
-    single.mkdir()
-    worker = [str(Path(__file__).resolve()), "worker"]
-    r = torchrun([*worker, "ddp", str(ddp), *AGENTS], timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    """The one-process side of the parity tests: every agent trained on the whole batch (run once)."""
+    single = tmp_path_factory.mktemp("single")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(var, None)
-    r = subprocess.run([sys.executable, *worker, "single", str(single), *AGENTS], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "worker", "single", str(single), *AGENTS],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return single
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_ranks_with_half_the_batch_match_one_process_with_all_of_it(tmp_path, single_run, strategy):
+    """DDP (gradients all-reduced) and FSDP (weights, gradients and AdamW states sharded by torch's
+    fully_shard) on 2 gloo ranks end with the weights, gradients and metrics of one process."""
+    from safetensors.torch import load_file
+
+    multi, single = tmp_path / strategy, single_run
+    multi.mkdir()
+    r = torchrun([str(Path(__file__).resolve()), "worker", strategy, str(multi), *AGENTS], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     initial = dict(_policy().named_parameters())
     for name in AGENTS:
-        p_ddp, p_one = load_file(ddp / f"{name}-params.safetensors"), load_file(single / f"{name}-params.safetensors")
+        p_ddp, p_one = load_file(multi / f"{name}-params.safetensors"), load_file(single / f"{name}-params.safetensors")
         assert p_ddp.keys() == p_one.keys()
         moved = max(float((p_one[k] - initial[k].detach()).abs().max()) for k in p_one)
         assert moved > 1e-3, f"{name}: training did not move the weights ({moved})"
         for k in p_one:
             torch.testing.assert_close(p_ddp[k], p_one[k], rtol=1e-4, atol=2e-5, msg=lambda m, k=k, n=name: f"{n} {k}: {m}")
-        g_ddp, g_one = load_file(ddp / f"{name}-grads.safetensors"), load_file(single / f"{name}-grads.safetensors")
+        g_ddp, g_one = load_file(multi / f"{name}-grads.safetensors"), load_file(single / f"{name}-grads.safetensors")
         assert g_ddp.keys() == g_one.keys()  # e.g. GRPO's unused value head has no gradient in either
         for k in g_one:
             torch.testing.assert_close(g_ddp[k], g_one[k], rtol=1e-3, atol=1e-5, msg=lambda m, k=k, n=name: f"{n} grad {k}: {m}")
-        h_ddp = json.loads((ddp / f"{name}-history.json").read_text())
+        h_ddp = json.loads((multi / f"{name}-history.json").read_text())
         h_one = json.loads((single / f"{name}-history.json").read_text())
         assert [row["episodes"] for row in h_ddp] == [BATCH * (i + 1) for i in range(ITERATIONS)]
         for row_ddp, row_one in zip(h_ddp, h_one, strict=True):
@@ -152,6 +176,31 @@ def test_two_gloo_ranks_with_half_the_batch_match_one_process_with_all_of_it(tmp
             if name == "ppo":
                 for key in ("kl_coef", "explained_variance", "approx_kl", "value_loss"):
                     assert row_ddp[key] == pytest.approx(row_one[key], rel=1e-3, abs=1e-5), (name, key)
+
+
+@pytest.mark.slow
+def test_fsdp_with_gradient_checkpointing_matches_one_process(tmp_path):
+    """FSDP's hooks re-run in the recomputed forward of a checkpointed block: PPO still ends where one
+    process ends."""
+    from safetensors.torch import load_file
+
+    multi, single = tmp_path / "fsdp", tmp_path / "single"
+    multi.mkdir()
+    single.mkdir()
+    worker = [str(Path(__file__).resolve()), "worker"]
+    r = torchrun([*worker, "fsdp+gc", str(multi), "ppo"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(var, None)
+    r = subprocess.run([sys.executable, *worker, "single+gc", str(single), "ppo"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for kind, tol in (("params", (1e-4, 2e-5)), ("grads", (1e-3, 1e-5))):
+        a, b = load_file(multi / f"ppo-{kind}.safetensors"), load_file(single / f"ppo-{kind}.safetensors")
+        assert a.keys() == b.keys() and a
+        for k in b:
+            torch.testing.assert_close(a[k], b[k], rtol=tol[0], atol=tol[1], msg=lambda m, k=k, kind=kind: f"{kind} {k}: {m}")
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -180,6 +229,46 @@ def test_train_cli_under_torchrun_writes_once_from_rank_0_and_resumes(tmp_path):
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 3
     latest = max((p for p in out.iterdir() if p.name.startswith("checkpoint-")), key=lambda p: p.name)
     assert json.loads((latest / "agent.json").read_text())["episodes"] == 24
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_is_a_full_one_process_checkpoint_and_resumes_exactly(tmp_path):
+    """Under --strategy fsdp the ranks gather full state dicts and rank 0 writes them: Agent.load reads the
+    checkpoint in one process unchanged (whole weights, a one-process optimizer state), and a run resumed
+    under FSDP from it ends where an uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    from agents import Agent
+
+    fsdp = [*TRAIN, "--strategy", "fsdp"]
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    r = torchrun([*fsdp, "--episodes", "16", "--out", str(cut)], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("training grpo on") == 1 and "(2 processes)" in r.stdout
+    ckpt = cut / "checkpoint-00000016"
+    agent = Agent.load(ckpt)  # one process: strategy fsdp is a no-op, the policy is whole
+    assert agent.config.strategy == "fsdp" and not agent.sharded and agent.episodes == 16
+    trainable = [p for p in agent.policy.parameters() if p.requires_grad]
+    state = agent.optimizer.state_dict()["state"]
+    assert state and all(state[i]["exp_avg"].shape == p.shape for i, p in enumerate(agent.policy.parameters())
+                         if i in state)
+    assert len(state) <= len(trainable)
+    assert (ckpt / "reference").is_dir()  # the tiny policy's reference, gathered from its shards
+    r = torchrun([*fsdp, "--episodes", "24", "--out", str(cut), "--resume"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("resuming grpo") == 1
+    r = torchrun([*fsdp, "--episodes", "24", "--out", str(whole)], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(cut / "checkpoint-00000024" / "policy" / "model.safetensors")
+    b = load_file(whole / "checkpoint-00000024" / "policy" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    moved = load_file(ckpt / "policy" / "model.safetensors")
+    assert max(float((moved[k] - b[k]).abs().max()) for k in b) > 0  # the last 8 episodes trained
+    final_cut = json.loads((cut / "summary.json").read_text())["final"]
+    final_whole = json.loads((whole / "summary.json").read_text())["final"]
+    assert final_cut == pytest.approx(final_whole, rel=1e-4, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------- refusals
@@ -238,6 +327,20 @@ def test_bad_torchrun_variables_are_named(monkeypatch):
     agent.learn(4, progress=False)
 
 
+def test_bad_strategies_are_refused_and_fsdp_in_one_process_trains_unsharded():
+    from agents import GRPO, PPO
+
+    with pytest.raises(ValueError, match=r"strategy must be one of \['ddp', 'fsdp'\], got 'zero3'"):
+        PPO(ARITH, policy="tiny", batch_size=4, strategy="zero3")
+    pytest.importorskip("peft")
+    with pytest.raises(ValueError, match=r"strategy 'fsdp' does not support LoRA \(lora_r=4\).*use strategy 'ddp'"):
+        GRPO(ARITH, policy="tiny", batch_size=4, group_size=2, strategy="fsdp", lora_r=4)
+    agent = GRPO(ARITH, policy="tiny", batch_size=4, group_size=2, strategy="fsdp", env_kwargs=ENV_KWARGS)
+    assert not agent.sharded and agent.dist.world_size == 1  # nothing to shard: trains as ddp does
+    agent.learn(4, progress=False)
+    assert agent.history[-1]["episodes"] == 4.0
+
+
 def test_one_process_context_is_the_identity():
     from agents.distributed import Context, rank_seed
 
@@ -245,15 +348,16 @@ def test_one_process_context_is_the_identity():
     x = torch.arange(6.0).view(3, 2)
     assert ctx.gather(x) is x and ctx.all_sum(x) is x and ctx.shard(3) == slice(0, 3)
     idx = torch.tensor([2, 0])
-    assert ctx.local_indices(idx, 3)[0] is idx
+    assert ctx.minibatch_part(idx)[0] is idx
     assert ctx.weighted_mean({"a": torch.tensor(1.5)}, 0.0) == {"a": 1.5}
     assert rank_seed(17, 0) == 17 and rank_seed(17, 1) != 17
     two = Context(rank=1, world_size=2)
     assert two.shard(8) == slice(4, 8)
-    local, here = two.local_indices(torch.tensor([5, 1, 7]), 8)
-    assert here and local.tolist() == [1, 3]
-    local, here = two.local_indices(torch.tensor([0, 3]), 8)
-    assert not here and local.tolist() == [0]  # a stand-in episode, weighted 0
+    part, here = two.minibatch_part(torch.tensor([5, 1, 7, 0, 2]))
+    assert here and part.tolist() == [0, 2]  # rank 0 takes [5, 1, 7]: parts differ by at most one
+    assert Context(rank=0, world_size=2).minibatch_part(torch.tensor([5, 1, 7, 0, 2]))[0].tolist() == [5, 1, 7]
+    part, here = two.minibatch_part(torch.tensor([3]))
+    assert not here and part.tolist() == [3]  # a stand-in episode, weighted 0
 
 
 def test_concat_rollouts_repads_prompts_and_completions():
@@ -276,4 +380,4 @@ if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "worker":
         _worker(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
-        raise SystemExit("usage: test_distributed.py worker ddp|single OUT_DIR AGENT...")
+        raise SystemExit("usage: test_distributed.py worker ddp|fsdp|single[+gc] OUT_DIR AGENT...")

@@ -1,7 +1,9 @@
 """textenv: text generation as a Gymnasium environment.
 
 ``import textenv`` registers ``TextGen-v0`` (the sentiment task) and one id per built-in task
-(``TextGen-Sentiment-v0``, ``TextGen-Arithmetic-v0``, ``TextGen-Keywords-v0``). Entry points are strings,
+(``TextGen-Sentiment-v0``, ``TextGen-Arithmetic-v0``, ``TextGen-Keywords-v0``, ``TextGen-Translation-v0``,
+``TextGen-Dialogue-v0``, ...). Tasks whose shipped reward model is not built yet need ``reward_model="gold"``
+(or another model). Entry points are strings,
 so this import stays light and ``gym.make("textenv:TextGen-v0")`` works without it.
 
 Example:
@@ -21,6 +23,11 @@ ENV_IDS = {
     "TextGen-Sentiment-v0": "sentiment",
     "TextGen-Arithmetic-v0": "arithmetic",
     "TextGen-Keywords-v0": "keywords",
+    "TextGen-Translation-v0": "translation",
+    "TextGen-Summarization-v0": "summarization",
+    "TextGen-QA-v0": "qa",
+    "TextGen-Dialogue-v0": "dialogue",
+    "TextGen-Detox-v0": "detox",
 }
 
 

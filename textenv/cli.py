@@ -44,10 +44,11 @@ def _check_positive(flag: str, value: float) -> None:
 def _one_source(flags: dict[str, str | None]) -> None:
     """Exactly one of the mutually exclusive data sources ``flags`` (flag name -> value) is given."""
     given = {k: v for k, v in flags.items() if v is not None}
-    names = " or ".join(f"--{k}" for k in flags)
+    flag_names = [f"--{k}" for k in flags]
+    names = ", ".join(flag_names[:-1]) + f" or {flag_names[-1]}" if len(flag_names) > 1 else flag_names[0]
     if len(given) > 1:
         got = " and ".join(f"--{k} {v!r}" for k, v in given.items())
-        raise ValueError(f"give one of {names}, not both (got {got})")
+        raise ValueError(f"give one of {names}, not {'both' if len(flags) == 2 else 'several'} (got {got})")
     if not given:
         raise ValueError(f"one of {names} is required")
 
@@ -97,13 +98,14 @@ class FinetuneArgs:
     """Flags of ``textenv finetune``."""
 
     model: str
-    """an HF causal-LM directory (e.g. a pretrain --out)"""
+    """an HF causal-LM or encoder-decoder (T5, BART) directory (e.g. a pretrain --out), or tiny / tiny-t5"""
     out: str
     """output directory (save_pretrained layout + checkpoints)"""
     task: str | None = None
     """a built-in task's (prompt, response) pairs; exclusive with --pairs"""
     pairs: str | None = None
-    """a .jsonl file of {"prompt", "response"} rows; exclusive with --task"""
+    """a .jsonl file of {"prompt", "response"} rows (or "reference"/"references"/"answer", as --task-data files
+    have); exclusive with --task"""
     pairs_count: int = 20000
     """pairs drawn from --task"""
     steps: int = 500
@@ -140,6 +142,15 @@ class TrainRewardArgs:
     data: str | None = None
     """.jsonl: {"text","score"} / {"prompt","completion","score"} rows (mse), {"prompt","chosen","rejected"}
     (bt); exclusive with --task"""
+    task_data: str | None = None
+    """a .jsonl of {"prompt", "reference"|"references"|"answer"} rows (a DatasetTask): --policy's samples for its
+    prompts (and the references) scored by --metric; exclusive with --task and --data"""
+    metric: str = "chrf"
+    """with --task-data: exact_match, f1, bleu, chrf, rouge1, rouge2 or rougeL"""
+    policy: str = "default"
+    """with --task-data: the causal LM that writes the scored samples ('default', 'tiny' or an HF directory)"""
+    samples: int = 4
+    """with --task-data: completions sampled per prompt"""
     loss: Literal["mse", "bt"] = "mse"
     """mse: regression on scores; bt: Bradley-Terry on preference pairs"""
     base: str | None = None
@@ -156,16 +167,27 @@ class TrainRewardArgs:
     """rows drawn from --task"""
     seed: int = 0
     """seed of the data draw and the training run"""
+    ensemble: int = 1
+    """train K members (seeds seed..seed+K-1) into --out/member-<i>; --reward-model --out then scores with their mean"""
+    label_noise: float = 0.0
+    """corrupt this share of the training labels (mse: a random row's score; bt: chosen and rejected swapped)"""
     resume: bool = False
     """continue the run in --out from its latest checkpoint"""
     progress: bool = True
     """show a progress bar (--no-progress hides it)"""
 
     def __post_init__(self) -> None:
-        _one_source({"task": self.task, "data": self.data})
-        _check_min({"rows": self.rows, "steps": self.steps, "batch-size": self.batch_size}, 1)
+        _one_source({"task": self.task, "data": self.data, "task-data": self.task_data})
+        _check_min({"rows": self.rows, "steps": self.steps, "batch-size": self.batch_size, "samples": self.samples,
+                    "ensemble": self.ensemble}, 1)
+        from textenv.metrics import METRICS
+
+        if self.metric not in METRICS:
+            raise ValueError(f"--metric must be one of {list(METRICS)}, got {self.metric!r}")
         _check_min({"seed": self.seed}, 0)
         _check_positive("lr", self.lr)
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise ValueError(f"--label-noise must be in [0, 1], got {self.label_noise}")
 
 
 @dataclass
@@ -229,9 +251,12 @@ def _cmd_finetune(a: FinetuneArgs) -> int:
 
 def _cmd_train_reward(a: TrainRewardArgs) -> int:
     from textenv.rewards.base import REWARD_METADATA_FILE
+    from textenv.rewards.ensemble import ENSEMBLE_FILE
 
-    return _guarded(a.out, _stage_dir_is_ours(Path(a.out), REWARD_METADATA_FILE, "config.json"),
-                    "textenv train-reward", lambda: _train_reward(a))
+    out = Path(a.out)
+    ours = _stage_dir_is_ours(out, REWARD_METADATA_FILE, "config.json", ENSEMBLE_FILE) or (
+        a.ensemble > 1 and (out / "member-0").is_dir())  # an ensemble interrupted before its file
+    return _guarded(a.out, ours, "textenv train-reward", lambda: _train_reward(a))
 
 
 def _cmd_build_defaults(a: BuildDefaultsArgs) -> int:
@@ -287,9 +312,15 @@ def _finetune(a: FinetuneArgs) -> int:
 
 def _train_reward(a: TrainRewardArgs) -> int:
     from textenv.tasks import get_task
-    from textenv.training.reward import load_reward_rows, train_reward_model
+    from textenv.training.reward import (
+        add_label_noise,
+        load_reward_rows,
+        train_reward_ensemble,
+        train_reward_model,
+    )
 
     task = None
+    task_name: str | None = None
     rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]] | None
     if a.task is not None:
@@ -300,16 +331,47 @@ def _train_reward(a: TrainRewardArgs) -> int:
         else:
             rows = task.preference_pairs(a.rows, seed=a.seed)
             eval_rows = task.preference_pairs(max(64, a.rows // 20), seed=a.seed + 1, split="test")
+    elif a.task_data is not None:
+        task_name, rows, eval_rows = _task_data_rows(a)
     else:
         assert a.data is not None  # TrainRewardArgs checks that one source is given
         rows = load_reward_rows(a.data, a.loss)
         n_eval = max(1, len(rows) // 20) if len(rows) >= 40 else 0
         rows, eval_rows = (rows[n_eval:], rows[:n_eval]) if n_eval else (rows, None)
-    m = train_reward_model(rows, a.out, loss=a.loss, tokenizer=a.tokenizer, base=a.base, steps=a.steps,
-                           batch_size=a.batch_size, lr=a.lr, seed=a.seed, eval_rows=eval_rows,
-                           resume=a.resume, progress=a.progress, task=task)
+    if a.label_noise > 0:
+        rows = add_label_noise(rows, a.label_noise, a.loss, seed=a.seed)  # the held-out rows stay clean
+    kwargs: dict[str, Any] = dict(loss=a.loss, tokenizer=a.tokenizer, base=a.base, steps=a.steps,
+                                  batch_size=a.batch_size, lr=a.lr, eval_rows=eval_rows, progress=a.progress,
+                                  task=task if task is not None else task_name)
+    if a.ensemble > 1:
+        m = train_reward_ensemble(rows, a.out, a.ensemble, seed=a.seed, resume=a.resume, **kwargs)
+    else:
+        m = train_reward_model(rows, a.out, seed=a.seed, resume=a.resume, **kwargs)
     print(json.dumps(m, indent=2))
     return 0
+
+
+def _task_data_rows(a: TrainRewardArgs) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """``(task name, rows, eval rows)`` of ``--task-data``: --policy's samples scored by --metric on the
+    file's train prompts (eval: its test prompts), as MSE rows or (--loss bt) best-vs-worst pairs."""
+    from textenv.models import load_causal_lm, load_tokenizer
+    from textenv.tasks import DatasetTask
+    from textenv.training.scored import preference_rows, scored_policy_rows
+
+    assert a.task_data is not None
+    task = DatasetTask(a.task_data, metric=a.metric)
+    tok_source = a.policy if (Path(a.policy) / "tokenizer_config.json").exists() else a.tokenizer
+    tok = load_tokenizer(tok_source)
+    model = load_causal_lm(a.policy, tokenizer=tok)
+    split_rows = {}
+    for split in ("train", "test"):
+        scored = (scored_policy_rows(task, model, tok, split=split, samples_per_prompt=a.samples, seed=a.seed)
+                  if task.split_prompts(split) else [])
+        split_rows[split] = preference_rows(scored) if a.loss == "bt" else scored
+    if not split_rows["train"]:
+        raise ValueError(f"--task-data {a.task_data!r}: no {'preference pairs' if a.loss == 'bt' else 'rows'} "
+                         f"from its train prompts (bt needs samples of different scores)")
+    return task.name, split_rows["train"], split_rows["test"] or None
 
 
 def _build_defaults(a: BuildDefaultsArgs) -> int:

@@ -1,8 +1,9 @@
-"""Loading tokenizers, causal LMs and configs by name or path.
+"""Loading tokenizers, causal (and seq2seq) LMs and configs by name or path.
 
 Names:
 - ``"default"``: the artifacts shipped in ``textenv/data`` (built by ``textenv build-defaults``).
-- ``"tiny"`` (causal LM only): a fresh, randomly initialised tiny GPT-2 sized for the default tokenizer.
+- ``"tiny"`` (causal LM only): a fresh, randomly initialised tiny GPT-2 sized for the default tokenizer;
+  ``"tiny-t5"``: the same as a tiny T5 encoder-decoder.
 - any directory: a Hugging Face ``save_pretrained`` directory.
 
 Tokenizers are cached per process (they are immutable); causal LMs are not, since a policy is trained in
@@ -190,17 +191,38 @@ def tiny_gpt2_config(vocab_size: int, n_layer: int = 4, n_embd: int = 128, n_hea
                       n_positions=n_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **kwargs)
 
 
+def tiny_t5_config(tokenizer: PreTrainedTokenizerBase, num_layers: int = 2, d_model: int = 64, num_heads: int = 4,
+                   d_ff: int = 128, **kwargs: Any) -> Any:
+    """A small random T5 config (an encoder-decoder for :class:`agents.seq2seq.Seq2SeqPolicy`) sized for
+    ``tokenizer``: its vocabulary, pad id as the decoder's start (as T5 does) and EOS; no dropout.
+
+    Example:
+        >>> cfg = tiny_t5_config(load_tokenizer("default"))
+        >>> cfg.is_encoder_decoder, cfg.d_model
+        (True, 64)
+    """
+    from transformers import T5Config
+
+    return T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
+                    num_layers=num_layers, num_heads=num_heads, dropout_rate=0.0,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                    decoder_start_token_id=tokenizer.pad_token_id, **kwargs)  # type: ignore[call-arg]
+
+
 def load_causal_lm(name_or_path: str | os.PathLike[str] = "default", tokenizer: PreTrainedTokenizerBase | None = None,
                    dtype: Any = "float32", **config_overrides: Any) -> PreTrainedModel:
-    """A fresh (uncached) causal LM: ``"default"`` (the shipped policy), ``"tiny"`` or a directory.
+    """A fresh (uncached) LM: ``"default"`` (the shipped policy), ``"tiny"``, ``"tiny-t5"`` or a directory.
 
     ``"tiny"`` builds a random GPT-2 from :func:`tiny_gpt2_config` sized for ``tokenizer`` (default: the
-    shipped tokenizer); ``config_overrides`` go to that config. The model is returned in eval mode, with
+    shipped tokenizer); ``config_overrides`` go to that config. ``"tiny-t5"`` builds a random T5 from
+    :func:`tiny_t5_config` the same way. A directory holding an encoder-decoder model (its config says
+    ``is_encoder_decoder``: T5, BART, ...) is loaded with ``AutoModelForSeq2SeqLM``, anything else with
+    ``AutoModelForCausalLM``. The model is returned in eval mode, with
     weights in ``dtype``: ``"float32"`` (default; what a trained policy keeps as master weights),
     ``"bfloat16"`` (half the memory: frozen models such as a KL reference) or a ``torch.dtype`` of those;
     ``"auto"`` is float32 here (no device is known). Any other value is a ``ValueError`` naming it.
     """
-    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GPT2LMHeadModel
 
     weights_dtype = resolve_dtype(dtype, "cpu", what="load_causal_lm dtype")
     name = str(name_or_path)
@@ -209,6 +231,11 @@ def load_causal_lm(name_or_path: str | os.PathLike[str] = "default", tokenizer: 
         cfg = tiny_gpt2_config(len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                                pad_token_id=tok.pad_token_id, **config_overrides)
         return GPT2LMHeadModel(cfg).to(weights_dtype).eval()
+    if name == "tiny-t5":
+        from transformers import T5ForConditionalGeneration
+
+        tok = tokenizer if tokenizer is not None else load_tokenizer("default")
+        return T5ForConditionalGeneration(tiny_t5_config(tok, **config_overrides)).to(weights_dtype).eval()
     if name == "default":
         if not (POLICY_DIR / "config.json").exists():
             raise ModelLoadError(f"the default policy is missing from {POLICY_DIR}; run `textenv build-defaults`")
@@ -219,8 +246,10 @@ def load_causal_lm(name_or_path: str | os.PathLike[str] = "default", tokenizer: 
         raise ModelLoadError(f"model directory {str(path)!r} has no config.json")
     try:
         with quiet_progress():
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=weights_dtype)
+            seq2seq = bool(getattr(AutoConfig.from_pretrained(str(path)), "is_encoder_decoder", False))
+            auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+            model = auto.from_pretrained(str(path), dtype=weights_dtype)
     except Exception as exc:
-        raise ModelLoadError(f"could not load a causal LM from {str(path)!r}: {exc}") from exc
+        raise ModelLoadError(f"could not load a causal or seq2seq LM from {str(path)!r}: {exc}") from exc
     return model.eval()
 

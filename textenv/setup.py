@@ -121,6 +121,11 @@ class EnvSetup:
     vocab_size: int = 0
     eos_id: int = 0
     pad_id: int = 0
+    #: the most agent turns per episode (1: single-turn), and the most tokens inserted after one turn
+    max_turns: int = 1
+    max_inserted_tokens: int = 0
+    #: the token id that ends an agent turn (the task's ``turn_separator``), or None (single-turn)
+    separator_id: int | None = None
     _prompt_cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _fast: Any = field(default=None, repr=False)
     #: per token id, the bytes decoding turns it into (see :func:`byte_level_table`); built on first use
@@ -128,9 +133,25 @@ class EnvSetup:
     _byte_table_built: bool = field(default=False, repr=False)
 
     @property
+    def multi_turn(self) -> bool:
+        """Whether the task inserts text between agent turns (``max_turns > 1``)."""
+        return self.max_turns > 1
+
+    @property
+    def max_actions(self) -> int:
+        """The most agent tokens (actions) in an episode: ``max_turns * max_new_tokens``."""
+        return self.max_turns * self.max_new_tokens
+
+    @property
+    def max_episode_tokens(self) -> int:
+        """The most tokens after the prompt: every agent turn's budget plus every inserted reply's."""
+        return self.max_actions + (self.max_turns - 1) * self.max_inserted_tokens
+
+    @property
     def max_length(self) -> int:
-        """L, the observation length: prompt budget plus completion budget."""
-        return self.max_prompt_tokens + self.max_new_tokens
+        """L, the observation length: prompt budget plus the episode's token budget (single-turn:
+        ``max_prompt_tokens + max_new_tokens``)."""
+        return self.max_prompt_tokens + self.max_episode_tokens
 
     def observation_space(self) -> spaces.Dict:
         L = self.max_length
@@ -253,6 +274,29 @@ class EnvSetup:
     def gold(self, prompts: list[str], completions: list[str]) -> list[float]:
         return [float(s) for s in self.task.gold_score(prompts, completions)]
 
+    def insertion(self, prompt: str, dialogue: list[str], rng: np.random.Generator) -> np.ndarray | None:
+        """The token ids the env inserts after the agent's turn (the task's :meth:`~textenv.tasks.base.Task.next_turn`,
+        encoded), or None when the dialogue ends. A reply that is not a str, encodes to no tokens or to more
+        than ``max_inserted_tokens`` is a ``ValueError`` naming the task."""
+        text = self.task.next_turn(prompt, dialogue, rng)
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise ValueError(f"task {self.task.name!r}: next_turn must return a str or None, got {text!r}")
+        ids = self._encode(text)
+        if not ids:
+            raise ValueError(f"task {self.task.name!r}: next_turn returned {text!r}, which encodes to no tokens")
+        if len(ids) > self.max_inserted_tokens:
+            raise ValueError(f"task {self.task.name!r}: next_turn returned {len(ids)} tokens, more than "
+                             f"max_inserted_tokens={self.max_inserted_tokens}: {text[:80]!r}")
+        return np.asarray(ids, dtype=np.int64)
+
+    def segments(self, ids: np.ndarray, starts: list[int], end: int) -> list[str]:
+        """The decoded transcript segments of one episode: ``ids`` are the tokens after the prompt, ``starts``
+        the offset where each segment (agent turn, inserted reply, ...) begins, ``end`` the episode's length."""
+        bounds = [*starts, end]
+        return [self.decode(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
 
 def _byte_to_char() -> dict[int, str]:
     """GPT-2's reversible map of the 256 byte values to printable characters: the printable Latin-1 bytes
@@ -317,6 +361,7 @@ def build_setup(
     split: str = "train",
     prompt_truncation: str = "left",
     device: Any = "cpu",
+    max_turns: int | None = None,
 ) -> EnvSetup:
     """Check and resolve the env keyword arguments (see :class:`textenv.env.TextGenEnv`)."""
     from textenv.models import load_tokenizer, resolve_device
@@ -330,6 +375,16 @@ def build_setup(
     for name, value in (("max_prompt_tokens", max_prompt_tokens), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_TOKENS:
             raise ValueError(f"{name} must be an integer in [1, {MAX_TOKENS}], got {value!r}")
+    if max_turns is None:
+        max_turns = task_obj.default_max_turns
+    if isinstance(max_turns, bool) or not isinstance(max_turns, (int, np.integer)) or not 1 <= max_turns <= 1024:
+        raise ValueError(f"max_turns must be an integer in [1, 1024], got {max_turns!r}")
+    if max_turns > 1 and task_obj.turn_separator is None:
+        raise ValueError(f"max_turns={max_turns} needs a multi-turn task (one with a turn_separator); "
+                         f"task {task_obj.name!r} is single-turn")
+    max_inserted = int(task_obj.default_max_inserted_tokens) if max_turns > 1 else 0
+    if max_turns > 1 and max_inserted < 1:
+        raise ValueError(f"task {task_obj.name!r}: default_max_inserted_tokens must be >= 1, got {max_inserted}")
     if reward_mode not in REWARD_MODES:
         raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
     if prompt_truncation not in PROMPT_TRUNCATIONS:
@@ -360,7 +415,18 @@ def build_setup(
         vocab_size=len(tok),
         eos_id=int(tok.eos_token_id),
         pad_id=int(tok.pad_token_id),
+        max_turns=int(max_turns),
+        max_inserted_tokens=max_inserted,
     )
+    if task_obj.turn_separator is not None:
+        sep = setup._encode(task_obj.turn_separator)
+        if len(sep) != 1:
+            raise ValueError(f"task {task_obj.name!r}: turn_separator {task_obj.turn_separator!r} must encode to "
+                             f"one token of the tokenizer, got {len(sep)} tokens {sep}")
+        setup.separator_id = int(sep[0])
+    if setup.multi_turn and setup.max_length > 2 * MAX_TOKENS:  # what a single-turn env can reach at most
+        raise ValueError(f"the observation length {setup.max_length} (max_prompt_tokens + max_turns * "
+                         f"max_new_tokens + inserted tokens) is over {2 * MAX_TOKENS}; lower max_turns or the budgets")
     if setup.prompts is not None:
         for p in setup.prompts:  # fail at construction, not at the first reset that draws a bad one
             setup.encode_prompt(p)

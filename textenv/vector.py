@@ -36,6 +36,12 @@ class TextGenVectorEnv(VectorEnv):
     scorer. Slot ``i`` reset with ``seed=s`` draws the same prompts as a single
     ``TextGenEnv`` reset with ``seed=s+i``, so results match ``gym.make_vec(..., vectorization_mode="sync")``.
 
+    Multi-turn tasks: each slot inserts the other speaker's tokens after its agent turns as the single env
+    does; a step whose action ends slot ``i``'s turn sets ``info["_turn"][i]`` and gives ``info["turn"][i]``,
+    ``info["inserted_tokens"][i]`` and ``info["inserted_mask"][i]`` (``(N, L)`` int8); with ``SAME_STEP``
+    a finished slot's go into ``info["final_info"]``. :attr:`max_episode_tokens` is the widest transcript
+    (a rollout buffer's width), :attr:`max_actions` the most agent tokens.
+
     Autoreset modes (``autoreset_mode=``, Gymnasium's names):
     - ``NEXT_STEP`` (default): the step after an episode ends resets that slot (its action is ignored,
       reward 0, flags False).
@@ -78,7 +84,11 @@ class TextGenVectorEnv(VectorEnv):
         self._ids = np.full((N, L), s.pad_id, dtype=np.int64)  # (N, L)
         self._mask = np.zeros((N, L), dtype=np.int8)  # (N, L)
         self._prompt_len = np.zeros(N, dtype=np.int64)
-        self._n_gen = np.zeros(N, dtype=np.int64)
+        self._n_gen = np.zeros(N, dtype=np.int64)  # tokens after the prompt (agent's and inserted)
+        self._turn = np.zeros(N, dtype=np.int64)  # multi-turn: agent turns finished
+        self._turn_len = np.zeros(N, dtype=np.int64)  # tokens of the current agent turn
+        self._segments: list[list[int]] = [[0] for _ in range(N)]  # where each transcript segment starts
+        self._inserted = np.zeros((N, L), dtype=np.int8)  # (N, L) 1 where the env inserted a token
         self._potential = np.zeros(N, dtype=np.float64)
         self._active = np.zeros(N, dtype=bool)  # slot is inside an episode
         self._needs_reset = np.zeros(N, dtype=bool)  # NEXT_STEP: slot ended on the previous step
@@ -99,8 +109,23 @@ class TextGenVectorEnv(VectorEnv):
 
     @property
     def max_new_tokens(self) -> int:
-        """T, the completion budget: an episode is truncated after this many actions."""
+        """T, the completion budget: an episode (multi-turn: an agent turn) ends after this many actions."""
         return int(self.setup.max_new_tokens)
+
+    @property
+    def max_actions(self) -> int:
+        """The most agent tokens in an episode (``max_turns * max_new_tokens``; single-turn: ``max_new_tokens``)."""
+        return int(self.setup.max_actions)
+
+    @property
+    def max_episode_tokens(self) -> int:
+        """The most tokens after the prompt, agent and inserted (``L - max_prompt_tokens``): the width of a
+        rollout buffer."""
+        return int(self.setup.max_episode_tokens)
+
+    def inserted_mask(self) -> np.ndarray:
+        """``(N, L)`` int8: 1 at the observation positions the env inserted (a copy; zeros if single-turn)."""
+        return self._inserted.copy()
 
     @property
     def vocab_size(self) -> int:
@@ -156,11 +181,15 @@ class TextGenVectorEnv(VectorEnv):
         self._mask[idx] = inside
         self._prompt_len[idx] = lengths
         self._n_gen[idx] = 0
+        self._turn[idx] = 0
+        self._turn_len[idx] = 0
+        self._inserted[idx] = 0
         self._potential[idx] = 0.0
         self._active[idx] = True
         self._needs_reset[idx] = False
         for i, p in zip(slots, new, strict=True):
             self._prompts[i] = p
+            self._segments[i] = [0]
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -230,33 +259,41 @@ class TextGenVectorEnv(VectorEnv):
         s = self.setup
         N = self.num_envs
         rewards = np.zeros(N, dtype=np.float64)
+        terminated = np.zeros(N, dtype=bool)
         stepping = self._active.nonzero()[0]
-        if stepping.size == N:  # every slot steps (the usual case): whole arrays, no gathers
-            pos = self._prompt_len + self._n_gen
-            tok = a
-            self._ids[stepping, pos] = tok
-            self._mask[stepping, pos] = 1
-            self._n_gen += 1
-            terminated = self._n_gen >= s.max_new_tokens
-            if s.terminate_on_eos:
-                terminated |= tok == s.eos_id
-            done_idx = terminated.nonzero()[0]
-        else:
-            pos = self._prompt_len[stepping] + self._n_gen[stepping]
-            tok = a[stepping]
-            self._ids[stepping, pos] = tok
-            self._mask[stepping, pos] = 1
-            self._n_gen[stepping] += 1
-            ends = self._n_gen[stepping] >= s.max_new_tokens
-            if s.terminate_on_eos:
-                ends |= tok == s.eos_id
-            terminated = np.zeros(N, dtype=bool)
+        # every slot steps (the usual case): slices, views of the whole arrays instead of gathers
+        sel: slice | np.ndarray = slice(None) if stepping.size == N else stepping
+        pos = self._prompt_len[sel] + self._n_gen[sel]
+        tok = a[sel]
+        self._ids[stepping, pos] = tok
+        self._mask[stepping, pos] = 1
+        self._n_gen[sel] += 1
+        self._turn_len[sel] += 1
+        eos = tok == s.eos_id if s.terminate_on_eos else np.zeros(stepping.size, dtype=bool)
+        turn_end = eos | (self._turn_len[sel] >= s.max_new_tokens)
+        if s.separator_id is not None:
+            turn_end |= tok == s.separator_id
+        ends = eos | (turn_end & (self._turn[sel] + 1 >= s.max_turns))
+        # multi-turn: the other speaker's replies (computed before anything is scored, written after)
+        asked = stepping[turn_end & ~ends]
+        rng_states = {int(i): self._rngs[i].bit_generator.state for i in asked}
+        inserted: dict[int, np.ndarray] = {}
+        infos: dict[str, Any] = {}
+        try:
+            for i in asked:
+                dialogue = s.segments(self._ids[i, self._prompt_len[i]:], self._segments[i], int(self._n_gen[i]))
+                reply = s.insertion(self._prompts[i], dialogue, self._rngs[i])
+                if reply is None:
+                    ends[np.searchsorted(stepping, i)] = True
+                else:
+                    inserted[int(i)] = reply
             terminated[stepping] = ends
             done_idx = stepping[ends]
-        infos: dict[str, Any] = {}
-        scored_idx = stepping if s.reward_mode == "dense" else done_idx
-        if scored_idx.size:
-            try:
+            if s.reward_mode != "dense":
+                scored_idx = done_idx
+            else:  # single-turn: every token; multi-turn: every agent turn's end
+                scored_idx = stepping if not s.multi_turn else stepping[turn_end | ends]
+            if scored_idx.size:
                 # the whole batch's episode-end work at once: one decode call for every scored slot
                 prompts = [self._prompts[i] for i in scored_idx.tolist()]
                 block, lengths = self._completion_block(scored_idx)
@@ -264,6 +301,7 @@ class TextGenVectorEnv(VectorEnv):
                 ids = ([row[:n] for row, n in zip(block.tolist(), lengths.tolist(), strict=True)]
                        if s.wants_extras else None)
                 scores = s.score(prompts, completions, ids)
+                spread = getattr(s.reward_model, "last_std", None)  # an Ensemble's members' std per pair
                 if done_idx.size:
                     at_end: slice | np.ndarray
                     if scored_idx is done_idx:  # terminal rewards: exactly the finished slots were scored
@@ -274,12 +312,16 @@ class TextGenVectorEnv(VectorEnv):
                         end_prompts = [p for p, e in zip(prompts, at_end, strict=True) if e]
                         end_completions = [c for c, e in zip(completions, at_end, strict=True) if e]
                     gold = s.gold(end_prompts, end_completions)
-            except BaseException:
-                # nothing half-written: undo this step's tokens so the batch is as before the call
-                self._n_gen[stepping] -= 1
-                self._ids[stepping, pos] = s.pad_id
-                self._mask[stepping, pos] = 0
-                raise
+        except BaseException:
+            # nothing half-written: undo this step's tokens (and the tasks' RNG draws) so the batch is as before
+            self._n_gen[stepping] -= 1
+            self._turn_len[stepping] -= 1
+            self._ids[stepping, pos] = s.pad_id
+            self._mask[stepping, pos] = 0
+            for i, state in rng_states.items():
+                self._rngs[i].bit_generator.state = state
+            raise
+        if scored_idx.size:
             if s.reward_mode == "dense":
                 rewards[scored_idx] = scores - self._potential[scored_idx]
                 self._potential[scored_idx] = scores
@@ -287,15 +329,35 @@ class TextGenVectorEnv(VectorEnv):
                 rewards[scored_idx] = scores
             if done_idx.size:
                 infos = self._end_infos(done_idx, end_prompts, end_completions, scores[at_end], gold)
-        if done_idx.size:
-            self._active[done_idx] = False
+                if spread is not None:
+                    std = np.zeros(N, dtype=np.float64)
+                    std[done_idx] = np.asarray(spread)[at_end]
+                    infos.update(reward_model_std=std, _reward_model_std=infos["_gold_score"].copy())
+        turned = stepping[turn_end] if s.multi_turn else stepping[:0]
+        for i in turned:
+            self._turn[i] += 1
+            self._turn_len[i] = 0
+        for i, reply in inserted.items():  # in the observation, never an action
+            start = self._prompt_len[i] + self._n_gen[i]
+            k = len(reply)
+            self._ids[i, start:start + k] = reply
+            self._mask[i, start:start + k] = 1
+            self._inserted[i, start:start + k] = 1
+            self._segments[i] += [int(self._n_gen[i]), int(self._n_gen[i]) + k]
+            self._n_gen[i] += k
+        self._active[done_idx] = False
         mode = self.autoreset_mode
         reset_idx = done_idx[:0]
         if mode == AutoresetMode.NEXT_STEP:
             reset_idx = self._needs_reset.nonzero()[0]
-            if done_idx.size:
-                self._needs_reset[done_idx] = True
-        elif mode == AutoresetMode.SAME_STEP and done_idx.size:
+            self._needs_reset[done_idx] = True
+        # SAME_STEP: a finished slot's turn info goes into its final info, a running slot's on top
+        same_step = mode == AutoresetMode.SAME_STEP
+        running = turned[~np.isin(turned, done_idx)] if same_step else turned[:0]
+        finished = turned[np.isin(turned, done_idx)] if same_step else turned
+        if finished.size:
+            infos.update(self._turn_infos(finished, inserted))
+        if mode == AutoresetMode.SAME_STEP and done_idx.size:
             final_obs = np.full(N, None, dtype=object)
             for i in done_idx:
                 final_obs[i] = {"input_ids": self._ids[i].copy(), "attention_mask": self._mask[i].copy()}
@@ -303,6 +365,8 @@ class TextGenVectorEnv(VectorEnv):
             mask[done_idx] = True
             infos = {"final_obs": final_obs, "_final_obs": mask, "final_info": infos, "_final_info": mask.copy()}
             reset_idx = done_idx
+        if running.size:
+            infos.update(self._turn_infos(running, inserted))
         if reset_idx.size:
             self._reset_slots(reset_idx, None, None)
             reset_info = self._prompt_infos(reset_idx)
@@ -338,6 +402,24 @@ class TextGenVectorEnv(VectorEnv):
         arr = np.empty(self.num_envs, dtype=object)
         arr[:] = out
         return arr
+
+    def _turn_infos(self, idx: np.ndarray, inserted: dict[int, np.ndarray]) -> dict[str, Any]:
+        """Multi-turn infos of the slots ``idx`` whose agent turn ended this step, in Gymnasium's vector layout:
+        ``turn`` (agent turns finished), ``inserted_tokens`` (how many tokens the env appended after the
+        action, 0 when the dialogue ended) and ``inserted_mask`` ``(N, L)`` (1 on every inserted position of
+        the episode so far)."""
+        N = self.num_envs
+        mask = np.zeros(N, dtype=bool)
+        mask[idx] = True
+        turn = np.zeros(N, dtype=np.int64)
+        k = np.zeros(N, dtype=np.int64)
+        turn[idx] = self._turn[idx]
+        for i in idx:
+            k[i] = len(inserted[int(i)]) if int(i) in inserted else 0
+        ins = np.zeros_like(self._inserted)
+        ins[idx] = self._inserted[idx]
+        return {"turn": turn, "_turn": mask, "inserted_tokens": k, "_inserted_tokens": mask.copy(),
+                "inserted_mask": ins, "_inserted_mask": mask.copy()}
 
     def _end_infos(self, idx: np.ndarray, prompts: list[str], completions: list[str], scores: np.ndarray,
                    gold: list[float]) -> dict[str, Any]:

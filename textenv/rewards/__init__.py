@@ -16,19 +16,23 @@ from textenv.rewards.base import (
     check_scores,
     reward_name,
 )
+from textenv.rewards.ensemble import Ensemble
 from textenv.rewards.hf import HFClassifierReward, LearnedRewardModel, read_reward_metadata
 from textenv.rewards.resolve import load_reward_model, resolve_reward_model
+from textenv.rewards.toxicity import ToxicityReward
 
 __all__ = [
     "INPUT_FORMAT",
     "REWARD_METADATA_FILE",
     "CallableReward",
     "CompositeReward",
+    "Ensemble",
     "GoldReward",
     "HFClassifierReward",
     "LearnedRewardModel",
     "RewardModel",
     "RewardModelError",
+    "ToxicityReward",
     "check_inputs",
     "check_scores",
     "load_reward_model",

@@ -13,17 +13,19 @@ import torch
 from textenv.models import REWARD_DIR, ModelLoadError, quiet_progress, resolve_device
 from textenv.rewards.adapters import CallableReward, CompositeReward, GoldReward
 from textenv.rewards.base import REWARD_METADATA_FILE, RewardModel
+from textenv.rewards.ensemble import ENSEMBLE_FILE, Ensemble, load_ensemble
 from textenv.rewards.hf import (
     HFClassifierReward,
     LearnedRewardModel,
     check_classifier_object,
     check_model_dir,
 )
+from textenv.rewards.toxicity import ToxicityReward
 
 if TYPE_CHECKING:
     from textenv.tasks.base import Task
 
-_ADAPTERS = (CallableReward, GoldReward, CompositeReward, HFClassifierReward)
+_ADAPTERS = (CallableReward, GoldReward, CompositeReward, HFClassifierReward, ToxicityReward)
 
 
 def resolve_reward_model(
@@ -31,10 +33,12 @@ def resolve_reward_model(
 ) -> RewardModel:
     """A reward model from any of the accepted forms:
 
-    - ``"default"``: the task's shipped learned reward model (``textenv/data/rewards/<task.name>``);
+    - ``"default"``: the task's shipped learned reward model (``textenv/data/rewards/<task.name>``), or its
+      gold scorer for a task whose ``default_reward_model`` is ``"gold"`` (tasks from data);
     - ``"gold"``: the task's exact scorer, :class:`GoldReward`;
+    - ``"toxicity"``: civility by the detox task's toxicity lexicon, :class:`ToxicityReward` (any task);
     - a directory (``str`` or ``Path``): a model saved by ``textenv train-reward``
-      (:class:`LearnedRewardModel`) or any Hugging Face sequence-classification model
+      (:class:`LearnedRewardModel`; with ``--ensemble K``, an :class:`Ensemble` of its K members) or any Hugging Face sequence-classification model
       (:class:`HFClassifierReward`, ``num_labels=1`` or a label named like "positive"; for another label
       pass ``HFClassifierReward(path, label=...)`` itself);
     - a Hugging Face model id (``"org/name"``) that is not an existing path: the model's snapshot in the
@@ -50,7 +54,8 @@ def resolve_reward_model(
       ``fn(completions, **kwargs)`` (:class:`CallableReward`, which reads the convention off the signature
       and gets ``task``'s per-prompt columns); the adapters of this package are returned as they are;
     - a list of the above, each optionally as a ``(spec, weight)`` tuple: a :class:`CompositeReward`
-      (weight 1 where none is given); elements are resolved recursively.
+      (weight 1 where none is given); elements are resolved recursively;
+    - an :class:`~textenv.rewards.ensemble.Ensemble` of the above: a copy with its members resolved.
 
     Directory models (the default included) are loaded once per process, resolved path and device (see
     :func:`load_reward_model`) onto ``device``: ``"cpu"`` (default), ``"auto"`` (cuda when available) or
@@ -70,12 +75,16 @@ def resolve_reward_model(
         '0.5*<lambda> + 1*gold:sentiment'
     """
     device = resolve_device(device, "reward model device")
+    if isinstance(spec, Ensemble):  # its members are resolved like any reward_model= (a copy; K models)
+        return spec.resolve(lambda member: resolve_reward_model(member, task, device, tokenizer))
     if isinstance(spec, _ADAPTERS):
         return spec
+    if isinstance(spec, str) and spec == "toxicity":
+        return ToxicityReward()
     if isinstance(spec, str) and spec in ("default", "gold"):
         if task is None:
             raise ValueError(f"reward_model={spec!r} needs a task, got task=None")
-        if spec == "gold":
+        if spec == "gold" or getattr(task, "default_reward_model", "learned") == "gold":
             return GoldReward(task)
         path = REWARD_DIR / task.name
         if not (path / "config.json").is_file():
@@ -90,6 +99,8 @@ def resolve_reward_model(
                              f"directory or a Hugging Face id")
         if not Path(spec).expanduser().exists():
             return load_reward_model(cached_hf_snapshot(str(spec)), device=device)
+        if (Path(spec).expanduser() / ENSEMBLE_FILE).is_file():  # textenv train-reward --ensemble K
+            return load_ensemble(Path(spec).expanduser(), lambda member: load_reward_model(member, device=device))
         return load_reward_model(spec, device=device)
     if isinstance(spec, tuple) and _is_weighted(spec):
         spec = [spec]
@@ -109,7 +120,7 @@ def resolve_reward_model(
     if callable(spec):
         return CallableReward(spec, task=task)
     raise ValueError(
-        f"unknown reward_model {spec!r} ({type(spec).__name__}); expected 'default', 'gold', a directory, "
+        f"unknown reward_model {spec!r} ({type(spec).__name__}); expected 'default', 'gold', 'toxicity', a directory, "
         f"a callable, or a list of them with optional weights"
     )
 

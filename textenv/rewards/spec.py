@@ -9,6 +9,8 @@ dict with a ``"kind"``:
 - ``"directory"``: a reward-model directory, by absolute ``"path"`` and ``"sha256"`` of its files;
 - ``"hf-id"``: a string that is not an existing path (``"name"``), passed back as given;
 - ``"composite"``: ``"components"``, a list of ``{"weight": w, "reward": <spec>}``;
+- ``"ensemble"``: an :class:`~textenv.rewards.ensemble.Ensemble`: ``"members"`` (a list of specs),
+  ``"aggregate"`` and ``"uwo_lambda"``;
 - ``"callable"`` / ``"object"``: a Python function or object, by its qualified ``"name"`` only.
 
 :func:`rebuild_reward_model` goes the other way. The last two kinds cannot be rebuilt from a file: it
@@ -32,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from textenv.rewards.adapters import CallableReward, CompositeReward, GoldReward
+from textenv.rewards.ensemble import Ensemble
 from textenv.rewards.hf import HFClassifierReward, LearnedRewardModel
 
-REWARD_KINDS = ("builtin-default", "gold", "directory", "hf-id", "composite", "callable", "object")
+REWARD_KINDS = ("builtin-default", "gold", "directory", "hf-id", "composite", "ensemble", "callable", "object")
 
 
 class RewardModelChangedWarning(UserWarning):
@@ -89,6 +92,9 @@ def describe_reward_model(spec: Any) -> dict[str, Any]:
     # recorded by name only (rebuilding it from the directory could pick another logit)
     if isinstance(spec, LearnedRewardModel) and spec.path is not None:
         return _directory(spec.path)
+    if isinstance(spec, Ensemble):
+        return {"kind": "ensemble", "aggregate": spec.aggregate, "uwo_lambda": spec.uwo_lambda,
+                "members": [describe_reward_model(m) for m in spec.members]}
     if isinstance(spec, CompositeReward):
         return {"kind": "composite", "components": [{"weight": float(w), "reward": describe_reward_model(rm)}
                                                     for rm, w in spec.components]}
@@ -114,6 +120,8 @@ def is_rebuildable(desc: dict[str, Any]) -> bool:
     kind = desc.get("kind")
     if kind == "composite":
         return all(is_rebuildable(c["reward"]) for c in desc.get("components", []))
+    if kind == "ensemble":
+        return all(is_rebuildable(m) for m in desc.get("members", []))
     return kind in ("builtin-default", "gold", "directory", "hf-id")
 
 
@@ -147,6 +155,10 @@ def rebuild_reward_model(desc: dict[str, Any], where: str = "the checkpoint") ->
         return str(desc["name"])
     if kind == "composite":
         return [(rebuild_reward_model(c["reward"], where), float(c["weight"])) for c in desc["components"]]
+    if kind == "ensemble":
+        aggregate = str(desc.get("aggregate", "mean"))
+        return Ensemble([rebuild_reward_model(m, where) for m in desc.get("members", [])], aggregate,
+                        desc.get("uwo_lambda") if aggregate == "uwo" else None)
     raise ValueError(f"{where}: the reward model {desc.get('name')!r} ({desc.get('qualname', kind)}) is a Python "
                      f"{kind} and cannot be rebuilt from a file; pass env= or env_kwargs= (with reward_model=...) "
                      f"to load")

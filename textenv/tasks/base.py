@@ -6,9 +6,17 @@ A task is everything that defines *what* the policy should write, independent of
   split (``"train"`` or ``"test"``) by a hash of its text, so held-out prompts never leak into training.
 - ``gold_score(prompts, completions)``: the task's true objective, one float in ``[0, 1]`` per pair.
 - ``sample_response(prompt, rng, quality)``: a synthetic response whose gold score grows with ``quality``
-  in ``[0, 1]``; the corpus generators below are built on it.
+  in ``[0, 1]``; the corpus generators below are built on it. Optional: a task that never generates corpora
+  (:class:`~textenv.tasks.dataset.DatasetTask`) leaves it out, and its corpora raise ``NotImplementedError``.
 - corpora for the four pipeline stages: plain text (pretraining), (prompt, response) pairs (fine-tuning),
   scored texts (MSE reward model) and preference pairs (Bradley-Terry reward model).
+
+Multi-turn tasks (the env inserts text between the agent's turns, see :class:`textenv.env.TextGenEnv`) set
+``turn_separator`` (the text, one token of the tokenizer, that ends an agent turn), ``default_max_turns`` and
+``default_max_inserted_tokens``, and implement ``next_turn(prompt, dialogue, rng)``: the other speaker's reply
+(inserted into the observation, never an action) or ``None`` when the dialogue ends. For such a task a
+"response" / "completion" is the whole transcript after the prompt: the agent's turns and the inserted
+replies, in order, as the env decodes it.
 """
 
 from __future__ import annotations
@@ -43,6 +51,12 @@ class Task(ABC):
     #: Env defaults: prompt budget and completion budget, in tokens of the default tokenizer.
     default_max_prompt_tokens: int = 16
     default_max_new_tokens: int = 16
+    #: Multi-turn tasks: the text that ends an agent turn (it must encode to one token), or None (single-turn).
+    turn_separator: str | None = None
+    #: The most agent turns in an episode (1: single-turn); ``max_new_tokens`` is then a per-turn budget.
+    default_max_turns: int = 1
+    #: The most tokens the env may insert after one agent turn (:meth:`next_turn`'s reply, encoded).
+    default_max_inserted_tokens: int = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -51,13 +65,40 @@ class Task(ABC):
     def generate_prompt(self, rng: np.random.Generator) -> str:
         """One prompt from the task's unlimited source, before any split filtering."""
 
-    @abstractmethod
     def sample_response(self, prompt: str, rng: np.random.Generator, quality: float) -> str:
-        """A response to ``prompt`` whose gold score tends to grow with ``quality`` in [0, 1]."""
+        """A response to ``prompt`` whose gold score tends to grow with ``quality`` in [0, 1].
+
+        Optional: the base raises ``NotImplementedError`` naming the task (the built-in tasks implement it;
+        tasks from data do not, so their synthetic corpora are unavailable).
+        """
+        raise NotImplementedError(
+            f"task {self.name or type(self).__name__!r} ({type(self).__name__}) generates no synthetic responses, "
+            f"so its corpora (sft_pairs, scored_texts, preference_pairs, pretrain_corpus) are unavailable; "
+            f"bring the data as files instead"
+        )
 
     @abstractmethod
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """The task's true objective in [0, 1], one float per (prompt, completion) pair."""
+
+    #: What ``reward_model="default"`` means for this task: ``"learned"`` (the shipped reward model in
+    #: ``textenv/data/rewards/<name>``) or ``"gold"`` (the gold scorer; tasks from data ship no model).
+    default_reward_model: str = "learned"
+
+    def spec(self) -> dict[str, object] | None:
+        """A JSON-able record that rebuilds this task (what a checkpoint keeps of a task object), or None when
+        the task is known by its name alone or cannot be rebuilt from a file."""
+        return None
+
+    def next_turn(self, prompt: str, dialogue: Sequence[str], rng: np.random.Generator) -> str | None:
+        """The text the env inserts after the agent's turn, or ``None`` when the dialogue ends there.
+
+        ``dialogue`` is the transcript after ``prompt`` as decoded text segments, alternating and ending with
+        the agent's turn that just ended: ``[agent_1, inserted_1, agent_2, ..., agent_k]`` (an agent turn
+        includes its separator when it ended on one). Randomness only from ``rng`` (the env's). The base task
+        is single-turn: always ``None``.
+        """
+        return None
 
     #: Names of the per-prompt fields :meth:`prompt_columns` returns (TRL's "dataset columns").
     prompt_column_names: tuple[str, ...] = ()

@@ -1,7 +1,10 @@
 """Stages 1 and 2 of the pipeline: causal-LM pretraining and supervised fine-tuning (SFT).
 
 - :func:`pretrain` maximises sum_i log P(x_i | x_<i) over plain-text documents.
-- :func:`finetune` maximises log P(y | x) over (prompt, response) pairs: loss on response tokens only.
+- :func:`finetune` maximises log P(y | x) over (prompt, response) pairs: loss on response tokens only. An
+  encoder-decoder model (T5, BART, ...; ``config.is_encoder_decoder``) is fine-tuned as seq2seq: the encoder
+  reads the prompt, the decoder is trained on the response (``model(input_ids, labels=...)``, which shifts the
+  labels right into the decoder's inputs). :func:`pretrain` is causal-LM only.
 
 Both run the stages' one training loop (:func:`textenv.training.loop.train`, configured by
 :class:`~textenv.training.loop.TrainConfig`) on any ``AutoModelForCausalLM`` (GPT-2, Llama, ...): AdamW,
@@ -86,21 +89,27 @@ def load_text_corpus(path: str | os.PathLike[str]) -> list[str]:
 def load_pairs_jsonl(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """(prompt, response) pairs from a ``.jsonl`` file with rows ``{"prompt": str, "response": str}``.
 
-    Blank lines are skipped. A row that is not a JSON object with both string fields raises ``ValueError``
-    naming the file and the 1-based line number.
+    A row without ``"response"`` may give its target as a :class:`~textenv.tasks.DatasetTask` row does:
+    ``"references"`` (one pair per reference), ``"reference"`` or ``"answer"``, so a task's data file
+    fine-tunes as it is. Blank lines are skipped. A row that is not a JSON object with a string prompt and a
+    target raises ``ValueError`` naming the file and the 1-based line number.
     """
+    from textenv.tasks.dataset import row_references
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"pairs file {str(path)!r} does not exist or is not a file")
     pairs: list[tuple[str, str]] = []
     for lineno, row in read_jsonl(p):
         prompt, response = row.get("prompt"), row.get("response")
-        if not isinstance(prompt, str) or not isinstance(response, str):
-            raise ValueError(f"{p}:{lineno}: expected string fields 'prompt' and 'response', "
-                             f"got prompt={prompt!r:.60}, response={response!r:.60}")
-        if not prompt and not response:
-            raise ValueError(f"{p}:{lineno}: empty prompt and empty response: nothing to learn from")
-        pairs.append((prompt, response))
+        targets: list[Any] | None = [response] if "response" in row else row_references(row, f"{p}:{lineno}")
+        if not isinstance(prompt, str) or targets is None or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"{p}:{lineno}: expected a string 'prompt' and a string 'response' (or 'reference', "
+                             f"'references', 'answer'), got prompt={prompt!r:.60}, response={response!r:.60}")
+        for target in targets:
+            if not prompt and not target:
+                raise ValueError(f"{p}:{lineno}: empty prompt and empty response: nothing to learn from")
+            pairs.append((prompt, target))
     if not pairs:
         raise ValueError(f"pairs file {str(path)!r} holds no rows")
     return pairs
@@ -186,8 +195,32 @@ def _sft_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str,
     return examples
 
 
-def _collate(examples: Sequence[_Example], pad_id: int) -> dict[str, torch.Tensor]:
+def _seq2seq_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]],
+                      max_length: int) -> list[_Example]:
+    """Seq2seq rows: the prompt's ids (cut from the left to ``max_length``; an empty prompt reads as one eos,
+    so the encoder has a token) as ``input_ids``, the response's ids and eos (cut from the right) as ``labels``."""
+    eos = _eos_id(tokenizer)
+    prompts = _encode(tokenizer, [p for p, _ in pairs])
+    responses = _encode(tokenizer, [r for _, r in pairs])
+    return [_Example((prompt_ids or [eos])[-max_length:], (response_ids + [eos])[:max_length])
+            for prompt_ids, response_ids in zip(prompts, responses, strict=True)]
+
+
+def is_seq2seq(model: Any) -> bool:
+    """Whether ``model`` is an encoder-decoder (its config says ``is_encoder_decoder``)."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def _collate(examples: Sequence[_Example], pad_id: int, seq2seq: bool = False) -> dict[str, torch.Tensor]:
     import torch
+
+    if seq2seq:  # inputs and labels are separate sequences: pad each to its own longest row
+        batch = _collate([_Example(ex.input_ids, ex.input_ids) for ex in examples], pad_id)
+        T = max(len(ex.labels) for ex in examples)
+        labels = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
+        for i, ex in enumerate(examples):
+            labels[i, :len(ex.labels)] = torch.tensor(ex.labels, dtype=torch.long)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
     T = max(len(ex.input_ids) for ex in examples)
     B = len(examples)
@@ -263,6 +296,9 @@ def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: 
         per second in this call).
     """
     config = config if config is not None else TrainConfig()
+    if is_seq2seq(model):
+        raise ValueError(f"pretrain trains causal LMs; {type(model).__name__} is an encoder-decoder: fine-tune it "
+                         f"on (prompt, response) pairs with finetune instead")
     _check_texts(texts, "texts")
     examples = _lm_examples(tokenizer, list(texts), config.max_length)
     if not examples:
@@ -286,11 +322,12 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: 
     """
     config = config if config is not None else TrainConfig()
     _check_pairs(pairs, "pairs")
-    examples = _sft_examples(tokenizer, pairs, config.max_length)
+    make = _seq2seq_examples if is_seq2seq(model) else _sft_examples
+    examples = make(tokenizer, pairs, config.max_length)
     eval_examples = None
     if eval_pairs is not None:
         _check_pairs(eval_pairs, "eval_pairs")
-        eval_examples = _sft_examples(tokenizer, eval_pairs, config.max_length)
+        eval_examples = make(tokenizer, eval_pairs, config.max_length)
     return _train(model, tokenizer, examples, eval_examples, out_dir, config, resume, "finetune")
 
 
@@ -305,6 +342,7 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples:
     device = next(model.parameters()).device
     pad_id = _pad_id(tokenizer)
     amp = autocast(device, config.bf16)
+    seq2seq = is_seq2seq(model)
     n_tokens = 0
 
     def batch_fn(step: int) -> dict[str, torch.Tensor]:
@@ -312,8 +350,10 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples:
         # Seeded by (seed, step) alone, so a resumed run draws exactly the batches of an uninterrupted one.
         rng = np.random.default_rng([config.seed, step])
         idx = rng.choice(len(examples), size=config.batch_size, replace=len(examples) < config.batch_size)
-        cpu_batch = _collate([examples[i] for i in idx], pad_id)
+        cpu_batch = _collate([examples[i] for i in idx], pad_id, seq2seq)
         n_tokens += int(cpu_batch["attention_mask"].sum())
+        if seq2seq:  # the decoder's tokens as well as the encoder's
+            n_tokens += int((cpu_batch["labels"] != IGNORE_INDEX).sum())
         return {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
 
     def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -353,9 +393,15 @@ def _token_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[
     """Summed next-token negative log-likelihood over labelled positions, and the number of them."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
-    targets = batch["labels"][:, 1:]  # (B, T-1)
+    if is_seq2seq(model):  # the model shifts the labels right into the decoder: logit t predicts label t
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       labels=batch["labels"], use_cache=False).logits.float()  # (B, T, V)
+        targets = batch["labels"]
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits
+        logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+        targets = batch["labels"][:, 1:]  # (B, T-1)
     loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, int((targets != IGNORE_INDEX).sum().item())
@@ -373,7 +419,8 @@ def _evaluate(model: PreTrainedModel, eval_examples: list[_Example], config: Tra
     model.eval()
     with torch.no_grad():
         for start in range(0, len(rows), config.batch_size):
-            batch = {k: v.to(device) for k, v in _collate(rows[start:start + config.batch_size], pad_id).items()}
+            rows_b = rows[start:start + config.batch_size]
+            batch = {k: v.to(device) for k, v in _collate(rows_b, pad_id, is_seq2seq(model)).items()}
             with amp:
                 loss_sum, n_targets = _token_nll(model, batch)
             total += float(loss_sum.item())

@@ -588,3 +588,75 @@ def build_default_reward_model(
         task=task,
         warmup_fraction=cfg["warmup_fraction"],
     )
+
+
+# ---------------------------------------------------------------------------- label noise and ensembles
+def add_label_noise(rows: Sequence[dict[str, Any]], p: float, loss: str = "mse", seed: int = 0
+                    ) -> list[dict[str, Any]]:
+    """``rows`` with a share ``p`` of their labels corrupted, for experiments on noisy reward models (Coste
+    et al. 2023 train on 25% noisy labels). Each row is hit independently with probability ``p``:
+
+    - ``loss="mse"``: its score is replaced by the score of a uniformly drawn row (the label marginal is
+      kept, the row's information destroyed);
+    - ``loss="bt"``: its ``chosen`` and ``rejected`` are swapped (a flipped preference).
+
+    Seeded by ``seed``; the input rows are not modified. ``p = 0`` returns copies of the rows.
+    """
+    _check_loss(loss)
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"label noise p must be a number in [0, 1], got {p!r}")
+    rows = check_reward_rows(rows, loss, "rows")
+    rng = np.random.default_rng([seed, 7])
+    hit = rng.random(len(rows)) < float(p)
+    donors = rng.integers(0, len(rows), size=len(rows))
+    out = []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        if hit[i]:
+            if loss == "mse":
+                row["score"] = rows[int(donors[i])]["score"]
+            else:
+                row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+        out.append(row)
+    return out
+
+
+def train_reward_ensemble(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], k: int, seed: int = 0,
+                          resume: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Train ``k`` reward models on the same ``rows``, member i with seed ``seed + i`` (its initialisation
+    and batch order: Coste et al.'s ensembles differ only in seed), into ``out_dir/member-<i>``, then write
+    ``out_dir/textenv_ensemble.json`` (last, atomically: its presence says the ensemble is complete).
+
+    ``reward_model=out_dir`` then scores with the members' mean (edit ``"aggregate"`` / ``"uwo_lambda"`` in
+    that file, or build :class:`textenv.rewards.Ensemble` yourself, for ``"min"`` or ``"uwo"``). ``kwargs``
+    go to :func:`train_reward_model`. ``resume=True`` keeps finished members and resumes the others.
+    Returns ``{"members": [metrics of each], "k": k, "seeds": [...]}``.
+    """
+    from textenv import io
+    from textenv.rewards.ensemble import ENSEMBLE_FILE
+
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 2:
+        raise ValueError(f"an ensemble needs k >= 2 members, got {k!r}")
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out_dir)!r} exists and is not a directory")
+    names = [f"member-{i}" for i in range(int(k))]
+    if out.is_dir() and not resume:
+        from textenv.io import LOCK_NAME
+
+        foreign = [c.name for c in out.iterdir() if c.name != LOCK_NAME]
+        if foreign:
+            raise ValueError(f"out_dir {str(out_dir)!r} is not empty ({sorted(foreign)[:5]}); refusing to replace "
+                             f"it (pass resume=True to continue an ensemble there)")
+    out.mkdir(parents=True, exist_ok=True)
+    members = []
+    for i, name in enumerate(names):
+        member = out / name
+        if resume and (member / REWARD_METADATA_FILE).is_file():
+            members.append(io.read_json(member / REWARD_METADATA_FILE, "reward model metadata").get("metrics", {}))
+            continue
+        members.append(train_reward_model(rows, member, seed=seed + i, resume=resume and member.is_dir(), **kwargs))
+    summary = {"members": names, "aggregate": "mean", "uwo_lambda": None, "k": int(k),
+               "seeds": [seed + i for i in range(int(k))], "metrics": members}
+    io.write_json(out / ENSEMBLE_FILE, summary)
+    return {"members": members, "k": int(k), "seeds": summary["seeds"]}
