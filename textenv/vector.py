@@ -269,14 +269,23 @@ class TextGenVectorEnv(VectorEnv):
         self._mask[stepping, pos] = 1
         self._n_gen[sel] += 1
         self._turn_len[sel] += 1
-        eos = tok == s.eos_id if s.terminate_on_eos else np.zeros(stepping.size, dtype=bool)
-        turn_end = eos | (self._turn_len[sel] >= s.max_new_tokens)
-        if s.separator_id is not None:
-            turn_end |= tok == s.separator_id
-        ends = eos | (turn_end & (self._turn[sel] + 1 >= s.max_turns))
-        # multi-turn: the other speaker's replies (computed before anything is scored, written after)
-        asked = stepping[turn_end & ~ends]
-        rng_states = {int(i): self._rngs[i].bit_generator.state for i in asked}
+        if s.multi_turn:
+            eos = tok == s.eos_id if s.terminate_on_eos else np.zeros(stepping.size, dtype=bool)
+            turn_end = eos | (self._turn_len[sel] >= s.max_new_tokens)
+            if s.separator_id is not None:
+                turn_end |= tok == s.separator_id
+            ends = eos | (turn_end & (self._turn[sel] + 1 >= s.max_turns))
+            # the other speaker's replies (computed before anything is scored, written after)
+            asked = stepping[turn_end & ~ends]
+        else:  # one turn: the turn's end is the episode's (the same flags, fewer array operations)
+            ends = self._turn_len[sel] >= s.max_new_tokens
+            if s.terminate_on_eos:
+                ends |= tok == s.eos_id
+            if s.separator_id is not None:
+                ends |= tok == s.separator_id
+            turn_end = ends
+            asked = stepping[:0]
+        rng_states = {int(i): self._rngs[i].bit_generator.state for i in asked} if asked.size else {}
         inserted: dict[int, np.ndarray] = {}
         infos: dict[str, Any] = {}
         try:
@@ -345,12 +354,14 @@ class TextGenVectorEnv(VectorEnv):
             self._inserted[i, start:start + k] = 1
             self._segments[i] += [int(self._n_gen[i]), int(self._n_gen[i]) + k]
             self._n_gen[i] += k
-        self._active[done_idx] = False
+        if done_idx.size:
+            self._active[done_idx] = False
         mode = self.autoreset_mode
         reset_idx = done_idx[:0]
         if mode == AutoresetMode.NEXT_STEP:
             reset_idx = self._needs_reset.nonzero()[0]
-            self._needs_reset[done_idx] = True
+            if done_idx.size:
+                self._needs_reset[done_idx] = True
         # SAME_STEP: a finished slot's turn info goes into its final info, a running slot's on top
         same_step = mode == AutoresetMode.SAME_STEP
         running = turned[~np.isin(turned, done_idx)] if same_step else turned[:0]
