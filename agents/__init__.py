@@ -20,6 +20,7 @@ from agents.contract import Learner, evaluation_seed
 from agents.dapo import DAPO, DAPOConfig
 from agents.grpo import GRPO, GRPOConfig
 from agents.gspo import GSPO, GSPOConfig
+from agents.nlpo import NLPO, NLPOConfig
 from agents.policy import LMPolicy
 from agents.ppo import PPO, PPOConfig
 from agents.registry import AGENTS, get_agent_class, make_agent
@@ -28,7 +29,7 @@ from agents.reinforce_pp import REINFORCEPP, REINFORCEPPConfig
 from agents.rloo import RLOO, RLOOConfig
 from agents.rollout import RolloutBatch, collect_rollout
 
-__all__ = ["AGENTS", "DAPO", "GSPO", "REINFORCEPP", "BestOfN", "BestOfNConfig", "DAPOConfig", "GSPOConfig",
+__all__ = ["AGENTS", "DAPO", "GSPO", "NLPO", "NLPOConfig", "REINFORCEPP", "BestOfN", "BestOfNConfig", "DAPOConfig", "GSPOConfig",
            "REINFORCEPPConfig", "GRPO", "PPO", "REINFORCE", "RLOO", "Agent", "AgentConfig", "GRPOConfig", "LMPolicy", "Learner",
            "PPOConfig", "REINFORCEConfig", "RLOOConfig", "RolloutBatch", "collect_rollout", "evaluation_seed",
            "get_agent_class", "make_agent"]

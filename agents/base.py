@@ -241,14 +241,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def make_optimizer(params: Any, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over ``params``; the fused kernel (one launch for all parameters) on CUDA, torch's default
-    (foreach) elsewhere."""
+    """AdamW over ``params``; torch's fused kernel (one kernel for all parameters) on CUDA and on the CPU,
+    torch's default elsewhere."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **adamw_kwargs(device))
 
 
+#: devices whose AdamW step runs torch's fused kernel: CUDA (what TRL/HF use there) and the CPU, where it
+#: is ~3x faster than the default per-tensor loop (issue 11: the step is replicated on every rank, so its
+#: cost does not shrink with more processes and held PPO's scaling back)
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
+
 def adamw_kwargs(device: torch.device) -> dict[str, Any]:
-    """``{"fused": True}`` on a CUDA device, ``{}`` elsewhere (the fused kernel is what TRL/HF use there)."""
-    return {"fused": True} if torch.device(device).type == "cuda" else {}
+    """``{"fused": True}`` on a device of :data:`FUSED_ADAMW_DEVICES`, ``{}`` elsewhere."""
+    return {"fused": True} if torch.device(device).type in FUSED_ADAMW_DEVICES else {}
 
 
 class Agent(ABC):
@@ -478,7 +484,8 @@ class Agent(ABC):
         Returns ``reward``, ``gold_score``, ``kl`` (sequence KL to the reference, k1), ``entropy`` and
         ``completions/mean_length``. Sampling is seeded, by default with
         :func:`~agents.contract.evaluation_seed` of ``config.seed``: every learner of a seed (native, SB3,
-        TRL) evaluates on the same prompts with the same random stream.
+        TRL) evaluates on the same prompts with the same random stream. An FSDP-sharded agent
+        (``strategy="fsdp"`` under torchrun) gathers its weights for it: every rank must call it.
         """
         seed = evaluation_seed(self.config.seed) if seed is None else seed
         with fsdp.gathered(self.policy):  # under FSDP a collective: every rank calls it
@@ -509,7 +516,9 @@ class Agent(ABC):
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a checkpoint directory atomically: ``policy/`` (safetensors), ``reference/`` (when the
         reference is not a named model), ``agent.json`` (state, with the sha256 of every other file under
-        ``"files"``, which :meth:`load` checks) and ``optimizer.pt`` (tensors only)."""
+        ``"files"``, which :meth:`load` checks) and ``optimizer.pt`` (tensors only). Under torchrun every
+        rank calls it and rank 0 writes; an FSDP-sharded agent's ranks first gather the full state dicts,
+        so the checkpoint is the one-process format either way."""
         path = Path(path)
         check_finite_weights(f"{self.name} after {self.episodes} episodes", self.policy)
         with_ref = self.policy_source in (None, *RANDOM_POLICIES) and self.policy.ref_model is not None

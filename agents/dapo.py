@@ -60,7 +60,7 @@ def soft_overlong_penalty(lengths: torch.Tensor, max_len: int, buffer_tokens: in
 
 def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     """One batch of the episodes of ``batches``: prompts left-padded to the longest, completions right-padded
-    to the longest (padding outside both masks), timing stats summed."""
+    to the longest (padding outside every mask, ``inserted_mask`` included), timing stats summed."""
     if len(batches) == 1:
         return batches[0]
     P = max(b.query_ids.shape[1] for b in batches)
@@ -73,6 +73,7 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
 
     seconds = sum(b.stats["rollout_s"] for b in batches)
+    inserted = [b.inserted_mask for b in batches if b.inserted_mask is not None]
     tokens = sum(b.stats["tokens_per_s"] * b.stats["rollout_s"] for b in batches)
     return RolloutBatch(
         query_ids=torch.cat([left(b.query_ids, pad_id) for b in batches]),
@@ -83,6 +84,8 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         scores=torch.cat([b.scores for b in batches]), gold_scores=torch.cat([b.gold_scores for b in batches]),
         prompts=[p for b in batches for p in b.prompts], completions=[c for b in batches for c in b.completions],
         stats={"rollout_s": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)},
+        # a multi-turn env's inserted tokens (every rollout of one env has them, or none has)
+        inserted_mask=torch.cat([right(m, 0.0) for m in inserted]) if len(inserted) == len(batches) else None,
     )
 
 

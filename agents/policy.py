@@ -162,6 +162,27 @@ def chunked_logps_entropy(h: torch.Tensor, tokens: torch.Tensor, head: nn.Linear
     return torch.cat(logps).view(B, T), entropy.view(B, T) if with_entropy else entropy
 
 
+def feed_step(decoder: KVDecoder, tokens: torch.Tensor,
+              inserted: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Feed each slot's last action ``tokens`` (B,) (and the env's ``inserted = (ids, mask)`` after it, see
+    :meth:`LMPolicy.step`) through ``decoder``'s cache; the trunk's hidden state after each row's last real
+    column, (B, H)."""
+    if inserted is None:
+        return decoder.step(tokens).last_hidden_state[:, -1]
+    ins_ids, ins_mask = inserted
+    if ins_ids.shape != ins_mask.shape or ins_ids.dim() != 2 or ins_ids.shape[0] != tokens.shape[0]:
+        raise ValueError(f"inserted ids {tuple(ins_ids.shape)} and mask {tuple(ins_mask.shape)} must both "
+                         f"be (B, K) with B = {tokens.shape[0]}")
+    ids = torch.cat([tokens[:, None], ins_ids.to(tokens.device)], dim=1)  # (B, 1 + K)
+    attn = torch.cat([torch.ones_like(tokens)[:, None], ins_mask.to(tokens.device).long()], dim=1)
+    assert decoder.positions is not None
+    # the real columns continue each row's positions; a row's padding columns are masked out
+    positions = decoder.positions[:, None] + attn.cumsum(1)  # (B, 1 + K)
+    out = decoder.extend(ids, positions, attn)
+    last = attn.sum(1) - 1  # (B,) each row's last real column
+    return out.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), last]  # (B, H)
+
+
 class LMPolicy(nn.Module):
     """A causal LM policy with a scalar value head on the last hidden state, and a frozen reference copy.
 
@@ -216,6 +237,10 @@ class LMPolicy(nn.Module):
         self.__dict__["ref_model"] = ref_model
         self.__dict__["peft_model"] = None  # the peft wrapper of ``model`` once LoRA is on (enable_lora)
         self._decoder: KVDecoder | None = None  # the acting KV cache, between start() and end()
+        #: an optional mask on the sampled tokens (e.g. NLPO's top-p set, :class:`agents.nlpo.TopPMask`): an
+        #: object with ``start(query_ids, query_mask)``, ``step(tokens, inserted)``, ``end()`` and, after start/step,
+        #: ``allowed`` (B, V) bool; acting samples from the logits renormalised over the allowed tokens
+        self.action_mask: Any = None
         self.compute_dtype: torch.dtype = torch.float32  # see set_dtype: bfloat16 = every forward under autocast
 
     # ------------------------------------------------------------------------------------ construction
@@ -492,6 +517,8 @@ class LMPolicy(nn.Module):
         self._decoder = KVDecoder(self.model.base_model)
         with self.autocast():
             out = self._decoder.start(query_ids, query_mask)
+            if self.action_mask is not None:
+                self.action_mask.start(query_ids, query_mask)
             return self._act(out.last_hidden_state[:, -1], generator, with_values)
 
     @torch.no_grad()
@@ -507,25 +534,15 @@ class LMPolicy(nn.Module):
         if self._decoder is None:
             raise RuntimeError("call start() before step()")
         with self.autocast():
-            if inserted is None:
-                out = self._decoder.step(tokens)
-                return self._act(out.last_hidden_state[:, -1], generator, with_values)
-            ins_ids, ins_mask = inserted
-            if ins_ids.shape != ins_mask.shape or ins_ids.dim() != 2 or ins_ids.shape[0] != tokens.shape[0]:
-                raise ValueError(f"inserted ids {tuple(ins_ids.shape)} and mask {tuple(ins_mask.shape)} must both "
-                                 f"be (B, K) with B = {tokens.shape[0]}")
-            ids = torch.cat([tokens[:, None], ins_ids.to(tokens.device)], dim=1)  # (B, 1 + K)
-            attn = torch.cat([torch.ones_like(tokens)[:, None], ins_mask.to(tokens.device).long()], dim=1)
-            assert self._decoder.positions is not None
-            # the real columns continue each row's positions; a row's padding columns are masked out
-            positions = self._decoder.positions[:, None] + attn.cumsum(1)  # (B, 1 + K)
-            out = self._decoder.extend(ids, positions, attn)
-            last = attn.sum(1) - 1  # (B,) each row's last real column
-            h = out.last_hidden_state[torch.arange(ids.shape[0], device=ids.device), last]  # (B, H)
+            h = feed_step(self._decoder, tokens, inserted)
+            if self.action_mask is not None:
+                self.action_mask.step(tokens, inserted)
             return self._act(h, generator, with_values)
 
     def _act(self, h: torch.Tensor, generator: torch.Generator | None, with_values: bool) -> StepOutput:
         logits = self._head_logits(h)  # (B, V)
+        if self.action_mask is not None:
+            logits = logits.masked_fill(~self.action_mask.allowed, float("-inf"))
         actions, logprobs = self._sample(logits, generator)
         values = self.value_head(h).squeeze(-1).float() if with_values else None
         return StepOutput(actions, logprobs, values)
@@ -541,6 +558,8 @@ class LMPolicy(nn.Module):
     def end(self) -> None:
         """Free the KV cache."""
         self._decoder = None
+        if self.action_mask is not None:
+            self.action_mask.end()
 
     # ------------------------------------------------------------------------------------ training
     def _completion_hidden(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,

@@ -34,6 +34,7 @@ from agents.core import (
     token_level_rewards,
     value_loss,
 )
+from agents.policy import PerTokenLogps
 from agents.rollout import RolloutBatch
 
 
@@ -95,6 +96,11 @@ class PPO(Agent):
             AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
             else FixedKLController(cfg.kl_coef))
 
+    def token_logps(self, query_ids: torch.Tensor, query_mask: torch.Tensor, tokens: torch.Tensor,
+                    mask: torch.Tensor) -> PerTokenLogps:
+        """The training forward: log-probs, values and entropy of ``tokens`` (the policy's; NLPO masks them)."""
+        return self.policy.per_token_logps(query_ids, query_mask, tokens, mask)
+
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
         dist = self.dist
@@ -121,7 +127,7 @@ class PPO(Agent):
             for global_idx in perm.chunk(cfg.n_minibatches):
                 idx, any_here = dist.minibatch_part(global_idx)
                 m = mask[idx]
-                ev = self.policy.per_token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
+                ev = self.token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
                 pg_loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], m, cfg.clip_range)
                 vf_loss = value_loss(ev.values, batch.values[idx], returns[idx], m, cfg.clip_range_vf)
                 entropy = masked_mean(ev.entropy, m)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import best_of_n, dapo, grpo, gspo, ppo, reinforce, reinforce_pp, rloo  # noqa: F401  (defining the classes registers them)
+from agents import best_of_n, dapo, grpo, gspo, nlpo, ppo, reinforce, reinforce_pp, rloo  # noqa: F401  (defining the classes registers them)
 from agents.base import AGENT_CLASSES, Agent
 
 #: the native agents by name (the registry itself: later subclasses appear here too)
@@ -19,7 +19,8 @@ AGENTS: dict[str, type[Agent]] = AGENT_CLASSES
 SB3_AGENTS = ("sb3-ppo", "sb3-a2c")
 #: episodes of the default ``textenv train`` per agent: about 3 minutes on 2 CPU cores with the default policy
 DEFAULT_EPISODES = {"ppo": 3072, "grpo": 3072, "reinforce": 3072, "rloo": 3072, "sb3-ppo": 1024, "sb3-a2c": 1024,
-                    "best-of-n": 1024, "dapo": 3072, "gspo": 3072, "reinforce-pp": 3072}
+                    "best-of-n": 1024, "dapo": 3072, "gspo": 3072, "reinforce-pp": 3072,
+                    "nlpo": 3072}
 
 
 def agent_names() -> list[str]:

@@ -181,7 +181,7 @@ def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | Non
     lengths_dev = torch.from_numpy(lengths).to(device)
     within = torch.arange(T_used, device=device)[None, :] < lengths_dev[:, None]  # (B, T_used)
     mask = agent[:, :T_used] * within  # (B, T_used): the agent's tokens
-    inserted_mask = within.float() - mask if env.setup.multi_turn else None
+    inserted_mask = within.float() - mask if env.multi_turn else None
     tokens = tokens[:, :T_used].masked_fill(~within, env.pad_id)
     batch_prompts = env.prompts()
     rollout_s = time.perf_counter() - t0

@@ -142,7 +142,7 @@ class TrainArguments:
     config dataclass, see :func:`agents.cli.train_types`)."""
 
     agent: str = "ppo"
-    """the learner: ppo, grpo, reinforce, rloo, sb3-ppo or sb3-a2c"""
+    """the learner: ppo, grpo, reinforce, rloo, dapo, gspo, reinforce-pp, nlpo, best-of-n, sb3-ppo or sb3-a2c"""
     env: str = "TextGen-v0"
     """a registered TextGen env id (TextGen-v0, TextGen-Sentiment-v0, TextGen-Arithmetic-v0, ...)"""
     episodes: int | None = None

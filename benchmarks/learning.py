@@ -1,6 +1,6 @@
 """Learning benchmark: every agent on every built-in task, from the shipped default policy, on CPU.
 
-Each agent (REINFORCE, PPO, GRPO, RLOO, stable-baselines3 PPO and A2C, and TRL's ``GRPOTrainer`` as a peer
+Each agent (REINFORCE, PPO, GRPO, RLOO, DAPO, GSPO, REINFORCE++, NLPO, stable-baselines3 PPO and A2C, and TRL's ``GRPOTrainer`` as a peer
 when ``trl`` imports) trains the shipped fine-tuned policy (``policy="default"``) against the task's shipped
 learned reward model (``reward_model="default"``) for the same budget of episodes (per task, see
 :data:`TASK_BUDGET`), for several seeds. What is recorded per run:
@@ -63,6 +63,10 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "ppo": {},
     "grpo": {},
     "rloo": {},
+    "dapo": {},
+    "gspo": {},
+    "reinforce-pp": {},
+    "nlpo": {},
     "sb3-ppo": {},
     "sb3-a2c": {},
     "trl-grpo": {"loss_type": "grpo", "scale_rewards": "group", "num_iterations": 1, "temperature": 1.0,
@@ -72,7 +76,7 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
 #: ``--quick``: episodes per rollout of our agents and TRL (so that a few iterations fit in a few episodes).
 QUICK_BATCH = 16
 
-AGENTS = ("reinforce", "ppo", "grpo", "rloo", "sb3-ppo", "sb3-a2c", "trl-grpo")
+AGENTS = ("reinforce", "ppo", "grpo", "rloo", "dapo", "gspo", "reinforce-pp", "nlpo", "sb3-ppo", "sb3-a2c", "trl-grpo")
 ENVS = ("TextGen-Sentiment-v0", "TextGen-Arithmetic-v0", "TextGen-Keywords-v0")
 #: Training episodes per run and held-out evaluation episodes, per task (``--episodes`` and
 #: ``--eval-episodes`` set one figure for every task). Arithmetic episodes are 3-4 tokens against 11-15 for

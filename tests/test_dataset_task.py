@@ -210,7 +210,15 @@ def test_cli_evaluate_sample_resume_and_bad_flags(tmp_path, capsys):
     prompt = DatasetTask(data).split_prompts("test")[0]
     assert rl_main(["sample", "--checkpoint", str(out), "--prompt", prompt, "-n", "2"]) == 0
     assert capsys.readouterr().out.count(prompt) == 2
-    other = write_rows(tmp_path / "other.jsonl", qa_rows(12))
+    other = write_rows(tmp_path / "other.jsonl", [{"prompt": f"Other {i}?", "answer": str(i)} for i in range(12)])
+    assert rl_main(["evaluate", "--checkpoint", str(out), "--episodes", "2", "--task-data", str(other),
+                    "--metric", "f1"]) == 0  # another file's test split, the checkpoint's policy
+    assert "gold_score" in json.loads(capsys.readouterr().out)
+    other_prompt = DatasetTask(other).split_prompts("test")[0]
+    assert rl_main(["sample", "--checkpoint", str(out), "--prompt", other_prompt, "-n", "1", "--task-data",
+                    str(other)]) == 0
+    assert capsys.readouterr().out.count(other_prompt) == 1
+    assert rl_main(["evaluate", "--checkpoint", str(out), "--metric", "f1"]) == 2
     assert rl_main(["train", "--agent", "reinforce", "--policy", "tiny", "--task-data", str(other), "--out", str(out),
                     "--episodes", "8", "--resume", "--no-progress"]) == 2
     assert "--task-data" in capsys.readouterr().err

@@ -221,12 +221,31 @@ def test_rollout_buffers_are_on_the_policy_device_with_one_host_copy_per_token(t
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
-def test_fused_adamw_on_cuda_only(tiny_tokenizer):
+def test_fused_adamw_on_cuda_and_cpu(tiny_tokenizer):
     assert adamw_kwargs(torch.device("cuda")) == {"fused": True}
     assert adamw_kwargs(torch.device("cuda:1")) == {"fused": True}
-    assert adamw_kwargs(torch.device("cpu")) == {}
+    assert adamw_kwargs(torch.device("cpu")) == {"fused": True}
+    assert adamw_kwargs(torch.device("meta")) == {}
     agent = make_agent(REINFORCE, tiny_tokenizer, device="cpu")
-    assert not agent.optimizer.defaults.get("fused")
+    assert agent.optimizer.defaults.get("fused") is True
+
+
+def test_fused_cpu_adamw_takes_the_steps_of_the_default_one():
+    torch.manual_seed(0)
+    weights = [torch.randn(7, 5), torch.randn(5)]
+    grads = [[torch.randn_like(w) for w in weights] for _ in range(4)]
+    out = []
+    for kwargs in ({}, {"fused": True}):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, **kwargs)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        out.append(params)
+    for a, b, w in zip(*out, weights):
+        assert float((a - w).detach().abs().max()) > 1e-2  # the steps moved the weights
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_config_records_dtype(tiny_tokenizer):

@@ -41,14 +41,20 @@ def _overrides(name: str) -> dict[str, Any]:
     return {**common, "baseline": "ema"}
 
 
-def _policy() -> Any:
-    from transformers import GPT2LMHeadModel
+def _policy(arch: str = "gpt2") -> Any:
+    from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from agents.policy import LMPolicy
     from textenv.models import load_tokenizer, tiny_gpt2_config
 
     tok = load_tokenizer("default")
     torch.manual_seed(0)
+    if arch == "llama":  # blocks in model.layers, an untied LM head, grouped-query attention
+        llama = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+        return LMPolicy(LlamaForCausalLM(llama), tok)
     cfg = tiny_gpt2_config(len(tok), n_layer=2, n_embd=64, n_head=2, bos_token_id=tok.eos_token_id,
                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = GPT2LMHeadModel(cfg)
@@ -73,7 +79,8 @@ def _worker(spec: str, out: str, names: list[str]) -> None:
     """Train each agent ``ITERATIONS`` iterations and write its weights, last gradients and history.
     ``ddp``: one of WORLD torchrun ranks; ``single``: one process with the whole batch, whose rollouts are
     the WORLD ranks' shards collected here and concatenated (the same episodes, the same seeds); ``fsdp``:
-    a rank of an FSDP job. ``spec`` is the mode, optionally with ``+gc`` (gradient checkpointing)."""
+    a rank of an FSDP job. ``spec`` is the mode, optionally with ``+gc`` (gradient checkpointing) and
+    ``+llama`` (a tiny Llama-style policy instead of GPT-2)."""
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
     from safetensors.torch import save_file
@@ -83,7 +90,7 @@ def _worker(spec: str, out: str, names: list[str]) -> None:
     from agents.registry import get_agent_class
 
     torch.set_num_threads(1)
-    mode, *options = spec.split("+")  # e.g. "fsdp+gc": with gradient checkpointing
+    mode, *options = spec.split("+")  # e.g. "fsdp+gc+llama": gradient checkpointing, a Llama-style policy
     for name in names:
         cls = get_agent_class(name)
         if mode == "single":
@@ -97,7 +104,8 @@ def _worker(spec: str, out: str, names: list[str]) -> None:
         extra: dict[str, Any] = {"strategy": "fsdp"} if mode == "fsdp" else {}
         if "gc" in options:
             extra["gradient_checkpointing"] = True
-        agent = cls(ARITH, policy=_policy(), env_kwargs=ENV_KWARGS, **_overrides(name), **extra)
+        agent = cls(ARITH, policy=_policy("llama" if "llama" in options else "gpt2"), env_kwargs=ENV_KWARGS,
+                    **_overrides(name), **extra)
         if mode == "single":
             agent.half = gym.make_vec(ARITH, num_envs=BATCH // WORLD, autoreset_mode=AutoresetMode.DISABLED,
                                       tokenizer=agent.policy.tokenizer, **ENV_KWARGS).unwrapped
@@ -179,23 +187,26 @@ def test_two_gloo_ranks_with_half_the_batch_match_one_process_with_all_of_it(tmp
 
 
 @pytest.mark.slow
-def test_fsdp_with_gradient_checkpointing_matches_one_process(tmp_path):
-    """FSDP's hooks re-run in the recomputed forward of a checkpointed block: PPO still ends where one
-    process ends."""
+def test_fsdp_with_gradient_checkpointing_on_a_llama_policy_matches_one_process(tmp_path):
+    """A Llama-style policy (blocks in ``model.layers``, an untied head) sharded by FSDP, with its blocks
+    checkpointed (FSDP's hooks re-run in the recomputed forward): PPO still ends where one process ends."""
     from safetensors.torch import load_file
 
     multi, single = tmp_path / "fsdp", tmp_path / "single"
     multi.mkdir()
     single.mkdir()
     worker = [str(Path(__file__).resolve()), "worker"]
-    r = torchrun([*worker, "fsdp+gc", str(multi), "ppo"], timeout=300)
+    r = torchrun([*worker, "fsdp+gc+llama", str(multi), "ppo"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(var, None)
-    r = subprocess.run([sys.executable, *worker, "single+gc", str(single), "ppo"], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, *worker, "single+gc+llama", str(single), "ppo"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    initial = dict(_policy("llama").named_parameters())
+    trained = load_file(single / "ppo-params.safetensors")
+    assert max(float((trained[k] - initial[k].detach()).abs().max()) for k in trained) > 1e-3
     for kind, tol in (("params", (1e-4, 2e-5)), ("grads", (1e-3, 1e-5))):
         a, b = load_file(multi / f"ppo-{kind}.safetensors"), load_file(single / f"ppo-{kind}.safetensors")
         assert a.keys() == b.keys() and a
@@ -341,6 +352,21 @@ def test_bad_strategies_are_refused_and_fsdp_in_one_process_trains_unsharded():
     assert agent.history[-1]["episodes"] == 4.0
 
 
+def test_fsdp_units_are_the_transformer_blocks_and_unsharded_models_pass_through():
+    from agents import fsdp
+
+    gpt2, llama = _policy("gpt2"), _policy("llama")
+    assert fsdp.transformer_blocks(gpt2.model) == list(gpt2.model.transformer.h)
+    assert fsdp.transformer_blocks(llama.model) == list(llama.model.model.layers)
+    with pytest.raises(ValueError, match=r"Linear has no list of transformer blocks"):
+        fsdp.transformer_blocks(torch.nn.Linear(2, 2))
+    before = {k: v.clone() for k, v in gpt2.ref_model.state_dict().items()}
+    with fsdp.gathered(gpt2), fsdp.gathered_frozen(gpt2.ref_model):  # not sharded: nothing to gather
+        assert not fsdp.is_sharded(gpt2)
+    after = gpt2.ref_model.state_dict()
+    assert all(after[k] is not None and torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_one_process_context_is_the_identity():
     from agents.distributed import Context, rank_seed
 
@@ -380,4 +406,4 @@ if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "worker":
         _worker(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
-        raise SystemExit("usage: test_distributed.py worker ddp|fsdp|single[+gc] OUT_DIR AGENT...")
+        raise SystemExit("usage: test_distributed.py worker ddp|fsdp|single[+gc][+llama] OUT_DIR AGENT...")

@@ -305,3 +305,13 @@ def test_agent_learns_a_tiny_multi_turn_task(tiny_tokenizer, cls):
     assert batch.inserted_mask is not None and batch.inserted_mask.sum(1).min() > 0  # every episode had its reply
     # measured: 0.15 -> 0.42 (REINFORCE) and 0.89 (PPO)
     assert after["gold_score"] > before["gold_score"] + 0.1, (before, after)
+
+
+def test_a_policy_too_short_for_the_dialogue_is_refused_naming_the_budgets():
+    from transformers import GPT2LMHeadModel
+
+    tok = load_tokenizer("default")
+    cfg = tiny_gpt2_config(len(tok), n_layer=1, n_embd=32, n_head=2, n_positions=128)
+    policy = LMPolicy(GPT2LMHeadModel(cfg).eval(), tok)
+    with pytest.raises(ValueError, match=r"max_turns \* max_new_tokens .* = 56 \+ 4 \* 32 \+ 3 \* 40 = 304"):
+        PPO(TextGenVectorEnv(num_envs=4, task="dialogue", reward_model="gold"), policy=policy, batch_size=4)

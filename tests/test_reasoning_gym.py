@@ -56,6 +56,14 @@ def test_a_second_dataset_and_bad_settings():
         ReasoningGymTask("basic_arithmetic", no_such_setting=1)
 
 
+def test_the_spec_rebuilds_the_task():
+    task = ReasoningGymTask("basic_arithmetic", size=30, seed=4, system_prompt=None, extract="raw", max_terms=2,
+                            max_new_tokens=6)
+    again = get_task(task.spec())
+    assert isinstance(again, ReasoningGymTask) and again.spec() == task.spec()
+    assert again.prompts(5, seed=2) == task.prompts(5, seed=2) and again.default_max_new_tokens == 6
+
+
 def test_a_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # import reasoning_gym now raises ImportError
     with pytest.raises(ImportError, match=r"textenv\[reasoning\]"):

@@ -86,6 +86,20 @@ def test_gold_in_unit_interval_on_garbage(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(APPS))
+def test_corpora_of_every_stage(name: str) -> None:
+    task = get_task(name)
+    pairs = task.sft_pairs(30, seed=0)
+    assert pairs == task.sft_pairs(30, seed=0) and task.pretrain_corpus(5, seed=0) == [p + r for p, r in pairs[:5]]
+    rows = task.scored_texts(30, seed=0, split="test")
+    assert all(split_of(str(r["prompt"])) == "test" and 0.0 <= float(r["score"]) <= 1.0 for r in rows)  # type: ignore[arg-type]
+    assert len({float(r["score"]) for r in rows}) > 3, "scores must be graded, not pass/fail"  # type: ignore[arg-type]
+    prefs = task.preference_pairs(30, seed=0)
+    chosen = task.gold_score([r["prompt"] for r in prefs], [r["chosen"] for r in prefs])
+    rejected = task.gold_score([r["prompt"] for r in prefs], [r["rejected"] for r in prefs])
+    assert all(c > r for c, r in zip(chosen, rejected, strict=True))
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
 def test_prompt_and_reference_fit_the_default_token_budgets(name: str) -> None:
     from textenv.models import load_tokenizer
 
@@ -329,3 +343,72 @@ def test_toxicity_reward_on_any_task() -> None:
         _, reward, terminated, truncated, _ = env.step(int(env.action_space.sample()))
         done = terminated or truncated
     assert 0.0 < float(reward) <= 1.0
+
+
+def test_gold_details_of_every_task_agree_with_gold() -> None:
+    for name in sorted(TASKS):
+        task, rng = get_task(name), np.random.default_rng(0)
+        prompts = [task.sample_prompt(rng) for _ in range(10)]
+        completions = [task.sample_response(p, rng, 0.5) for p in prompts]
+        gold = task.gold_score(prompts, completions)
+        details = task.gold_details(prompts, completions)
+        key = {"translation": "chrf", "qa": "f1"}.get(name, "gold")
+        assert [d[key] for d in details] == gold, name
+
+
+# ---------------------------------------------------------------------------- joining the shipped build
+def test_build_defaults_task_names_are_checked() -> None:
+    from textenv.training.defaults import RECIPE, check_task_names
+
+    assert check_task_names(None) == list(RECIPE["tasks"])
+    assert check_task_names(["detox", "qa"]) == ["detox", "qa"]
+    for bad, match in ((["nope"], "unknown task 'nope'"), ([], "empty"), (["qa", "qa"], "twice")):
+        with pytest.raises(ValueError, match=match):
+            check_task_names(bad)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["build-defaults", "--tasks", "qa,nope"], "--tasks 'qa,nope': unknown task 'nope'"),
+    (["build-defaults", "--rewards-only"], "--rewards-only needs --tasks"),
+])
+def test_build_defaults_flags_refuse_bad_values(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from textenv.cli import main
+
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_rewards_only_refuses_a_directory_without_a_full_build(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from textenv.models import ModelLoadError
+    from textenv.training.defaults import build_reward_models
+
+    with pytest.raises(ModelLoadError, match="tokenizer.*is missing.*build-defaults"):
+        build_reward_models(["detox"], tmp_path, scale=0.005, progress=False, log=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_rewards_only_builds_one_task_into_an_existing_build(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A miniature reward model for one new task, merged into a copy of the shipped build's manifest."""
+    import json
+    import shutil
+
+    from textenv.models import DATA_DIR
+    from textenv.rewards import resolve_reward_model
+    from textenv.training.defaults import build_reward_models, sha256
+
+    if not (DATA_DIR / "MANIFEST.json").is_file():
+        pytest.skip("the shipped artifacts are not built")
+    for sub in ("tokenizer", "pretrained"):
+        shutil.copytree(DATA_DIR / sub, tmp_path / sub)
+    before = json.loads((DATA_DIR / "MANIFEST.json").read_text())
+    shutil.copy2(DATA_DIR / "MANIFEST.json", tmp_path / "MANIFEST.json")
+    m = build_reward_models(["detox"], tmp_path, scale=0.005, progress=False, log=lambda *_: None)
+    assert (tmp_path / "rewards" / "detox" / "config.json").is_file()
+    assert set(m["quality"]["rewards"]) == set(before["quality"]["rewards"]) | {"detox"}
+    assert m["quality"]["rewards"]["sentiment"] == before["quality"]["rewards"]["sentiment"]
+    assert m["reward_builds"]["detox"]["scale"] == 0.005
+    on_disk = json.loads((tmp_path / "MANIFEST.json").read_text())
+    assert on_disk["artifacts"] == m["artifacts"] and "rewards/detox/model.safetensors" in m["artifacts"]
+    assert m["artifacts"]["tokenizer/tokenizer.json"]["sha256"] == sha256(tmp_path / "tokenizer" / "tokenizer.json")
+    rm = resolve_reward_model(tmp_path / "rewards" / "detox", get_task("detox"))
+    assert len(rm(["Rewrite politely: Fix it, you idiot! ->"], [" Please fix it."])) == 1

@@ -204,12 +204,30 @@ class BuildDefaultsArgs:
     """torch CPU threads; bytes are reproducible for a fixed count (the shipped set: see MANIFEST.json)"""
     progress: bool = True
     """show progress bars (--no-progress hides them)"""
+    tasks: str | None = None
+    """comma-separated tasks to build (default: the recipe's, RECIPE["tasks"] in textenv.training.defaults)"""
+    rewards_only: bool = False
+    """build only the reward models of --tasks, on the tokenizer and pretrained LM already in --out"""
 
     def __post_init__(self) -> None:
         _check_min({"seed": self.seed}, 0)
         _check_positive("scale", self.scale)
         if self.threads is not None:
             _check_min({"threads": self.threads}, 1)
+        if self.tasks is not None:
+            from textenv.training.defaults import check_task_names
+
+            names = [n.strip() for n in self.tasks.split(",") if n.strip()]
+            try:
+                check_task_names(names)
+            except ValueError as e:
+                raise ValueError(f"--tasks {self.tasks!r}: {e}") from None
+        if self.rewards_only and self.tasks is None:
+            raise ValueError("--rewards-only needs --tasks (the reward models to build)")
+
+    def task_names(self) -> list[str] | None:
+        """The ``--tasks`` names, or None for the recipe's."""
+        return None if self.tasks is None else [n.strip() for n in self.tasks.split(",") if n.strip()]
 
 
 def _hold_out(items: list[T]) -> tuple[list[T], list[T]]:
@@ -381,7 +399,12 @@ def _build_defaults(a: BuildDefaultsArgs) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    m = build_defaults(a.out, seed=a.seed, scale=a.scale, progress=a.progress)
+    if a.rewards_only:
+        from textenv.training.defaults import build_reward_models
+
+        m = build_reward_models(a.task_names() or [], a.out, seed=a.seed, scale=a.scale, progress=a.progress)
+    else:
+        m = build_defaults(a.out, seed=a.seed, scale=a.scale, progress=a.progress, tasks=a.task_names())
     print(json.dumps(m["quality"], indent=2))
     return 0
 

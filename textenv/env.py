@@ -89,8 +89,10 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
     :meth:`inserted_mask`). Other steps' infos are empty, as in single-turn episodes.
 
     ## Arguments
-    - ``task``: ``"sentiment"`` (default), ``"arithmetic"``, ``"keywords"``, ``"dialogue"`` (multi-turn) or
-      a :class:`~textenv.tasks.Task`.
+    - ``task``: ``"sentiment"`` (default), ``"arithmetic"``, ``"keywords"``, ``"translation"``,
+      ``"summarization"``, ``"qa"``, ``"dialogue"`` (multi-turn), ``"detox"``, ``"reasoning_gym:<dataset>"``
+      (:class:`~textenv.tasks.reasoning.ReasoningGymTask`) or a :class:`~textenv.tasks.Task`, e.g. a user's
+      JSONL and metric as a :class:`~textenv.tasks.DatasetTask` (its gold score is also its default reward).
     - ``prompts``: a list of str, or a path to a ``.txt`` (one per line) or ``.jsonl`` (``{"prompt"}``) file;
       replaces the task's prompt source (the gold scorer still comes from the task).
     - ``tokenizer``: ``"default"`` (the shipped BPE), a Hugging Face tokenizer directory or object.
@@ -188,6 +190,11 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
     def max_actions(self) -> int:
         """The most agent tokens in an episode (``max_turns * max_new_tokens``; single-turn: ``max_new_tokens``)."""
         return int(self.setup.max_actions)
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether the task inserts text between agent turns (see "Turns" in :class:`textenv.env.TextGenEnv`)."""
+        return self.setup.multi_turn
 
     @property
     def max_episode_tokens(self) -> int:

@@ -118,6 +118,11 @@ class TextGenVectorEnv(VectorEnv):
         return int(self.setup.max_actions)
 
     @property
+    def multi_turn(self) -> bool:
+        """Whether the task inserts text between agent turns (see "Turns" in :class:`textenv.env.TextGenEnv`)."""
+        return self.setup.multi_turn
+
+    @property
     def max_episode_tokens(self) -> int:
         """The most tokens after the prompt, agent and inserted (``L - max_prompt_tokens``): the width of a
         rollout buffer."""
@@ -181,15 +186,17 @@ class TextGenVectorEnv(VectorEnv):
         self._mask[idx] = inside
         self._prompt_len[idx] = lengths
         self._n_gen[idx] = 0
-        self._turn[idx] = 0
-        self._turn_len[idx] = 0
-        self._inserted[idx] = 0
+        if s.multi_turn:
+            self._turn[idx] = 0
+            self._turn_len[idx] = 0
+            self._inserted[idx] = 0
         self._potential[idx] = 0.0
         self._active[idx] = True
         self._needs_reset[idx] = False
         for i, p in zip(slots, new, strict=True):
             self._prompts[i] = p
-            self._segments[i] = [0]
+            if s.multi_turn:
+                self._segments[i] = [0]
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -268,40 +275,37 @@ class TextGenVectorEnv(VectorEnv):
         self._ids[stepping, pos] = tok
         self._mask[stepping, pos] = 1
         self._n_gen[sel] += 1
-        self._turn_len[sel] += 1
+        turn_end: np.ndarray | None = None  # multi-turn: which stepping slots' agent turns end now
+        inserted: dict[int, np.ndarray] = {}  # the other speaker's replies by slot, written after scoring
+        rng_states: dict[int, Any] = {}
         if s.multi_turn:
-            eos = tok == s.eos_id if s.terminate_on_eos else np.zeros(stepping.size, dtype=bool)
-            turn_end = eos | (self._turn_len[sel] >= s.max_new_tokens)
-            if s.separator_id is not None:
-                turn_end |= tok == s.separator_id
-            ends = eos | (turn_end & (self._turn[sel] + 1 >= s.max_turns))
-            # the other speaker's replies (computed before anything is scored, written after)
-            asked = stepping[turn_end & ~ends]
-        else:  # one turn: the turn's end is the episode's (the same flags, fewer array operations)
-            ends = self._turn_len[sel] >= s.max_new_tokens
+            self._turn_len[stepping] += 1
+            ends, turn_end = self._turn_ends(stepping, tok)
+        else:
+            ends = self._n_gen[sel] >= s.max_new_tokens
             if s.terminate_on_eos:
                 ends |= tok == s.eos_id
-            if s.separator_id is not None:
-                ends |= tok == s.separator_id
-            turn_end = ends
-            asked = stepping[:0]
-        rng_states = {int(i): self._rngs[i].bit_generator.state for i in asked} if asked.size else {}
-        inserted: dict[int, np.ndarray] = {}
         infos: dict[str, Any] = {}
         try:
-            for i in asked:
-                dialogue = s.segments(self._ids[i, self._prompt_len[i]:], self._segments[i], int(self._n_gen[i]))
-                reply = s.insertion(self._prompts[i], dialogue, self._rngs[i])
-                if reply is None:
-                    ends[np.searchsorted(stepping, i)] = True
-                else:
-                    inserted[int(i)] = reply
+            if turn_end is not None:
+                # replies are asked for before anything is scored (a reply of None ends the dialogue)
+                asked = np.flatnonzero(turn_end & ~ends)
+                rng_states = {int(stepping[j]): self._rngs[stepping[j]].bit_generator.state for j in asked}
+                for j in asked:
+                    slot = int(stepping[j])
+                    dialogue = s.segments(self._ids[slot, self._prompt_len[slot]:], self._segments[slot],
+                                          int(self._n_gen[slot]))
+                    reply = s.insertion(self._prompts[slot], dialogue, self._rngs[slot])
+                    if reply is None:
+                        ends[j] = True
+                    else:
+                        inserted[slot] = reply
             terminated[stepping] = ends
             done_idx = stepping[ends]
             if s.reward_mode != "dense":
                 scored_idx = done_idx
             else:  # single-turn: every token; multi-turn: every agent turn's end
-                scored_idx = stepping if not s.multi_turn else stepping[turn_end | ends]
+                scored_idx = stepping if turn_end is None else stepping[turn_end | ends]
             if scored_idx.size:
                 # the whole batch's episode-end work at once: one decode call for every scored slot
                 prompts = [self._prompts[i] for i in scored_idx.tolist()]
@@ -324,11 +328,12 @@ class TextGenVectorEnv(VectorEnv):
         except BaseException:
             # nothing half-written: undo this step's tokens (and the tasks' RNG draws) so the batch is as before
             self._n_gen[stepping] -= 1
-            self._turn_len[stepping] -= 1
+            if turn_end is not None:
+                self._turn_len[stepping] -= 1
             self._ids[stepping, pos] = s.pad_id
             self._mask[stepping, pos] = 0
-            for i, state in rng_states.items():
-                self._rngs[i].bit_generator.state = state
+            for slot, state in rng_states.items():
+                self._rngs[slot].bit_generator.state = state
             raise
         if scored_idx.size:
             if s.reward_mode == "dense":
@@ -342,18 +347,9 @@ class TextGenVectorEnv(VectorEnv):
                     std = np.zeros(N, dtype=np.float64)
                     std[done_idx] = np.asarray(spread)[at_end]
                     infos.update(reward_model_std=std, _reward_model_std=infos["_gold_score"].copy())
-        turned = stepping[turn_end] if s.multi_turn else stepping[:0]
-        for i in turned:
-            self._turn[i] += 1
-            self._turn_len[i] = 0
-        for i, reply in inserted.items():  # in the observation, never an action
-            start = self._prompt_len[i] + self._n_gen[i]
-            k = len(reply)
-            self._ids[i, start:start + k] = reply
-            self._mask[i, start:start + k] = 1
-            self._inserted[i, start:start + k] = 1
-            self._segments[i] += [int(self._n_gen[i]), int(self._n_gen[i]) + k]
-            self._n_gen[i] += k
+        turned = stepping[turn_end] if turn_end is not None else None
+        if turned is not None:
+            self._write_replies(turned, inserted)
         if done_idx.size:
             self._active[done_idx] = False
         mode = self.autoreset_mode
@@ -362,12 +358,14 @@ class TextGenVectorEnv(VectorEnv):
             reset_idx = self._needs_reset.nonzero()[0]
             if done_idx.size:
                 self._needs_reset[done_idx] = True
-        # SAME_STEP: a finished slot's turn info goes into its final info, a running slot's on top
-        same_step = mode == AutoresetMode.SAME_STEP
-        running = turned[~np.isin(turned, done_idx)] if same_step else turned[:0]
-        finished = turned[np.isin(turned, done_idx)] if same_step else turned
-        if finished.size:
-            infos.update(self._turn_infos(finished, inserted))
+        running = None
+        if turned is not None and turned.size:
+            # SAME_STEP: a finished slot's turn info goes into its final info, a running slot's on top
+            same_step = mode == AutoresetMode.SAME_STEP
+            running = turned[~np.isin(turned, done_idx)] if same_step else None
+            finished = turned[np.isin(turned, done_idx)] if same_step else turned
+            if finished.size:
+                infos.update(self._turn_infos(finished, inserted))
         if mode == AutoresetMode.SAME_STEP and done_idx.size:
             final_obs = np.full(N, None, dtype=object)
             for i in done_idx:
@@ -376,7 +374,7 @@ class TextGenVectorEnv(VectorEnv):
             mask[done_idx] = True
             infos = {"final_obs": final_obs, "_final_obs": mask, "final_info": infos, "_final_info": mask.copy()}
             reset_idx = done_idx
-        if running.size:
+        if running is not None and running.size:
             infos.update(self._turn_infos(running, inserted))
         if reset_idx.size:
             self._reset_slots(reset_idx, None, None)
@@ -413,6 +411,28 @@ class TextGenVectorEnv(VectorEnv):
         arr = np.empty(self.num_envs, dtype=object)
         arr[:] = out
         return arr
+
+    def _turn_ends(self, stepping: np.ndarray, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Multi-turn: ``(ends, turn_end)`` of the stepping slots after their tokens ``tok``: a turn ends at
+        the separator, EOS or the per-turn budget; the dialogue ends at EOS or after the last allowed turn."""
+        s = self.setup
+        eos = tok == s.eos_id if s.terminate_on_eos else np.zeros(stepping.size, dtype=bool)
+        turn_end = eos | (self._turn_len[stepping] >= s.max_new_tokens) | (tok == s.separator_id)
+        return eos | (turn_end & (self._turn[stepping] + 1 >= s.max_turns)), turn_end
+
+    def _write_replies(self, turned: np.ndarray, inserted: dict[int, np.ndarray]) -> None:
+        """Close the agent turns of slots ``turned`` and append the replies ``inserted`` to their
+        observations (context, never actions)."""
+        self._turn[turned] += 1
+        self._turn_len[turned] = 0
+        for i, reply in inserted.items():
+            start = self._prompt_len[i] + self._n_gen[i]
+            k = len(reply)
+            self._ids[i, start:start + k] = reply
+            self._mask[i, start:start + k] = 1
+            self._inserted[i, start:start + k] = 1
+            self._segments[i] += [int(self._n_gen[i]), int(self._n_gen[i]) + k]
+            self._n_gen[i] += k
 
     def _turn_infos(self, idx: np.ndarray, inserted: dict[int, np.ndarray]) -> dict[str, Any]:
         """Multi-turn infos of the slots ``idx`` whose agent turn ended this step, in Gymnasium's vector layout:

@@ -100,6 +100,11 @@ class Task(ABC):
         """
         return None
 
+    def gold_details(self, prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, float]]:
+        """The parts of each gold score by name (e.g. BLEU beside chrF, exact match beside F1), one dict per
+        pair; the base task reports the gold score alone, as ``{"gold": score}``."""
+        return [{"gold": float(s)} for s in self.gold_score(prompts, completions)]
+
     #: Names of the per-prompt fields :meth:`prompt_columns` returns (TRL's "dataset columns").
     prompt_column_names: tuple[str, ...] = ()
 

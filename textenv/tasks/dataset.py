@@ -290,12 +290,21 @@ class DatasetChangedWarning(UserWarning):
     """A checkpoint's dataset file no longer holds the bytes it was trained on."""
 
 
-def task_from_spec(spec: Mapping[str, Any], where: str = "the checkpoint") -> DatasetTask:
-    """The task a :meth:`DatasetTask.spec` record describes (a changed file warns and still loads)."""
+def task_from_spec(spec: Mapping[str, Any], where: str = "the checkpoint") -> Task:
+    """The task a ``spec()`` record describes: a :class:`DatasetTask` (a changed file warns and still loads) or
+    a :class:`~textenv.tasks.reasoning.ReasoningGymTask`."""
     import warnings
 
+    if isinstance(spec, Mapping) and spec.get("kind") == "reasoning_gym":
+        from textenv.tasks.reasoning import ReasoningGymTask
+
+        return ReasoningGymTask(spec["dataset"], size=spec.get("size", 10_000), seed=spec.get("seed", 0),
+                                system_prompt=spec.get("system_prompt") or None, extract=spec.get("extract", "tag"),
+                                max_prompt_tokens=spec.get("max_prompt_tokens"),
+                                max_new_tokens=spec.get("max_new_tokens"), **dict(spec.get("config") or {}))
     if not isinstance(spec, Mapping) or spec.get("kind") != "dataset" or not isinstance(spec.get("path"), str):
-        raise ValueError(f"{where}: unknown task record {spec!r}; expected {{'kind': 'dataset', 'path': ...}}")
+        raise ValueError(f"{where}: unknown task record {spec!r}; expected {{'kind': 'dataset', 'path': ...}} or "
+                         f"{{'kind': 'reasoning_gym', 'dataset': ...}}")
     path = Path(spec["path"])
     if not path.is_file():
         raise FileNotFoundError(f"{where}: the dataset file {str(path)!r} of task {spec.get('name')!r} does not exist")

@@ -186,7 +186,7 @@ class DetoxTask(Task):
     it drops or replaces each content word with probability ``(1 - quality) / 4`` each, wraps the rest in
     a polite frame (``"Could you please ...?"``), adds ``Binomial(2, 1 - quality)`` insult words
     (``", you idiot"``, ``", you totally useless idiot"``) and, with probability ``(1 - quality) / 2``,
-    shouts (capitals or ``"!!!"``).
+    shouts (one word in capitals, maybe ``"!!!"``).
 
     **Gold score** = ``(1 - toxicity(completion)) * content_preservation``: :func:`toxicity` is the
     lexicon model (intensifiers multiply, negation scales a toxic word by 0.2 and makes "not smart" rude,
@@ -203,7 +203,8 @@ class DetoxTask(Task):
     """
 
     name = "detox"
-    #: The shipped tokenizer gives prompts of 23-51 tokens and polite rewrites of 9-30.
+    #: The shipped tokenizer gives prompts of 20-55 tokens (mean 32) and polite rewrites of 7-27
+    #: (mean 16), over 2,000 prompts.
     default_max_prompt_tokens = 60
     default_max_new_tokens = 36
     prompt_column_names = ("content",)
@@ -239,7 +240,11 @@ class DetoxTask(Task):
             adj, noun = _insult(rng)
             text = f"{text[:-1]}, you {adj if n_insults > 1 else ''} {noun}{text[-1]}".replace("  ", " ")
         if rng.random() < 0.5 * (1.0 - quality):
-            text = text.upper() if rng.random() < 0.5 else text.rstrip(".?!") + "!!!"
+            # shouting: one word in capitals (a whole sentence in capitals would not fit the token budget)
+            words = text.split()
+            i = int(rng.random() * len(words))
+            words[i] = words[i].upper()
+            text = " ".join(words) if rng.random() < 0.5 else " ".join(words).rstrip(".?!") + "!!!"
         return " " + text
 
     def prompt_columns(self, prompts: Sequence[str]) -> dict[str, list[object]]:

@@ -1,6 +1,6 @@
 """Extractive question answering over a short passage, scored by SQuAD's token F1 (exact match reported).
 
-Half the questions are answered by one sentence of the passage; the other half need two facts combined
+About 40% of the questions are answered by one sentence of the passage; the others need two facts combined
 (who has the thing that is in a place, where the thing someone has is, who is the oldest of three).
 """
 
@@ -139,7 +139,7 @@ class QATask(Task):
     """
 
     name = "qa"
-    #: The shipped tokenizer gives prompts of 53-101 tokens (mean 77) and answers of 2-3, over 3,000
+    #: The shipped tokenizer gives prompts of 53-101 tokens (mean 76) and answers of 2-3, over 3,000
     #: prompts; the wordiest sample response is about 10.
     default_max_prompt_tokens = 108
     default_max_new_tokens = 12

@@ -108,6 +108,19 @@ class ReasoningGymTask(Task):
     def __repr__(self) -> str:
         return f"ReasoningGymTask({self.dataset_name!r}, size={self.size}, seed={self.seed})"
 
+    def spec(self) -> dict[str, Any] | None:
+        """The JSON record :func:`textenv.tasks.dataset.task_from_spec` rebuilds this task from (None when the
+        dataset's settings are not JSON values)."""
+        import json
+
+        try:
+            json.dumps(self.config)
+        except (TypeError, ValueError):
+            return None
+        return {"kind": "reasoning_gym", "dataset": self.dataset_name, "size": self.size, "seed": self.seed,
+                "system_prompt": self.system_prompt, "extract": self.extract, "config": self.config,
+                "max_prompt_tokens": self.default_max_prompt_tokens, "max_new_tokens": self.default_max_new_tokens}
+
     def format_prompt(self, question: str) -> str:
         """The prompt of ``question``: the system prompt, a blank line, the question and a newline."""
         return f"{self.system_prompt.rstrip()}\n\n{question}\n" if self.system_prompt else f"{question}\n"

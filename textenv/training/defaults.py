@@ -2,7 +2,8 @@
 
 Stages, in order (each written to a temporary directory, then moved into ``textenv/data``):
 
-1. ``tokenizer/``: a byte-level BPE trained on the three tasks' corpora.
+1. ``tokenizer/``: a byte-level BPE trained on the corpora of the built tasks (``RECIPE["tasks"]``, or
+   ``tasks=`` / ``--tasks``).
 2. ``pretrained/``: a tiny GPT-2 pretrained on the multi-task plain-text corpus (stage 1).
 3. ``policy/``: that model fine-tuned on mixed-quality (prompt, response) pairs of all tasks (stage 2),
    the default policy and the KL reference of RL.
@@ -12,6 +13,8 @@ Stages, in order (each written to a temporary directory, then moved into ``texte
    temperature 1).
 
 ``scale`` multiplies every data and step count (tests build a miniature set with ``scale=0.01``).
+:func:`build_reward_models` (``--rewards-only``) builds stage 4 alone for some tasks, on the tokenizer and
+pretrained LM already there, and merges them into the manifest.
 """
 
 from __future__ import annotations
@@ -149,9 +152,25 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, out / "MANIFEST.json")
 
 
+def check_task_names(tasks: Sequence[str] | None) -> list[str]:
+    """``tasks`` (default ``RECIPE["tasks"]``) as a list of registered task names, or ValueError naming one
+    that is not registered (or an empty list)."""
+    names = list(RECIPE["tasks"] if tasks is None else tasks)
+    if not names:
+        raise ValueError("tasks is empty; name at least one task")
+    for n in names:
+        if n not in TASKS:
+            raise ValueError(f"unknown task {n!r} to build; known tasks: {sorted(TASKS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"tasks names a task twice: {names}")
+    return names
+
+
 def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0, scale: float = 1.0,
-                   progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """Rebuild the shipped artifacts into ``out_dir`` (default: the package's ``textenv/data``).
+                   progress: bool = True, log: Any = print, tasks: Sequence[str] | None = None) -> dict[str, Any]:
+    """Rebuild the shipped artifacts into ``out_dir`` (default: the package's ``textenv/data``), for the
+    tasks ``tasks`` (default ``RECIPE["tasks"]``): their corpora train the tokenizer and both LMs, and each
+    gets a reward model.
 
     Returns the manifest it writes to ``out_dir/MANIFEST.json``.
     """
@@ -170,17 +189,15 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
     R = RECIPE
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    for n in R["tasks"]:
-        if n not in TASKS:
-            raise ValueError(f"RECIPE['tasks'] names an unknown task {n!r}; known tasks: {sorted(TASKS)}")
-    tasks = [get_task(n) for n in R["tasks"]]
-    manifest: dict[str, Any] = {"seed": seed, "scale": scale, "recipe": R, "artifacts": {}, "quality": {},
-                                "versions": {"torch": torch.__version__}, "torch_threads": torch.get_num_threads()}
+    task_objs = [get_task(n) for n in check_task_names(tasks)]
+    manifest: dict[str, Any] = {"seed": seed, "scale": scale, "recipe": {**R, "tasks": [t.name for t in task_objs]},
+                                "artifacts": {}, "quality": {}, "versions": {"torch": torch.__version__},
+                                "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="textenv-build-") as work_s:
         work = Path(work_s)
         # 1. tokenizer
         n_tok = _scaled(R["tokenizer_docs_per_task"], scale, 200)
-        tok_texts = _mixed([t.pretrain_corpus(n_tok, seed=seed + 1) for t in tasks], seed)
+        tok_texts = _mixed([t.pretrain_corpus(n_tok, seed=seed + 1) for t in task_objs], seed)
         tokenizer = train_tokenizer(tok_texts, vocab_size=R["vocab_size"] if scale >= 0.1 else 512)
         tokenizer.save_pretrained(str(work / "tokenizer"))
         _install(work / "tokenizer", out / "tokenizer")
@@ -188,9 +205,9 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
 
         # 2. pretraining
         n_pre = _scaled(R["pretrain_docs_per_task"], scale, 200)
-        texts = _mixed([t.pretrain_corpus(n_pre, seed=seed + 2) for t in tasks], seed + 2)
+        texts = _mixed([t.pretrain_corpus(n_pre, seed=seed + 2) for t in task_objs], seed + 2)
         n_eval = _scaled(R["eval_docs_per_task"], scale, 20)
-        eval_texts = [p + r for t in tasks for p, r in t.sft_pairs(n_eval, seed=seed + 3, split="test")]
+        eval_texts = [p + r for t in task_objs for p, r in t.sft_pairs(n_eval, seed=seed + 3, split="test")]
         cfg = tiny_gpt2_config(len(tokenizer), **R["model"], bos_token_id=tokenizer.eos_token_id,
                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         model = GPT2LMHeadModel(cfg)
@@ -206,8 +223,9 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
 
         # 3. fine-tuning
         n_sft = _scaled(R["sft_pairs_per_task"], scale, 200)
-        pairs = _mixed([t.sft_pairs(n_sft * R["sft_task_weight"].get(t.name, 1), seed=seed + 4) for t in tasks], seed + 4)
-        eval_pairs = [pr for t in tasks for pr in t.sft_pairs(n_eval, seed=seed + 5, split="test")]
+        pairs = _mixed([t.sft_pairs(n_sft * R["sft_task_weight"].get(t.name, 1), seed=seed + 4) for t in task_objs],
+                       seed + 4)
+        eval_pairs = [pr for t in task_objs for pr in t.sft_pairs(n_eval, seed=seed + 5, split="test")]
         steps = _scaled(R["sft_steps"], scale, 4)
         sft = finetune(model, tokenizer, pairs, work / "sft", TrainConfig(
             steps=steps, batch_size=R["sft_batch"], lr=R["sft_lr"], warmup_steps=max(1, steps // 20),
@@ -215,31 +233,82 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
             eval_pairs=eval_pairs)
         _final_model_files(work / "sft", work / "policy")
         gold = policy_gold_scores(model, tokenizer, _scaled(R["policy_eval_prompts"], scale, 16), seed,
-                                  tasks=[t.name for t in tasks])
+                                  tasks=[t.name for t in task_objs])
         _install(work / "policy", out / "policy")
         manifest["quality"]["policy"] = {"sft_eval_loss": sft["eval_loss"], "sft_perplexity": sft["perplexity"],
                                          "gold_score_at_temperature_1": gold}
         log(f"[build-defaults] policy: gold {gold} ({time.perf_counter() - t_start:.0f}s)")
 
         # 4. reward models
-        from textenv.rewards import load_reward_model
-        from textenv.training.reward import build_default_reward_model, evaluate_reward_model
-
-        manifest["quality"]["rewards"] = {}
-        for t in tasks:
-            rm_dir = work / "rewards" / t.name
-            steps_rm = None if scale >= 1.0 else _scaled(400, scale * 10, 4)
-            build_default_reward_model(t, rm_dir, tokenizer=tokenizer, seed=seed, steps=steps_rm, progress=progress,
-                                       pretrained=out / "pretrained",
-                                       n_train=None if scale >= 1.0 else _scaled(20_000, scale, 200))
-
-            quality = evaluate_reward_model(load_reward_model(rm_dir), t, n=_scaled(1000, scale, 64), seed=seed + 9)
-            manifest["quality"]["rewards"][t.name] = quality
-            _final_model_files(rm_dir, work / "rewards-final" / t.name)  # not its checkpoints
-            _install(work / "rewards-final" / t.name, out / "rewards" / t.name)
-            log(f"[build-defaults] reward model {t.name}: {quality} ({time.perf_counter() - t_start:.0f}s)")
+        manifest["quality"]["rewards"] = _build_reward_models(task_objs, out, work, tokenizer, seed, scale, progress,
+                                                              log, t_start)
 
     manifest["build_seconds"] = round(time.perf_counter() - t_start, 1)
     write_manifest(out, manifest)
     log(f"[build-defaults] done in {manifest['build_seconds']:.0f}s, {manifest['total_bytes'] / 1e6:.1f} MB")
+    return manifest
+
+
+def _build_reward_models(tasks: list[Any], out: Path, work: Path, tokenizer: Any, seed: int, scale: float,
+                         progress: bool, log: Any, t_start: float) -> dict[str, Any]:
+    """Train, evaluate and install ``out/rewards/<task>`` for each task; returns each one's quality."""
+    from textenv.rewards import load_reward_model
+    from textenv.training.reward import build_default_reward_model, evaluate_reward_model
+
+    qualities: dict[str, Any] = {}
+    for t in tasks:
+        rm_dir = work / "rewards" / t.name
+        steps_rm = None if scale >= 1.0 else _scaled(400, scale * 10, 4)
+        build_default_reward_model(t, rm_dir, tokenizer=tokenizer, seed=seed, steps=steps_rm, progress=progress,
+                                   pretrained=out / "pretrained",
+                                   n_train=None if scale >= 1.0 else _scaled(20_000, scale, 200))
+
+        quality = evaluate_reward_model(load_reward_model(rm_dir), t, n=_scaled(1000, scale, 64), seed=seed + 9)
+        qualities[t.name] = quality
+        _final_model_files(rm_dir, work / "rewards-final" / t.name)  # not its checkpoints
+        _install(work / "rewards-final" / t.name, out / "rewards" / t.name)
+        log(f"[build-defaults] reward model {t.name}: {quality} ({time.perf_counter() - t_start:.0f}s)")
+    return qualities
+
+
+def build_reward_models(tasks: Sequence[str], out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
+                        scale: float = 1.0, progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """Build only the reward models of ``tasks`` (``textenv build-defaults --rewards-only``) against the
+    tokenizer and pretrained LM already in ``out_dir`` (default: the package's ``textenv/data``), and merge
+    them into its ``MANIFEST.json`` (each one's quality, and a ``reward_builds`` entry with its seed, scale
+    and seconds). The tokenizer, the LMs and the other reward models are left as they are.
+
+    This is how a task registered after the last full build gets a shipped reward model without a full
+    rebuild; after a full rebuild that changes the tokenizer, every reward model is rebuilt anyway.
+
+    Returns the manifest it writes.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from textenv.models import ModelLoadError
+
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    task_objs = [get_task(n) for n in check_task_names(tasks)]
+    out = Path(out_dir) if out_dir is not None else DATA_DIR
+    for sub in ("tokenizer", "pretrained"):
+        if not (out / sub).is_dir():
+            raise ModelLoadError(f"{str(out / sub)!r} is missing: --rewards-only builds on a full build's tokenizer "
+                                 f"and pretrained LM; run `textenv build-defaults` first")
+    manifest_path = out / "MANIFEST.json"
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    with tempfile.TemporaryDirectory(prefix="textenv-build-") as work_s:
+        qualities = _build_reward_models(task_objs, out, Path(work_s), tokenizer, seed, scale, progress, log, t_start)
+    seconds = round(time.perf_counter() - t_start, 1)
+    manifest.setdefault("quality", {}).setdefault("rewards", {}).update(qualities)
+    builds = manifest.setdefault("reward_builds", {})
+    for name in qualities:
+        builds[name] = {"seed": seed, "scale": scale, "seconds": seconds,
+                        "torch_threads": torch.get_num_threads()}
+    write_manifest(out, manifest)
+    log(f"[build-defaults] reward models {sorted(qualities)} done in {seconds:.0f}s")
     return manifest
