@@ -104,6 +104,15 @@ def table(r: dict[str, Any], json_name: str) -> str:
         f"| our PPO iteration (1 epoch, 1 minibatch) | {_tps(r, 'ppo_iteration')} | "
         f"{r['ppo_train_vs_limit']:.2f}{_notes(_ratio_range(r, 'ppo_train_vs_limit', 'ppo_iteration', 'train_limit'))} |",
     ]
+    if r.get("train_vs_limit_with_ref") is not None:
+        lines += [
+            f"| the limit + one forward-backward-AdamW step + the reference forward a KL penalty needs | "
+            f"{_tps(r, 'train_limit_with_ref')} | 1 |",
+            f"| our GRPO iteration, against that | {_tps(r, 'grpo_iteration')} | {r['train_vs_limit_with_ref']:.2f}"
+            f"{_notes(_ratio_range(r, 'train_vs_limit_with_ref'))} |",
+            f"| our PPO iteration, against that | {_tps(r, 'ppo_iteration')} | {r['ppo_train_vs_limit_with_ref']:.2f}"
+            f"{_notes(_ratio_range(r, 'ppo_train_vs_limit_with_ref'))} |",
+        ]
     if r.get("grpo_vs_trl_grpo") is not None:
         lines.append(
             f"| TRL `GRPOTrainer` step, tuned to ours (same model, batch, group, lengths, beta and loss; gradient "

@@ -13,6 +13,9 @@ Rows (tokens/s are completion tokens per second of wall time):
   no env, no Python per slot).
 - ``train_limit``: ``kv_limit`` plus one forward-backward-AdamW step (policy-gradient loss on the
   completion tokens, gradient clipping) over the same sequences.
+- ``train_limit_with_ref``: ``train_limit`` plus one no-grad forward of a frozen copy (the reference
+  log-probs a KL penalty needs, which both our GRPO and PPO iterations compute and ``train_limit`` does
+  not); ``train_vs_limit_with_ref`` and ``ppo_train_vs_limit_with_ref`` compare against it.
 - ``rollout``: our rollout, :func:`agents.rollout.collect_rollout` through ``TextGenVectorEnv`` (autoreset
   DISABLED), without values or reference log-probs, like the bare loop.
 - ``ppo_iteration`` / ``grpo_iteration``: one full training iteration of :class:`agents.PPO`
@@ -252,6 +255,17 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, prompt_ids: torch.T
     return float(loss.detach())
 
 
+@torch.no_grad()
+def ref_forward(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-token log-probs ``(B, T)`` of ``tokens`` under a frozen model: one no-grad forward over prompt +
+    completion, what a KL penalty to a reference costs (not part of ``train_limit``)."""
+    P = prompt_ids.shape[1]
+    ids = torch.cat([prompt_ids, tokens], dim=1)  # (B, P+T)
+    attn = torch.cat([prompt_mask.long(), torch.ones_like(tokens)], dim=1)  # (B, P+T)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits[:, P - 1:-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)  # (B, T)
+
+
 # ------------------------------------------------------------------------------------------ memory
 class PeakRSS:
     """High-water mark of this process's resident memory while the block runs (sampled every 5 ms from
@@ -383,6 +397,8 @@ class Bench:
         # ratios measure what the env and the agents add, not which sampler or activation each side uses
         model = fuse_activations(self._load())
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+        # a frozen copy for the reference forward that a KL penalty needs (timed apart: ref_forward_s)
+        ref = fuse_activations(self._load()).requires_grad_(False)
         backend = self.tok.backend_tokenizer
         enc = [backend.encode(p, add_special_tokens=False).ids for p in self.prompts]
         gen = torch.Generator(device=dev).manual_seed(0)
@@ -404,8 +420,12 @@ class Bench:
             train_step(model, optimizer, ids, mask, tokens, adv)
             sync(dev)
             t2 = time.perf_counter()
+            ref_forward(ref, ids, mask, tokens)
+            sync(dev)
+            t3 = time.perf_counter()
             limit.extra.setdefault("decode_s", []).append(t1 - t0)
             limit.extra.setdefault("train_step_s", []).append(t2 - t1)
+            limit.extra.setdefault("ref_forward_s", []).append(t3 - t2)
             return t2 - t0
 
         limit = Row("limit", "bare KV-cache decode loop (kv_limit) + one fwd-bwd-AdamW step (train_limit)",
@@ -665,6 +685,13 @@ class Bench:
         rows["train_limit"] = row_json("train_limit", limit.seconds, limit,
                                        "kv_limit + one forward-backward-AdamW step over the same sequences")
         rows["train_limit"]["train_step_seconds"] = med(train)
+        ref_s = limit.extra.get("ref_forward_s")
+        if ref_s:
+            with_ref = [a + b for a, b in zip(limit.seconds, ref_s)]
+            rows["train_limit_with_ref"] = row_json(
+                "train_limit_with_ref", with_ref, limit,
+                "train_limit + one no-grad reference forward (the work a KL penalty adds)")
+            rows["train_limit_with_ref"]["ref_forward_seconds"] = med(ref_s)
         for name, row in self.rows.items():
             if name != "limit" and row.seconds:
                 rows[name] = row_json(name, row.seconds, row, row.what)
@@ -680,6 +707,9 @@ class Bench:
             "train_vs_limit": per_round(self.rows["grpo_iteration"].seconds, limit.seconds),
             "ppo_train_vs_limit": per_round(self.rows["ppo_iteration"].seconds, limit.seconds),
         }
+        if ref_s:  # against the limit that also does the reference forward, as both our iterations do
+            per["train_vs_limit_with_ref"] = per_round(self.rows["grpo_iteration"].seconds, with_ref)
+            per["ppo_train_vs_limit_with_ref"] = per_round(self.rows["ppo_iteration"].seconds, with_ref)
         out: dict[str, Any] = {name: med(v) for name, v in per.items()}
         out["grpo_vs_trl_grpo"] = None
         out["grpo_vs_trl_grpo_reason"] = self.trl_reason
@@ -835,6 +865,8 @@ def report(r: dict[str, Any]) -> str:
               f"rollout_vs_kv_limit  {fmt(r['rollout_vs_kv_limit'])}  (target >= {TARGET_ROLLOUT_VS_KV_LIMIT})",
               f"train_vs_limit       {fmt(r['train_vs_limit'])}  (GRPO iteration vs decode + fwd-bwd-AdamW)",
               f"ppo_train_vs_limit   {fmt(r['ppo_train_vs_limit'])}",
+              f"train_vs_limit_with_ref {fmt(r.get('train_vs_limit_with_ref'))}, ppo "
+              f"{fmt(r.get('ppo_train_vs_limit_with_ref'))}  (the limit + the reference forward a KL penalty needs)",
               f"grpo_vs_trl_grpo     {fmt(r['grpo_vs_trl_grpo'])}  (target >= {TARGET_GRPO_VS_TRL_GRPO})"
               + (f"  [{r['grpo_vs_trl_grpo_reason']}]" if r["grpo_vs_trl_grpo_reason"] else ""),
               f"grpo_vs_trl_grpo_defaults {fmt(r.get('grpo_vs_trl_grpo_defaults'))}  (ours vs TRL's default GRPOConfig)"

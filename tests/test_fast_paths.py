@@ -85,6 +85,17 @@ def test_env_decode_block_and_decode_match_the_tokenizer(make_vec):
     assert setup.decode(block[0, :0]) == ""
 
 
+def test_byte_table_is_shared_per_tokenizer_and_rebuilt_when_it_grows(tiny_tokenizer):
+    tok = copy.deepcopy(tiny_tokenizer)
+    a = TextGenVectorEnv(num_envs=2, tokenizer=tok, reward_model=zero_reward).setup
+    b = TextGenVectorEnv(num_envs=2, tokenizer=tok, reward_model=zero_reward).setup
+    assert a._table() is b._table() and len(a._table()) == len(tok) + 1
+    tok.add_tokens(["<new>"])
+    c = TextGenVectorEnv(num_envs=2, tokenizer=tok, reward_model=zero_reward).setup
+    assert len(c._table()) == len(tok) + 1
+    assert c.decode(np.array([len(tok) - 1])) == tok.decode([len(tok) - 1], skip_special_tokens=True)
+
+
 # ------------------------------------------------------------------ the batched sentiment scorer
 def _reference_polarity(text: str) -> float:
     """The rules of SentimentTask's gold scorer, written the plain way (regex tokens, one if-chain)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,11 @@ def load_prompts(prompts: str | os.PathLike[str] | Sequence[str]) -> list[str]:
         if not isinstance(p, str):
             raise ValueError(f"prompts[{i}] must be a str, got {p!r}")
     return out
+
+
+#: byte tables of :meth:`EnvSetup.decode_block`, per tokenizer object (and its backend and size, which
+#: ``add_tokens`` changes), so that every env on one cached tokenizer builds and checks it once
+_BYTE_TABLES: weakref.WeakKeyDictionary[Any, tuple[tuple[int, int], np.ndarray | None]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -199,11 +205,21 @@ class EnvSetup:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _table(self) -> np.ndarray | None:
-        """The byte table of :meth:`decode_block` (built on first use), with one more entry, ``b""``, for
-        the positions past a row's length; ``None`` where the tokenizer is not byte-level BPE."""
+        """The byte table of :meth:`decode_block` (built on first use, once per tokenizer object and size:
+        envs built on the same cached tokenizer share it), with one more entry, ``b""``, for the positions
+        past a row's length; ``None`` where the tokenizer is not byte-level BPE."""
         if not self._byte_table_built:
-            table = byte_level_table(self._fast) if self._fast is not None else None
-            self._byte_table = None if table is None else np.array([*table, b""], dtype=object)
+            key = (id(self._fast), len(self.tokenizer))
+            cached = _BYTE_TABLES.get(self.tokenizer)
+            if cached is not None and cached[0] == key:
+                self._byte_table = cached[1]
+            else:
+                table = byte_level_table(self._fast) if self._fast is not None else None
+                self._byte_table = None if table is None else np.array([*table, b""], dtype=object)
+                try:
+                    _BYTE_TABLES[self.tokenizer] = (key, self._byte_table)
+                except TypeError:  # a tokenizer that takes no weak reference: built per env
+                    pass
             self._byte_table_built = True
         return self._byte_table
 

@@ -31,7 +31,9 @@ class TextGenVectorEnv(VectorEnv):
     Same MDP, arguments and observations as :class:`textenv.env.TextGenEnv` (read its docstring), batched:
     observations are ``(N, L)`` arrays, actions an ``(N,)`` integer array, rewards and flags ``(N,)`` arrays.
     The reward model is called once per step on the batch of episodes that finished in it (or, in dense
-    mode, on every active prefix). Slot ``i`` reset with ``seed=s`` draws the same prompts as a single
+    mode, on every active prefix); the rest of the episode-end work is batched too: one decode of every
+    finished completion (:meth:`~textenv.setup.EnvSetup.decode_block`) and one call of the task's gold
+    scorer. Slot ``i`` reset with ``seed=s`` draws the same prompts as a single
     ``TextGenEnv`` reset with ``seed=s+i``, so results match ``gym.make_vec(..., vectorization_mode="sync")``.
 
     Multi-turn tasks: each slot inserts the other speaker's tokens after its agent turns as the single env
@@ -266,11 +268,13 @@ class TextGenVectorEnv(VectorEnv):
         rewards = np.zeros(N, dtype=np.float64)
         terminated = np.zeros(N, dtype=bool)
         stepping = self._active.nonzero()[0]
-        pos = self._prompt_len[stepping] + self._n_gen[stepping]
-        tok = a[stepping]
+        # every slot steps (the usual case): slices, views of the whole arrays instead of gathers
+        sel: slice | np.ndarray = slice(None) if stepping.size == N else stepping
+        pos = self._prompt_len[sel] + self._n_gen[sel]
+        tok = a[sel]
         self._ids[stepping, pos] = tok
         self._mask[stepping, pos] = 1
-        self._n_gen[stepping] += 1
+        self._n_gen[sel] += 1
         turn_end: np.ndarray | None = None  # multi-turn: which stepping slots' agent turns end now
         inserted: dict[int, np.ndarray] = {}  # the other speaker's replies by slot, written after scoring
         rng_states: dict[int, Any] = {}
@@ -278,7 +282,7 @@ class TextGenVectorEnv(VectorEnv):
             self._turn_len[stepping] += 1
             ends, turn_end = self._turn_ends(stepping, tok)
         else:
-            ends = self._n_gen[stepping] >= s.max_new_tokens
+            ends = self._n_gen[sel] >= s.max_new_tokens
             if s.terminate_on_eos:
                 ends |= tok == s.eos_id
         infos: dict[str, Any] = {}
@@ -346,12 +350,14 @@ class TextGenVectorEnv(VectorEnv):
         turned = stepping[turn_end] if turn_end is not None else None
         if turned is not None:
             self._write_replies(turned, inserted)
-        self._active[done_idx] = False
+        if done_idx.size:
+            self._active[done_idx] = False
         mode = self.autoreset_mode
-        reset_idx = np.zeros(0, dtype=np.int64)
+        reset_idx = done_idx[:0]
         if mode == AutoresetMode.NEXT_STEP:
             reset_idx = self._needs_reset.nonzero()[0]
-            self._needs_reset[done_idx] = True
+            if done_idx.size:
+                self._needs_reset[done_idx] = True
         running = None
         if turned is not None and turned.size:
             # SAME_STEP: a finished slot's turn info goes into its final info, a running slot's on top
