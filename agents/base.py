@@ -618,6 +618,36 @@ class Agent(ABC):
         return agent
 
     # ------------------------------------------------------------------------------ helpers
+    def minibatch_updates(self, n: int, passes: int, n_minibatches: int,
+                          loss_fn: Callable[[torch.Tensor, bool], tuple[torch.Tensor, dict[str, Any], float]],
+                          *, gathered: bool = True) -> dict[str, float]:
+        """``passes`` shuffled passes over ``n`` episodes in ``n_minibatches`` minibatches, one optimizer step
+        (:meth:`_step`) each; returns the mean over steps of the logged stats (weighted over ranks) and the
+        gradient norm.
+
+        ``loss_fn(idx, any_here)`` gives the loss on this rank's episodes ``idx`` of the minibatch, its stats
+        and its weight: this rank's share of the minibatch's normaliser (tokens or sequences, as the loss
+        normalises; 0 when ``any_here`` is False). ``gathered``: ``idx`` indexes the gathered global batch
+        (:meth:`~agents.distributed.Context.minibatch_part`, equal parts per rank), else this rank's shard
+        (:meth:`~agents.distributed.Context.local_indices`). The permutations come from the iteration's seed,
+        so a resumed run draws the same minibatches."""
+        dist = self.dist
+        gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
+        sums: dict[str, float] = {}
+        steps = 0
+        for _ in range(passes):
+            perm = torch.randperm(n, generator=gen).to(self.device)
+            for global_idx in perm.chunk(n_minibatches):
+                idx, any_here = dist.minibatch_part(global_idx) if gathered else dist.local_indices(global_idx, n)
+                loss, stats, weight = loss_fn(idx, any_here)
+                grad_norm = self._step(loss, weight)
+                row = dist.weighted_mean(stats, weight)
+                row["grad_norm"] = grad_norm
+                for k, v in row.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                steps += 1
+        return {k: v / steps for k, v in sums.items()}
+
     def _step(self, loss: torch.Tensor, weight: float = 1.0) -> float:
         """Backward, clip, AdamW step; returns the gradient norm before clipping.
 

@@ -219,22 +219,12 @@ class DAPO(Agent):
         scores = dist.gather(self.shaped_scores(batch))
         B = scores.shape[0]
         advantages = group_advantages(scores, cfg.group_size, "grpo")[dist.shard(B)]  # (b,)
-        gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
-        sums: dict[str, float] = {}
-        n = 0
-        for _ in range(cfg.num_iterations):
-            perm = torch.randperm(B, generator=gen).to(self.device)
-            for global_idx in perm.chunk(cfg.n_minibatches):
-                idx, any_here = dist.local_indices(global_idx, B)
-                loss, stats = self.loss(batch, advantages, idx)
-                weight = float(batch.mask[idx].sum()) if any_here else 0.0  # a mean over tokens
-                grad_norm = self._step(loss, weight)
-                row = dist.weighted_mean(stats, weight)
-                row["grad_norm"] = grad_norm
-                for k, v in row.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n += 1
-        out = {k: v / n for k, v in sums.items()}
+
+        def step(idx: torch.Tensor, any_here: bool) -> tuple[torch.Tensor, dict[str, Any], float]:
+            loss, stats = self.loss(batch, advantages, idx)
+            return loss, stats, float(batch.mask[idx].sum()) if any_here else 0.0  # a mean over tokens
+
+        out = self.minibatch_updates(B, cfg.num_iterations, cfg.n_minibatches, step, gathered=False)
         out.update(self._sampled_metrics)  # the rollout metrics of every sampled episode (see the docstring)
         self._sampled_metrics = {}
         return out

@@ -115,23 +115,14 @@ class GRPO(Agent):
         B = scores.shape[0]
         advantages = group_advantages(scores, cfg.group_size, cfg.normalization)  # (B,)
         token_weighted = NORMALIZATIONS[cfg.normalization] == "token_mean"
-        gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
-        sums: dict[str, float] = {}
-        n = 0
-        for _ in range(cfg.num_iterations):
-            perm = torch.randperm(B, generator=gen).to(self.device)
-            for global_idx in perm.chunk(cfg.n_minibatches):
-                idx, any_here = dist.minibatch_part(global_idx)
-                loss, stats = self.loss(batch, advantages, idx)
-                # this rank's share of the minibatch's normaliser: its tokens or its sequences
-                weight = (float(batch.mask[idx].sum()) if token_weighted else float(idx.numel())) if any_here else 0.0
-                grad_norm = self._step(loss, weight)
-                row = dist.weighted_mean(stats, weight)
-                row["grad_norm"] = grad_norm
-                for k, v in row.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n += 1
-        return {k: v / n for k, v in sums.items()}
+
+        def step(idx: torch.Tensor, any_here: bool) -> tuple[torch.Tensor, dict[str, Any], float]:
+            loss, stats = self.loss(batch, advantages, idx)
+            # this rank's share of the minibatch's normaliser: its tokens or its sequences
+            weight = (float(batch.mask[idx].sum()) if token_weighted else float(idx.numel())) if any_here else 0.0
+            return loss, stats, weight
+
+        return self.minibatch_updates(B, cfg.num_iterations, cfg.n_minibatches, step)
 
     def extra_state(self) -> dict[str, Any]:
         return {}

@@ -15,6 +15,7 @@ global normalisation; ``False`` samples one completion per prompt (``group_size`
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -102,26 +103,16 @@ class REINFORCEPP(Agent):
             cfg.group_size if cfg.group_baseline else None)
         B = g_mask.shape[0]
         advantages = advantages[dist.shard(B), :T]
-        gen = torch.Generator().manual_seed(self._iteration_seed(self.iteration, 3))
-        sums: dict[str, float] = {}
-        n = 0
-        for _ in range(cfg.num_iterations):
-            perm = torch.randperm(B, generator=gen).to(self.device)
-            for global_idx in perm.chunk(cfg.n_minibatches):
-                idx, any_here = dist.local_indices(global_idx, B)
-                m = batch.mask[idx]
-                ev = self.policy.per_token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
-                loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], m, cfg.clip_range)
-                stats = {**stats, "policy_loss": loss.detach(), "entropy": masked_mean(ev.entropy.detach(), m)}
-                if cfg.kl_in == "loss":
-                    kl_loss = aggregate_loss(kl_penalty(ev.logprobs, batch.ref_logprobs[idx], cfg.kl_estimator), m)
-                    stats["kl_loss"] = kl_loss.detach()
-                    loss = loss + cfg.kl_coef * kl_loss
-                weight = float(m.sum()) if any_here else 0.0  # a mean over tokens
-                grad_norm = self._step(loss, weight)
-                row = dist.weighted_mean(stats, weight)
-                row["grad_norm"] = grad_norm
-                for k, v in row.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n += 1
-        return {k: v / n for k, v in sums.items()}
+
+        def step(idx: torch.Tensor, any_here: bool) -> tuple[torch.Tensor, dict[str, Any], float]:
+            m = batch.mask[idx]
+            ev = self.policy.per_token_logps(batch.query_ids[idx], batch.query_mask[idx], batch.tokens[idx], m)
+            loss, stats = ppo_policy_loss(ev.logprobs, batch.logprobs[idx], advantages[idx], m, cfg.clip_range)
+            stats = {**stats, "policy_loss": loss.detach(), "entropy": masked_mean(ev.entropy.detach(), m)}
+            if cfg.kl_in == "loss":
+                kl_loss = aggregate_loss(kl_penalty(ev.logprobs, batch.ref_logprobs[idx], cfg.kl_estimator), m)
+                stats["kl_loss"] = kl_loss.detach()
+                loss = loss + cfg.kl_coef * kl_loss
+            return loss, stats, float(m.sum()) if any_here else 0.0  # a mean over tokens
+
+        return self.minibatch_updates(B, cfg.num_iterations, cfg.n_minibatches, step, gathered=False)
