@@ -120,6 +120,20 @@ class AgentConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
 
+    def check_minibatches(self) -> None:
+        """The config's ``n_minibatches`` (declared by the subclasses that split a batch) is at most
+        ``batch_size``: every minibatch holds an episode."""
+        n = getattr(self, "n_minibatches")  # noqa: B009 (declared by the subclasses that split)
+        if n > self.batch_size:
+            raise ValueError(f"n_minibatches {n} exceeds batch_size {self.batch_size}")
+
+    def check_open_unit(self, *names: str) -> None:
+        """Raise ``ValueError`` naming the first of ``names`` (clip ranges) that is not in (0, 1)."""
+        for name in names:
+            v = getattr(self, name)
+            if not 0 < v < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {v!r}")
+
     def check_group_size(self) -> None:
         """The config's ``group_size`` completions per prompt: at least 2, and dividing ``batch_size``."""
         self.check_ints("group_size", minimum=2)

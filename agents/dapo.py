@@ -122,11 +122,8 @@ class DAPOConfig(AgentConfig):
         super().validate()
         self.check_ints("num_iterations", "n_minibatches", "max_sampling_rounds")
         self.check_group_size()
-        if self.n_minibatches > self.batch_size:
-            raise ValueError(f"n_minibatches {self.n_minibatches} exceeds batch_size {self.batch_size}")
-        for name in ("clip_low", "clip_high"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)!r}")
+        self.check_minibatches()
+        self.check_open_unit("clip_low", "clip_high")
         if not 0 <= self.overlong_buffer <= 1:
             raise ValueError(f"overlong_buffer must be in [0, 1], got {self.overlong_buffer!r}")
         if not self.overlong_penalty >= 0:

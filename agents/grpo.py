@@ -59,10 +59,8 @@ class GRPOConfig(AgentConfig):
         super().validate()
         self.check_ints("num_iterations", "n_minibatches")
         self.check_group_size()
-        if self.n_minibatches > self.batch_size:
-            raise ValueError(f"n_minibatches {self.n_minibatches} exceeds batch_size {self.batch_size}")
-        if not 0 < self.clip_range < 1:
-            raise ValueError(f"clip_range must be in (0, 1), got {self.clip_range!r}")
+        self.check_minibatches()
+        self.check_open_unit("clip_range")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}")
 

@@ -60,10 +60,8 @@ class PPOConfig(AgentConfig):
     def validate(self) -> None:
         super().validate()
         self.check_ints("n_epochs", "n_minibatches", "kl_horizon")
-        if self.n_minibatches > self.batch_size:
-            raise ValueError(f"n_minibatches {self.n_minibatches} exceeds batch_size {self.batch_size}")
-        if not 0 < self.clip_range < 1:
-            raise ValueError(f"clip_range must be in (0, 1), got {self.clip_range!r}")
+        self.check_minibatches()
+        self.check_open_unit("clip_range")
         if self.clip_range_vf is not None and not self.clip_range_vf > 0:
             raise ValueError(f"clip_range_vf must be None or > 0, got {self.clip_range_vf!r}")
         for name in ("vf_coef", "ent_coef"):

@@ -74,10 +74,8 @@ class REINFORCEPPConfig(AgentConfig):
             self.check_group_size()
         elif self.batch_size % self.group_size:
             raise ValueError(f"group_size {self.group_size} does not divide batch_size {self.batch_size}")
-        if self.n_minibatches > self.batch_size:
-            raise ValueError(f"n_minibatches {self.n_minibatches} exceeds batch_size {self.batch_size}")
-        if not 0 < self.clip_range < 1:
-            raise ValueError(f"clip_range must be in (0, 1), got {self.clip_range!r}")
+        self.check_minibatches()
+        self.check_open_unit("clip_range")
 
 
 class REINFORCEPP(Agent):
