@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from textenv.tasks.base import Task
+from textenv.tasks.base import Task, check_pairs
 
 #: The last "a+b=" or "a-b=" in a prompt (operands up to 18 digits, so ``int`` is always safe).
 _PROMPT_RE = re.compile(r"(?<!\d)(-?\d{1,18})\s*([+-])\s*(-?\d{1,18})\s*=")
@@ -133,8 +133,7 @@ class ArithmeticTask(Task):
 
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """Exact match (1.0 / 0.0), or the share of right digits with ``partial_credit`` (see the class)."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         scores = []
         for prompt, completion in zip(prompts, completions, strict=True):
             answer = parse_problem(prompt)

@@ -37,6 +37,13 @@ def split_of(prompt: str) -> str:
     return "test" if zlib.crc32(prompt.encode("utf-8")) % 1000 < TEST_FRACTION * 1000 else "train"
 
 
+def check_pairs(prompts: Sequence[str], completions: Sequence[str]) -> None:
+    """A ``ValueError`` naming both lengths unless there is one completion per prompt (every gold scorer's
+    first check)."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+
+
 def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

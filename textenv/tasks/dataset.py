@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from textenv.jsonl import read_jsonl
-from textenv.tasks.base import SPLITS, TEST_FRACTION, Task, check_split
+from textenv.tasks.base import SPLITS, TEST_FRACTION, Task, check_pairs, check_split
 
 #: Row fields that hold the references, in the order they are looked up.
 REFERENCE_FIELDS = ("references", "reference", "answer")
@@ -246,8 +246,7 @@ class DatasetTask(Task):
         """The metric of each completion against its prompt's references (see the class docstring)."""
         from textenv.metrics import score
 
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         out = []
         for prompt, completion in zip(prompts, completions, strict=True):
             row = self.row(prompt)

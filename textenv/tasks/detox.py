@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from textenv.metrics import score as metric_score
-from textenv.tasks.base import Task
+from textenv.tasks.base import Task, check_pairs
 from textenv.tasks.translation import ADJECTIVES, NOUNS, PREPOSITIONS, VERBS
 
 # ---------------------------------------------------------------------------- the toxicity lexicon
@@ -261,8 +261,7 @@ class DetoxTask(Task):
 
     def gold_details(self, prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, float]]:
         """``{"gold", "toxicity", "content"}`` per pair."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         out = []
         for p, c in zip(prompts, completions, strict=True):
             source = parse_source(p)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from textenv.tasks.base import Task
+from textenv.tasks.base import Task, check_pairs
 
 #: The booking's slots and the values each can take.
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -251,8 +251,7 @@ class DialogueTask(Task):
 
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """Task success times politeness and brevity (see the class docstring), one float per pair."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         return [self._score(p, c) for p, c in zip(prompts, completions, strict=True)]
 
     @staticmethod

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from textenv.tasks.base import Task
+from textenv.tasks.base import Task, check_pairs
 
 NOUNS = ("river", "lamp", "garden", "window", "bridge", "forest", "letter", "candle", "mountain", "violin",
          "basket", "harbor", "castle", "mirror", "ladder", "kettle", "blanket", "lantern", "meadow", "island",
@@ -161,8 +161,7 @@ class KeywordsTask(Task):
 
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """Share of the prompt's keywords used, times 1 if the sentence is well formed else 0 (see class)."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         return [keyword_share(parse_keywords(p), c) if is_well_formed(c) else 0.0
                 for p, c in zip(prompts, completions, strict=True)]
 

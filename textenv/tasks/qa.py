@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from textenv.metrics import score as metric_score
-from textenv.tasks.base import Task
+from textenv.tasks.base import Task, check_pairs
 from textenv.tasks.summarization import NAMES
 
 ITEMS = ("lamp", "letter", "candle", "basket", "mirror", "ladder", "kettle", "blanket", "lantern", "wagon",
@@ -204,8 +204,7 @@ class QATask(Task):
 
     def gold_details(self, prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, float]]:
         """``{"f1", "exact_match"}`` per pair (SQuAD's, in [0, 1])."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         out = []
         for p, c in zip(prompts, completions, strict=True):
             refs = references(p)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from textenv.tasks.base import Task
+from textenv.tasks.base import Task, check_pairs
 
 #: The prefix of a task name that selects a reasoning-gym dataset: ``"reasoning_gym:basic_arithmetic"``.
 PREFIX = "reasoning_gym:"
@@ -152,8 +152,7 @@ class ReasoningGymTask(Task):
 
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """reasoning-gym's ``score_answer`` of each completion's answer, in [0, 1]."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         scores = []
         for prompt, completion in zip(prompts, completions, strict=True):
             value = float(self.dataset.score_answer(self.answer_of(completion), self.entry(prompt)))

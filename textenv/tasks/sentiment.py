@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from textenv.tasks.base import Task
+from textenv.tasks.base import Task, check_pairs
 
 # ---------------------------------------------------------------------------- lexicon (the gold model)
 # Polarity of graded strength; the same tables drive the response grammar, so they are split by part of
@@ -460,6 +460,5 @@ class SentimentTask(Task):
 
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """``logistic(polarity(prompt + completion) / 2)`` per pair (see the class docstring)."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         return [polarity_to_score(x) for x in review_polarities([p + c for p, c in zip(prompts, completions, strict=True)])]

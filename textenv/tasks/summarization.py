@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from textenv.metrics import score as metric_score
-from textenv.tasks.base import Task
+from textenv.tasks.base import Task, check_pairs
 from textenv.tasks.translation import ADJECTIVES, NOUNS, PREPOSITIONS, VERBS
 
 #: People's names (each 2-3 tokens of the shipped tokenizer).
@@ -220,8 +220,7 @@ class SummarizationTask(Task):
 
     def gold_details(self, prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, float]]:
         """``{"gold", "rougeL", "length_penalty"}`` per pair."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         out = []
         for p, c in zip(prompts, completions, strict=True):
             ref = reference(p)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from textenv.metrics import score as metric_score
-from textenv.tasks.base import Task
+from textenv.tasks.base import Task, check_pairs
 
 # ---------------------------------------------------------------------------- the lexicon
 #: English noun -> Velan root. Roots end in a consonant so the suffixes below attach unambiguously.
@@ -351,8 +351,7 @@ class TranslationTask(Task):
 
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """chrF of each completion against its prompt's reference, in [0, 1] (see the class)."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         out = []
         for p, c in zip(prompts, completions, strict=True):
             ref = reference(p)
@@ -361,8 +360,7 @@ class TranslationTask(Task):
 
     def gold_details(self, prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, float]]:
         """``{"chrf", "bleu"}`` per pair (sacrebleu's sentence chrF and BLEU, in [0, 1])."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        check_pairs(prompts, completions)
         out = []
         for p, c in zip(prompts, completions, strict=True):
             ref = reference(p)
