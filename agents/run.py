@@ -66,21 +66,23 @@ def load_any(path: str | os.PathLike[str], task: Any = None) -> Agent | SB3Agent
 def dataset_task(task_data: str | None, metric: str | None) -> Any:
     """The :class:`~textenv.tasks.DatasetTask` of ``--task-data``/``--metric`` (None without ``--task-data``;
     ``--metric`` alone is refused)."""
+    _check_metric(metric, task_data)
     if task_data is None:
-        if metric is not None:
-            raise ValueError(f"--metric {metric!r} needs --task-data (the JSONL file the metric scores against)")
         return None
     from textenv.tasks import DatasetTask
 
     return DatasetTask(task_data, metric=metric if metric is not None else "chrf")
 
 
-def _check_metric(metric: str | None) -> None:
+def _check_metric(metric: str | None, task_data: str | None) -> None:
+    """``--metric`` is a known metric, and comes with ``--task-data`` (the file it scores against)."""
     if metric is not None:
         from textenv.metrics import METRICS
 
         if metric not in METRICS:
             raise ValueError(f"--metric must be one of {list(METRICS)}, got {metric!r}")
+        if task_data is None:
+            raise ValueError(f"--metric {metric!r} needs --task-data (the JSONL file the metric scores against)")
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
@@ -194,9 +196,7 @@ class TrainArguments:
             raise ValueError(f"--dtype 'bfloat16' is for the native agents; {self.agent} trains in float32 "
                              f"(use --dtype auto or float32)")
         check_textgen_env_id(self.env)
-        _check_metric(self.metric)
-        if self.metric is not None and self.task_data is None:
-            raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
+        _check_metric(self.metric, self.task_data)
         if self.task is not None and self.task_data is not None:
             raise ValueError(f"give --task or --task-data, not both (got --task {self.task!r} and --task-data "
                              f"{self.task_data!r})")
@@ -238,9 +238,7 @@ class EvaluateArguments:
     """with --task-data: the metric (default chrf)"""
 
     def __post_init__(self) -> None:
-        _check_metric(self.metric)
-        if self.metric is not None and self.task_data is None:
-            raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
+        _check_metric(self.metric, self.task_data)
 
 
 @dataclasses.dataclass
@@ -261,9 +259,7 @@ class SampleArguments:
     """with --task-data: the metric (default chrf)"""
 
     def __post_init__(self) -> None:
-        _check_metric(self.metric)
-        if self.metric is not None and self.task_data is None:
-            raise ValueError(f"--metric {self.metric!r} needs --task-data (the JSONL file the metric scores against)")
+        _check_metric(self.metric, self.task_data)
         if not self.prompt:
             raise ValueError("--prompt: give at least one prompt")
         if isinstance(self.num, bool) or self.num < 1:
