@@ -546,40 +546,25 @@ class Bench:
         """TRL's ``GRPOTrainer`` with its default ``GRPOConfig`` (:meth:`_trl_args`): one warm-up step, then
         ``rounds`` timed steps, each followed by one of our GRPO iterations (``grpo_defaults_pair_s``), so
         the ratio is taken side by side like the others. Run after :meth:`run` (the tuned trainer freed)."""
-        from transformers import TrainerCallback
-
         self.trl_trainer = None
         gc.collect()
         trainer, self.trl_defaults_reason = self._make_trl_trainer(defaults=True)
         if trainer is None:
             return
-        bench = self
         row = Row("trl_grpo_defaults", f"TRL {self.trl_version} GRPOTrainer with its default GRPOConfig (only "
                   "the shape set: batch, group, lengths; use_cpu on CPU), one training step",
                   self.cfg.batch * self.cfg.new_tokens, lambda: float("nan"))
         ours = self.rows["grpo_iteration"]
 
-        class Pair(TrainerCallback):
-            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                self.peak = bench.memory(row) if state.global_step == 0 else None
-                if self.peak is not None:
-                    self.peak.__enter__()
-                sync(bench.device)
-                self.t0 = time.perf_counter()
+        def after(step: int, dt: float, control: Any) -> None:
+            if step >= 2:  # step 1 is the warm-up
+                row.seconds.append(dt)
+                torch.set_num_threads(BENCH_THREADS)
+                row.extra.setdefault("grpo_defaults_pair_s", []).append(ours.run())
+            if step >= rounds + 1:
+                control.should_training_stop = True
 
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                sync(bench.device)
-                dt = time.perf_counter() - self.t0
-                if self.peak is not None:
-                    self.peak.__exit__(None, None, None)
-                if state.global_step >= 2:  # step 1 is the warm-up
-                    row.seconds.append(dt)
-                    torch.set_num_threads(BENCH_THREADS)
-                    row.extra.setdefault("grpo_defaults_pair_s", []).append(ours.run())
-                if state.global_step >= rounds + 1:
-                    control.should_training_stop = True
-
-        trainer.add_callback(Pair())
+        trainer.add_callback(timed_steps(self, row, after))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer.train()
@@ -626,41 +611,24 @@ class Bench:
             for k in range(rounds):
                 self.run_round(k)
             return
-        from transformers import TrainerCallback
-
         bench = self
         trl_row = self.rows["trl_grpo"]
 
-        class Interleave(TrainerCallback):
+        def after(step: int, dt: float, control: Any) -> None:
             """TRL's step i, then every other row once, then TRL's step i+1..."""
+            if step == 1:
+                bench.warmup()
+            elif step >= 3:  # steps 1-2 are TRL's warm-up
+                trl_row.seconds.append(dt)
+                # TRL's own figure (generation + loss + backward, without the optimizer step), as a check
+                own = getattr(bench.trl_trainer, "_metrics", {}).get("train", {}).get("step_time")
+                if own:
+                    trl_row.extra.setdefault("trl_reported_step_time_s", []).append(float(own[-1]))
+                bench.run_round(step - 3)
+            if step >= rounds + 2:
+                control.should_training_stop = True
 
-            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                self.peak = None
-                if state.global_step == 0:  # the first step gives TRL's memory figures
-                    self.peak = bench.memory(trl_row)
-                    self.peak.__enter__()
-                sync(bench.device)
-                self.t0 = time.perf_counter()
-
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                sync(bench.device)
-                dt = time.perf_counter() - self.t0
-                step = state.global_step  # already incremented: 1 after the first step
-                if self.peak is not None:
-                    self.peak.__exit__(None, None, None)
-                if step == 1:
-                    bench.warmup()
-                elif step >= 3:  # steps 1-2 are TRL's warm-up
-                    trl_row.seconds.append(dt)
-                    # TRL's own figure (generation + loss + backward, without the optimizer step), as a check
-                    own = getattr(bench.trl_trainer, "_metrics", {}).get("train", {}).get("step_time")
-                    if own:
-                        trl_row.extra.setdefault("trl_reported_step_time_s", []).append(float(own[-1]))
-                    bench.run_round(step - 3)
-                if step >= rounds + 2:
-                    control.should_training_stop = True
-
-        self.trl_trainer.add_callback(Interleave())
+        self.trl_trainer.add_callback(timed_steps(self, trl_row, after))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.trl_trainer.train()
@@ -733,6 +701,31 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------------------ profiling
+def timed_steps(bench: Bench, row: Row, after: Callable[[int, float, Any], None]) -> Any:
+    """A ``transformers.TrainerCallback`` that times each of a TRL trainer's steps (device-synchronised),
+    measures the first step's memory into ``row`` (:meth:`Bench.memory`), then calls
+    ``after(step, seconds, control)`` with the step counted from 1 (set ``control.should_training_stop``
+    there to end the run)."""
+    from transformers import TrainerCallback
+
+    class TimedSteps(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.peak = bench.memory(row) if state.global_step == 0 else None
+            if self.peak is not None:
+                self.peak.__enter__()
+            sync(bench.device)
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync(bench.device)
+            dt = time.perf_counter() - self.t0
+            if self.peak is not None:
+                self.peak.__exit__(None, None, None)
+            after(state.global_step, dt, control)  # global_step is already incremented: 1 after the first
+
+    return TimedSteps()
+
+
 def profile(bench: Bench, top: int = 25) -> str:
     """cProfile of one rollout and one GRPO iteration: the stages (cumulative) and the top own-time costs."""
     import cProfile
