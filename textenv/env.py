@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.error import ResetNeeded
 
-from textenv.setup import RESET_OPTIONS, EnvSetup, build_setup, check_reset_options, check_seed
+from textenv.setup import RESET_OPTIONS, EnvSetup, SetupView, build_setup, check_reset_options, check_seed
 from textenv.tasks import Task
 
 
@@ -32,7 +32,7 @@ def check_action(action: Any, vocab_size: int) -> int:
     return a
 
 
-class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
+class TextGenEnv(SetupView, gym.Env[dict[str, np.ndarray], int]):
     """Text generation as an MDP: the state is a token context, the action is the next token.
 
     ## Description
@@ -170,40 +170,6 @@ class TextGenEnv(gym.Env[dict[str, np.ndarray], int]):
         self._potential = 0.0
         self._active = False  # an episode is running
         self._started = False  # reset has been called
-
-    @property
-    def tokenizer(self) -> Any:
-        """The tokenizer that defines the action space."""
-        return self.setup.tokenizer
-
-    @property
-    def task(self) -> Task:
-        """The task whose prompts and gold scorer the env uses."""
-        return self.setup.task
-
-    @property
-    def max_new_tokens(self) -> int:
-        """T, the completion budget: an episode (multi-turn: an agent turn) ends after this many actions."""
-        return int(self.setup.max_new_tokens)
-
-    @property
-    def max_actions(self) -> int:
-        """The most agent tokens in an episode (``max_turns * max_new_tokens``; single-turn: ``max_new_tokens``)."""
-        return int(self.setup.max_actions)
-
-    @property
-    def multi_turn(self) -> bool:
-        """Whether the task inserts text between agent turns (see "Turns" in :class:`textenv.env.TextGenEnv`)."""
-        return self.setup.multi_turn
-
-    @property
-    def max_episode_tokens(self) -> int:
-        """The most tokens after the prompt, agent and inserted (``L - max_prompt_tokens``)."""
-        return int(self.setup.max_episode_tokens)
-
-    @property
-    def reward_model(self) -> Any:
-        return self.setup.reward_model
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}

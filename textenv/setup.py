@@ -348,6 +348,49 @@ def byte_level_table(backend: Any) -> list[bytes] | None:
     return table
 
 
+class SetupView:
+    """The public read-only view of an env's :class:`EnvSetup` that :class:`~textenv.env.TextGenEnv` and
+    :class:`~textenv.vector.TextGenVectorEnv` share (each sets ``self.setup``)."""
+
+    setup: EnvSetup
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer that defines the action space."""
+        return self.setup.tokenizer
+
+    @property
+    def task(self) -> Task:
+        """The task whose prompts and gold scorer the env uses."""
+        return self.setup.task
+
+    @property
+    def max_new_tokens(self) -> int:
+        """T, the completion budget: an episode (multi-turn: an agent turn) ends after this many actions."""
+        return int(self.setup.max_new_tokens)
+
+    @property
+    def max_actions(self) -> int:
+        """The most agent tokens in an episode (``max_turns * max_new_tokens``; single-turn: ``max_new_tokens``)."""
+        return int(self.setup.max_actions)
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether the task inserts text between agent turns (see "Turns" in :class:`textenv.env.TextGenEnv`)."""
+        return self.setup.multi_turn
+
+    @property
+    def max_episode_tokens(self) -> int:
+        """The most tokens after the prompt, agent and inserted (``L - max_prompt_tokens``): the width of a
+        rollout buffer."""
+        return int(self.setup.max_episode_tokens)
+
+    @property
+    def reward_model(self) -> Any:
+        """The resolved reward model (see :func:`textenv.rewards.resolve_reward_model`)."""
+        return self.setup.reward_model
+
+
 def build_setup(
     task: str | Task = "sentiment",
     prompts: str | os.PathLike[str] | Sequence[str] | None = None,

@@ -10,7 +10,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.setup import RESET_OPTIONS, EnvSetup, build_setup, check_reset_options, check_seed
+from textenv.setup import RESET_OPTIONS, EnvSetup, SetupView, build_setup, check_reset_options, check_seed
 
 #: the ``reset(options=...)`` keys of the vector env
 VECTOR_RESET_OPTIONS = (*RESET_OPTIONS, "prompts", "reset_mask")
@@ -25,7 +25,7 @@ def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
     raise ValueError(f"autoreset_mode must be one of {[m.name for m in AutoresetMode]}, got {mode!r}")
 
 
-class TextGenVectorEnv(VectorEnv):
+class TextGenVectorEnv(SetupView, VectorEnv):
     """``num_envs`` text-generation episodes stepped together, one reward-model call per step.
 
     Same MDP, arguments and observations as :class:`textenv.env.TextGenEnv` (read its docstring), batched:
@@ -97,37 +97,6 @@ class TextGenVectorEnv(VectorEnv):
         self._rngs = [seeding.np_random()[0] for _ in range(N)]
         self._rows = np.arange(N)
 
-    @property
-    def tokenizer(self) -> Any:
-        """The tokenizer that defines the action space."""
-        return self.setup.tokenizer
-
-    @property
-    def task(self) -> Any:
-        """The task whose prompts and gold scorer the env uses."""
-        return self.setup.task
-
-    @property
-    def max_new_tokens(self) -> int:
-        """T, the completion budget: an episode (multi-turn: an agent turn) ends after this many actions."""
-        return int(self.setup.max_new_tokens)
-
-    @property
-    def max_actions(self) -> int:
-        """The most agent tokens in an episode (``max_turns * max_new_tokens``; single-turn: ``max_new_tokens``)."""
-        return int(self.setup.max_actions)
-
-    @property
-    def multi_turn(self) -> bool:
-        """Whether the task inserts text between agent turns (see "Turns" in :class:`textenv.env.TextGenEnv`)."""
-        return self.setup.multi_turn
-
-    @property
-    def max_episode_tokens(self) -> int:
-        """The most tokens after the prompt, agent and inserted (``L - max_prompt_tokens``): the width of a
-        rollout buffer."""
-        return int(self.setup.max_episode_tokens)
-
     def inserted_mask(self) -> np.ndarray:
         """``(N, L)`` int8: 1 at the observation positions the env inserted (a copy; zeros if single-turn)."""
         return self._inserted.copy()
@@ -141,11 +110,6 @@ class TextGenVectorEnv(VectorEnv):
     def pad_id(self) -> int:
         """The token id that pads observations (and that batched rollouts pad completions with)."""
         return int(self.setup.pad_id)
-
-    @property
-    def reward_model(self) -> Any:
-        """The resolved reward model (see :func:`textenv.rewards.resolve_reward_model`)."""
-        return self.setup.reward_model
 
     def sample_prompt(self, rng: np.random.Generator, split: str | None = None) -> str:
         """One prompt drawn with ``rng`` from ``split`` (``"train"``, ``"test"``; ``None``: the env's split),
