@@ -345,20 +345,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(args.work) if args.work else (REPO / "runs" / "overopt-work" if out == RESULTS else out / "overopt-work")
     t0 = time.perf_counter()
     _setup_threads(args.threads)
-    dirs = {t: train_proxies(t, cfg, work, args.seed) for t in cfg["tasks"]}
+    proxy_jobs = [(_train_proxies_threads, (t, cfg, work, args.seed, args.threads)) for t in cfg["tasks"]]
+    dirs = dict(zip(cfg["tasks"], _map(proxy_jobs, args.jobs)))  # one task's proxies per process
     proxies = ["small", "large", "ensemble-mean", "ensemble-min"]
     jobs: list[tuple[Any, tuple[Any, ...]]] = []
     for t in cfg["tasks"]:
         for proxy in proxies:
             jobs.append((run_best_of_n, (t, proxy, dirs[t], cfg, args.seed, args.threads)))
             jobs += [(run_rl, (t, algo, proxy, dirs[t], cfg, args.seed, args.threads)) for algo in ALGOS]
-    if args.jobs == 1:
-        rows = [fn(*a) for fn, a in jobs]
-    else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(_call, jobs))
+    rows = _map(jobs, args.jobs)
     for r in rows:
         gain = np.asarray(r["gold"], float) - r["gold"][0]
         r["fit"] = fit_form(np.asarray(r["d"], float), gain, "bon" if r["method"] == "best-of-n" else "rl")
@@ -384,6 +379,22 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def _train_proxies_threads(task_name: str, cfg: dict[str, Any], root: Path, seed: int, threads: int) -> dict[str, str]:
+    """:func:`train_proxies` in a worker process, with its torch thread count set first."""
+    _setup_threads(threads)
+    return train_proxies(task_name, cfg, root, seed)
+
+
+def _map(jobs: list[tuple[Any, tuple[Any, ...]]], n_jobs: int) -> list[Any]:
+    """Each job's ``fn(*args)``, in order: in this process with ``n_jobs`` 1, else in a pool of spawned ones."""
+    if n_jobs == 1:
+        return [fn(*a) for fn, a in jobs]
+    import multiprocessing
+
+    with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_call, jobs))
 
 
 def _call(job: tuple[Any, tuple[Any, ...]]) -> Any:
