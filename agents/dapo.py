@@ -187,7 +187,7 @@ class DAPO(Agent):
                 n_kept += int(idx.numel())
         everything = concat_batches(sampled, self.envs.pad_id)
         metrics = rollout_metrics(everything)
-        metrics.pop("tokens_per_s")
+        metrics.pop("tokens_per_s")  # the rollout's own rate (of the kept episodes) stays
         metrics.update({"dynamic_sampling/rounds": float(rounds),
                         "dynamic_sampling/kept_fraction": groups_kept / (rounds * B // G)})
         self._sampled_metrics = metrics

@@ -200,16 +200,31 @@ def _collect_rollout(policy: LMPolicy, env: TextGenVectorEnv, *, seed: int | Non
     )
 
 
+#: a completion counts as a wrong answer in ``completions/mean_length_wrong`` when its gold score is below this
+WRONG_BELOW = 0.5
+#: the training-only rollout metrics, which :func:`evaluate_policy` leaves out
+TRAIN_ONLY_METRICS = ("tokens_per_s", "completions/wrong_fraction", "completions/mean_length_wrong")
+
+
 def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """The field's standard rollout metrics: reward, gold_score, kl (sequence k1), completions/mean_length."""
+    """The field's standard rollout metrics: reward, gold_score, kl (sequence k1), completions/mean_length;
+    and for training ``tokens_per_s``, ``completions/wrong_fraction`` (the share of completions whose gold score
+    is below :data:`WRONG_BELOW`) and ``completions/mean_length_wrong`` (their mean length; 0 when there are
+    none), the measure of Liu et al. 2025 ("Understanding R1-Zero-like training"): GRPO's per-sequence length
+    normalisation lengthens wrong answers."""
     from agents.core import kl_penalty
 
     kl = kl_penalty(batch.logprobs, batch.ref_logprobs, "k1") * batch.mask  # (B, T)
+    lengths = batch.mask.sum(1).float()
+    wrong = (batch.gold_scores < WRONG_BELOW).float()
+    n_wrong = float(wrong.sum())
     return {
         "reward": float(batch.scores.mean()),
         "gold_score": float(batch.gold_scores.mean()),
         "kl": float(kl.sum(1).mean()),
-        "completions/mean_length": float(batch.mask.sum(1).mean()),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/wrong_fraction": n_wrong / max(len(lengths), 1),
+        "completions/mean_length_wrong": float((lengths * wrong).sum()) / n_wrong if n_wrong else 0.0,
         "tokens_per_s": batch.stats["tokens_per_s"],
     }
 
@@ -245,7 +260,8 @@ def evaluate_policy(policy: LMPolicy, envs: TextGenVectorEnv, num_episodes: int 
         take = min(batch.scores.shape[0], num_episodes - n)
         batch = trim_batch(batch, take)  # the last batch counts only the episodes asked for
         m = rollout_metrics(batch)
-        m.pop("tokens_per_s")
+        for key in TRAIN_ONLY_METRICS:
+            m.pop(key)
         ent = policy.per_token_logps(batch.query_ids.to(device), batch.query_mask.to(device),
                                      batch.tokens.to(device), batch.mask.to(device)).entropy
         m["entropy"] = float(masked_mean(ent, batch.mask.to(device)))

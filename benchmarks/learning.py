@@ -62,6 +62,7 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
     "reinforce": {},
     "ppo": {},
     "grpo": {},
+    "dr-grpo": {"normalization": "dr_grpo"},
     "rloo": {},
     "dapo": {},
     "gspo": {},
@@ -73,10 +74,13 @@ HYPERPARAMS: dict[str, dict[str, Any]] = {
                  "lr_scheduler_type": "constant", "optim": "adamw_torch", "weight_decay": 0.0,
                  "max_grad_norm": 1.0},
 }
+#: benchmark rows that are one of our agents with the settings of :data:`HYPERPARAMS` (Dr. GRPO is GRPO with
+#: ``normalization="dr_grpo"``: advantages r - mean, and a loss summed over a constant number of tokens)
+ALIASES = {"dr-grpo": "grpo"}
 #: ``--quick``: episodes per rollout of our agents and TRL (so that a few iterations fit in a few episodes).
 QUICK_BATCH = 16
 
-AGENTS = ("reinforce", "ppo", "grpo", "rloo", "dapo", "gspo", "reinforce-pp", "nlpo", "sb3-ppo", "sb3-a2c", "trl-grpo")
+AGENTS = ("reinforce", "ppo", "grpo", "dr-grpo", "rloo", "dapo", "gspo", "reinforce-pp", "nlpo", "sb3-ppo", "sb3-a2c", "trl-grpo")
 ENVS = ("TextGen-Sentiment-v0", "TextGen-Arithmetic-v0", "TextGen-Keywords-v0")
 #: Training episodes per run and held-out evaluation episodes, per task (``--episodes`` and
 #: ``--eval-episodes`` set one figure for every task). Arithmetic episodes are 3-4 tokens against 11-15 for
@@ -93,6 +97,9 @@ DEFAULT_EPISODES = 512
 DEFAULT_EVAL_EPISODES = 128
 JSON_NAME = "learning-cpu.json"
 MD_NAME = "learning.md"
+#: curve keys beyond the headline ones, for the published comparisons of the report (:func:`comparisons`):
+#: PPO's (and the other clipped agents') clip fraction, and the share and mean length of wrong answers
+CURVE_EXTRA = ("clip_ratio", "completions/wrong_fraction", "completions/mean_length_wrong")
 #: Steps of SB3's rollout buffer on which KL and entropy are computed after each rollout.
 SB3_STAT_STEPS = 64
 #: ... at about this many points of a run.
@@ -282,7 +289,7 @@ def make_agent(name: str, env_id: str, policy: str, reward_model: str, seed: int
         return TRLGRPOAgent(env_id, policy, reward_model, seed=seed, **overrides)
     from agents.registry import make_agent as make_our_agent
 
-    return make_our_agent(name, env_id, policy, seed=seed, device="cpu", env_kwargs={"reward_model": reward_model},
+    return make_our_agent(ALIASES.get(name, name), env_id, policy, seed=seed, device="cpu", env_kwargs={"reward_model": reward_model},
                           **overrides)
 
 
@@ -389,7 +396,7 @@ def run_one(spec: dict[str, Any], seed: int) -> dict[str, Any]:
     t = time.perf_counter()
     final = evaluate(agent, int(spec["eval_episodes"]), seed)
     eval_s += time.perf_counter() - t
-    keys = ("reward", "gold_score", "kl", "entropy", "completions/mean_length")
+    keys = ("reward", "gold_score", "kl", "entropy", "completions/mean_length", *CURVE_EXTRA)
     curve = []
     for row, stamp in zip(agent.history, stamps):
         point = {"episodes": float(row["episodes"]), "wall_s": stamp["wall_s"]}
@@ -565,6 +572,126 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _curve_phase(run: dict[str, Any], key: str, phase: str, weight: str | None = None) -> float:
+    """Mean of ``key`` over the first (``phase="early"``) or last (``"late"``) quarter of a run's iterations,
+    weighted by ``weight`` (e.g. the share of wrong answers, for their mean length); NaN when nothing is logged."""
+    pts = [p for p in run.get("curve", []) if p.get(key) is not None and math.isfinite(p[key])]
+    if not pts:
+        return float("nan")
+    q = max(1, len(pts) // 4)
+    part = pts[:q] if phase == "early" else pts[-q:]
+    w = np.asarray([p.get(weight) or 0.0 for p in part] if weight else [1.0] * len(part), dtype=np.float64)
+    if w.sum() <= 0:
+        return float("nan")
+    return float(np.dot(w, [p[key] for p in part]) / w.sum())
+
+
+def _seed_stats(values: list[float]) -> dict[str, float] | None:
+    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if not a.size:
+        return None
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0, "min": float(a.min()),
+            "max": float(a.max())}
+
+
+def comparisons(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The two published comparisons the report reproduces, per task, from the runs' curves and evaluations.
+
+    - ``rloo_vs_ppo`` (Ahmadian et al. 2024, "Back to basics"): RLOO with k = 4 against PPO, final held-out
+      reward and gold, and PPO's clip fraction (the share of tokens whose ratio left the clip range, per
+      iteration) over training: the paper found RLOO at least as good and PPO's clip rarely active.
+    - ``grpo_vs_dr_grpo`` (Liu et al. 2025, "Understanding R1-Zero-like training"): the mean length of wrong
+      answers (gold score below ``agents.rollout.WRONG_BELOW``) in the first and the last quarter of training,
+      for GRPO (per-sequence length normalisation and std scaling) and Dr. GRPO (neither): the paper found
+      GRPO lengthens wrong answers.
+    """
+    ok = [r for r in runs if r.get("status") == "ok"]
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in ok:
+        by.setdefault((r["env"], r["agent"]), []).append(r)
+    envs = list(dict.fromkeys(r["env"] for r in ok))
+
+    def finals(rs: list[dict[str, Any]], key: str) -> dict[str, float] | None:
+        return _seed_stats([r["final"][key] for r in rs])
+
+    out: dict[str, list[dict[str, Any]]] = {"rloo_vs_ppo": [], "grpo_vs_dr_grpo": []}
+    for env in envs:
+        ppo, rloo = by.get((env, "ppo")), by.get((env, "rloo"))
+        if ppo and rloo:
+            clip = [float(np.nanmean([p["clip_ratio"] for p in r["curve"] if p.get("clip_ratio") is not None]
+                                     or [np.nan])) for r in ppo]
+            clip_max = [max((p["clip_ratio"] for p in r["curve"] if p.get("clip_ratio") is not None), default=np.nan)
+                        for r in ppo]
+            out["rloo_vs_ppo"].append({
+                "env": env, "seeds": min(len(ppo), len(rloo)),
+                **{f"{name}_{k}": finals(rs, key) for name, rs in (("ppo", ppo), ("rloo", rloo))
+                   for k, key in (("reward", "reward"), ("gold", "gold_score"), ("kl", "kl"))},
+                "ppo_clip_fraction": _seed_stats(clip), "ppo_clip_fraction_max": _seed_stats(clip_max)})
+        grpo, dr = by.get((env, "grpo")), by.get((env, "dr-grpo"))
+        if grpo and dr:
+            row: dict[str, Any] = {"env": env, "seeds": min(len(grpo), len(dr))}
+            for name, rs in (("grpo", grpo), ("dr_grpo", dr)):
+                for phase in ("early", "late"):
+                    row[f"{name}_wrong_length_{phase}"] = _seed_stats(
+                        [_curve_phase(r, "completions/mean_length_wrong", phase, "completions/wrong_fraction")
+                         for r in rs])
+                    row[f"{name}_wrong_fraction_{phase}"] = _seed_stats(
+                        [_curve_phase(r, "completions/wrong_fraction", phase) for r in rs])
+                row[f"{name}_gold"] = finals(rs, "gold_score")
+                row[f"{name}_length"] = finals(rs, "completions/mean_length")
+            out["grpo_vs_dr_grpo"].append(row)
+    return out
+
+
+def comparison_lines(comp: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The report's section on the two published comparisons (see :func:`comparisons`)."""
+    if not comp.get("rloo_vs_ppo") and not comp.get("grpo_vs_dr_grpo"):
+        return []
+    lines = ["", "## Two published comparisons at this scale", ""]
+    if comp.get("rloo_vs_ppo"):
+        lines += ["**RLOO (k = 4) against PPO** (Ahmadian et al. 2024 found RLOO at least as good as PPO, and PPO's "
+                  "clipping rarely active). PPO's clip fraction is the share of tokens whose probability ratio "
+                  "left [1 - ε, 1 + ε] in an update, averaged over training (and its largest iteration).", "",
+                  "| task | PPO gold | RLOO gold | PPO reward | RLOO reward | PPO KL | RLOO KL | PPO clip fraction "
+                  "(mean, max) |", "|---|---|---|---|---|---|---|---|"]
+        for r in comp["rloo_vs_ppo"]:
+            task = r["env"].removeprefix("TextGen-").removesuffix("-v0")
+            cf, cm = r["ppo_clip_fraction"], r["ppo_clip_fraction_max"]
+            lines.append(f"| {task} | {_pm(r['ppo_gold'])} | {_pm(r['rloo_gold'])} | {_pm(r['ppo_reward'])} | "
+                         f"{_pm(r['rloo_reward'])} | {_pm(r['ppo_kl'], '.2f')} | {_pm(r['rloo_kl'], '.2f')} | "
+                         f"{_pm(cf)}, {cm['mean'] if cm else float('nan'):.3f} |")
+        wins = sum(1 for r in comp["rloo_vs_ppo"] if r["rloo_gold"] and r["ppo_gold"]
+                   and r["rloo_gold"]["mean"] >= r["ppo_gold"]["mean"])
+        lines += ["", f"RLOO's mean final gold is at least PPO's on {wins} of {len(comp['rloo_vs_ppo'])} tasks.", ""]
+    if comp.get("grpo_vs_dr_grpo"):
+        lines += ["**GRPO against Dr. GRPO on the length of wrong answers** (Liu et al. 2025 found that GRPO's "
+                  "per-sequence length normalisation lengthens wrong answers over training). A wrong answer is a "
+                  "completion whose gold score is below 0.5; lengths are in tokens, averaged over the first and "
+                  "the last quarter of each run's training batches.", "",
+                  "| task | GRPO wrong length (early → late) | Dr. GRPO wrong length (early → late) | "
+                  "GRPO wrong share (early → late) | Dr. GRPO wrong share (early → late) | GRPO gold | Dr. GRPO gold |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in comp["grpo_vs_dr_grpo"]:
+            task = r["env"].removeprefix("TextGen-").removesuffix("-v0")
+            lines.append(
+                f"| {task} | {_pm(r['grpo_wrong_length_early'], '.2f')} → {_pm(r['grpo_wrong_length_late'], '.2f')} | "
+                f"{_pm(r['dr_grpo_wrong_length_early'], '.2f')} → {_pm(r['dr_grpo_wrong_length_late'], '.2f')} | "
+                f"{_pm(r['grpo_wrong_fraction_early'], '.2f')} → {_pm(r['grpo_wrong_fraction_late'], '.2f')} | "
+                f"{_pm(r['dr_grpo_wrong_fraction_early'], '.2f')} → {_pm(r['dr_grpo_wrong_fraction_late'], '.2f')} | "
+                f"{_pm(r['grpo_gold'])} | {_pm(r['dr_grpo_gold'])} |")
+
+        def growth(r: dict[str, Any], name: str) -> float:
+            e, late = r[f"{name}_wrong_length_early"], r[f"{name}_wrong_length_late"]
+            return late["mean"] - e["mean"] if e and late else float("nan")
+
+        longer = [r for r in comp["grpo_vs_dr_grpo"] if growth(r, "grpo") > growth(r, "dr_grpo")]
+        lines += ["", f"GRPO's wrong answers grew more (or shrank less) than Dr. GRPO's on {len(longer)} of "
+                  f"{len(comp['grpo_vs_dr_grpo'])} tasks"
+                  + (f" ({', '.join(r['env'].removeprefix('TextGen-').removesuffix('-v0') for r in longer)})"
+                     if longer else "") + ".", ""]
+    return lines
+
+
 def _pm(s: dict[str, float] | None, fmt: str = ".3f") -> str:
     if not s:
         return "n/a"
@@ -631,6 +758,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     trl = result.get("trl", {})
     if not trl.get("available", False):
         lines += ["", f"TRL GRPOTrainer: skipped ({trl.get('reason', 'not requested')})."]
+    lines += comparison_lines(result.get("comparisons", {}))
     plots = result.get("plots", [])
     if plots:
         lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in plots) + "."]
@@ -666,7 +794,7 @@ def write_plots(out: Path, result: dict[str, Any]) -> list[str]:
     runs = [r for r in result["runs"] if r.get("status") == "ok"]
     envs = [e for e in result["config"]["envs"] if any(r["env"] == e for r in runs)]
     agents = [a for a in result["config"]["agents"] if any(r["agent"] == a for r in runs)]
-    colors = {a: plt.get_cmap("tab10")(i) for i, a in enumerate(AGENTS)}
+    colors = {a: plt.get_cmap("tab20")(i) for i, a in enumerate(AGENTS)}
     files = []
 
     def env_grid(env: str) -> np.ndarray:  # from the first logged batch: nothing is drawn before data exists
@@ -734,6 +862,7 @@ def write_plots(out: Path, result: dict[str, Any]) -> list[str]:
 
 def write_report(out: Path, result: dict[str, Any]) -> None:
     result["summary"] = summarize(result["runs"])
+    result["comparisons"] = comparisons(result["runs"])
     result["plots"] = write_plots(out, result)
     tmp = out / f".{JSON_NAME}.tmp"
     tmp.write_text(json.dumps(_finite(result), indent=1) + "\n")
@@ -834,7 +963,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         agents_.remove("trl-grpo")
     overrides: dict[str, dict[str, Any]] = {name: dict(HYPERPARAMS[name]) for name in agents_}
     if a.quick:
-        for name in ("reinforce", "ppo", "grpo", "rloo"):
+        for name in ("reinforce", "ppo", "grpo", "dr-grpo", "rloo"):
             if name in overrides:
                 overrides[name]["batch_size"] = QUICK_BATCH
         if "trl-grpo" in overrides:

@@ -312,3 +312,23 @@ def test_a_run_dir_of_ours_with_an_extra_user_file_resumes_and_keeps_it(tmp_path
     (out / "notes.txt").write_text("mine")
     assert main([*RUN, "--out", str(out), "--resume", "--episodes", "12"]) == 0
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_rollout_metrics_wrong_answer_length_known_answer():
+    """``completions/mean_length_wrong`` is the mean length of the completions whose gold score is below 0.5
+    (Liu et al.'s measure), ``completions/wrong_fraction`` their share; evaluation leaves both out."""
+    from agents.rollout import RolloutBatch, rollout_metrics
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float32)
+    z = torch.zeros(4, 4)
+    batch = RolloutBatch(query_ids=torch.zeros(4, 1, dtype=torch.long), query_mask=torch.ones(4, 1),
+                         tokens=torch.zeros(4, 4, dtype=torch.long), mask=mask, logprobs=z, ref_logprobs=z,
+                         values=z, rewards=z, scores=torch.zeros(4), gold_scores=torch.tensor([0.0, 1.0, 0.4, 0.5]),
+                         prompts=["a"] * 4, completions=["b"] * 4, stats={"tokens_per_s": 1.0})
+    m = rollout_metrics(batch)
+    assert m["completions/wrong_fraction"] == pytest.approx(0.5)  # gold 0.0 and 0.4
+    assert m["completions/mean_length_wrong"] == pytest.approx((3 + 4) / 2)
+    assert m["completions/mean_length"] == pytest.approx(10 / 4)
+    right = batch._replace(gold_scores=torch.ones(4))
+    assert rollout_metrics(right)["completions/mean_length_wrong"] == 0.0
+    assert "completions/mean_length_wrong" not in _agent().evaluate(2, seed=1)

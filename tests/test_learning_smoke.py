@@ -114,3 +114,35 @@ def test_run_budget_is_per_task_unless_a_flag_sets_it():
     assert learning.run_budget("TextGen-Arithmetic-v0", episodes=64)[0] == 64
     assert learning.run_budget("TextGen-Keywords-v0", eval_episodes=8, quick=True) == (32, 8)
     assert learning.run_budget("TextGen-v0") == (learning.DEFAULT_EPISODES, learning.DEFAULT_EVAL_EPISODES)
+
+
+def test_comparisons_known_answers():
+    """The report's two published comparisons, from hand-made curves: PPO's clip fraction is the mean (and the
+    largest) over its iterations, and wrong-answer lengths are weighted by the share of wrong answers."""
+    def run(agent, seed, curve, gold=0.5, reward=0.5):
+        ev = {"reward": reward, "gold_score": gold, "kl": 1.0, "entropy": 2.0, "completions/mean_length": 4.0}
+        return {"agent": agent, "env": "TextGen-Arithmetic-v0", "seed": seed, "status": "ok", "initial": ev,
+                "final": ev, "curve": curve}
+
+    ppo = [run("ppo", 0, [{"clip_ratio": 0.1}, {"clip_ratio": 0.3}], gold=0.2),
+           run("ppo", 1, [{"clip_ratio": 0.0}, {"clip_ratio": 0.2}], gold=0.4)]
+    rloo = [run("rloo", s, [{"clip_ratio": None}], gold=0.5) for s in (0, 1)]
+    # 8 iterations: the first quarter is iterations 0-1, the last 6-7; weights are the wrong shares
+    wrong = [(0.5, 2.0), (1.0, 4.0)] + [(0.5, 9.0)] * 4 + [(0.25, 6.0), (0.75, 10.0)]
+    grpo = [run("grpo", 0, [{"completions/wrong_fraction": f, "completions/mean_length_wrong": n} for f, n in wrong])]
+    flat = [{"completions/wrong_fraction": 0.5, "completions/mean_length_wrong": 3.0}] * 8
+    dr = [run("dr-grpo", 0, flat)]
+    comp = learning.comparisons(ppo + rloo + grpo + dr + [{"agent": "ppo", "env": "X", "status": "error"}])
+    (rp,) = comp["rloo_vs_ppo"]
+    assert rp["ppo_clip_fraction"]["mean"] == pytest.approx((0.2 + 0.1) / 2)
+    assert rp["ppo_clip_fraction_max"]["mean"] == pytest.approx((0.3 + 0.2) / 2)
+    assert rp["ppo_gold"]["mean"] == pytest.approx(0.3) and rp["rloo_gold"]["mean"] == pytest.approx(0.5)
+    (gd,) = comp["grpo_vs_dr_grpo"]
+    assert gd["grpo_wrong_length_early"]["mean"] == pytest.approx((0.5 * 2 + 1.0 * 4) / 1.5)
+    assert gd["grpo_wrong_length_late"]["mean"] == pytest.approx((0.25 * 6 + 0.75 * 10) / 1.0)
+    assert gd["grpo_wrong_fraction_late"]["mean"] == pytest.approx(0.5)
+    assert gd["dr_grpo_wrong_length_early"]["mean"] == gd["dr_grpo_wrong_length_late"]["mean"] == pytest.approx(3.0)
+    md = "\n".join(learning.comparison_lines(comp))
+    assert "RLOO's mean final gold is at least PPO's on 1 of 1 tasks." in md
+    assert "GRPO's wrong answers grew more (or shrank less) than Dr. GRPO's on 1 of 1 tasks (Arithmetic)." in md
+    assert learning.comparison_lines({"rloo_vs_ppo": [], "grpo_vs_dr_grpo": []}) == []
