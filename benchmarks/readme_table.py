@@ -25,6 +25,8 @@ from textenv.io import write_text
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 RESULT = REPO / "benchmarks" / "results" / "throughput-cpu.json"
+#: the second run on a quiet machine, the reproduction of RESULT: its ratios are shown beside RESULT's
+RESULT_RUN2 = REPO / "benchmarks" / "results" / "throughput-cpu-run2.json"
 START = "<!-- speed-table:start -->"
 END = "<!-- speed-table:end -->"
 #: the README's line width (the table's rows are single lines, as Markdown needs)
@@ -76,10 +78,16 @@ def _wrap(text: str, indent: str = "") -> str:
                          break_long_words=False)
 
 
-def table(r: dict[str, Any], json_name: str) -> str:
-    """The generated block (without the markers) for throughput result ``r``."""
+def table(r: dict[str, Any], json_name: str, r2: dict[str, Any] | None = None, json2_name: str | None = None) -> str:
+    """The generated block (without the markers) for throughput result ``r`` (and ``r2``, its second run,
+    whose ratios are shown beside ``r``'s)."""
     c, m = r["config"], r["config"]["model"]
     t = r["targets"]
+
+    def again(key: str) -> str:
+        v = (r2 or {}).get(key)
+        return f"run 2: {v:.2f}" if isinstance(v, (int, float)) else ""
+
     threads = c["torch_threads"]
     lines = [
         NOTE.format(json=json_name),
@@ -97,35 +105,51 @@ def table(r: dict[str, Any], json_name: str) -> str:
         f"| our rollout through `TextGenVectorEnv` (`collect_rollout`) | {_tps(r, 'rollout')} | "
         f"**{r['rollout_vs_kv_limit']:.2f}**"
         + _notes(f"target ≥ {t['rollout_vs_kv_limit']:g}",
-                 _ratio_range(r, "rollout_vs_kv_limit", "rollout", "kv_limit")) + " |",
+                 _ratio_range(r, "rollout_vs_kv_limit", "rollout", "kv_limit"), again("rollout_vs_kv_limit")) + " |",
         f"| the limit + one forward-backward-AdamW step | {_tps(r, 'train_limit')} | 1 |",
         f"| our GRPO iteration (rollout, reference forward, update) | {_tps(r, 'grpo_iteration')} | "
-        f"{r['train_vs_limit']:.2f}{_notes(_ratio_range(r, 'train_vs_limit', 'grpo_iteration', 'train_limit'))} |",
+        f"{r['train_vs_limit']:.2f}"
+        f"{_notes(_ratio_range(r, 'train_vs_limit', 'grpo_iteration', 'train_limit'), again('train_vs_limit'))} |",
         f"| our PPO iteration (1 epoch, 1 minibatch) | {_tps(r, 'ppo_iteration')} | "
-        f"{r['ppo_train_vs_limit']:.2f}{_notes(_ratio_range(r, 'ppo_train_vs_limit', 'ppo_iteration', 'train_limit'))} |",
+        f"{r['ppo_train_vs_limit']:.2f}"
+        f"{_notes(_ratio_range(r, 'ppo_train_vs_limit', 'ppo_iteration', 'train_limit'), again('ppo_train_vs_limit'))} |",
     ]
-    if r.get("train_vs_limit_with_ref") is not None:
+    own = r.get("own_limit")
+    if own:  # every agent against the limit loop doing its own work (the reference forward when it has a KL)
+        names = {"grpo": "GRPO", "ppo": "PPO (1 epoch, 1 minibatch)", "reinforce": "REINFORCE",
+                 "rloo": "RLOO (group 4)"}
+        lines.append(f"| the limit + one forward-backward-AdamW step + the reference forward a KL penalty needs "
+                     f"(each agent's own limit) | {_tps(r, 'train_limit_with_ref')} | 1 |")
+        for agent, limit in own.items():
+            key = f"{agent}_vs_own_limit"
+            against = "against that" if limit == "train_limit_with_ref" else "against the limit without a reference"
+            lines.append(f"| our {names.get(agent, agent)} iteration, {against} | {_tps(r, f'{agent}_iteration')} | "
+                         f"**{r[key]:.2f}**" + _notes(f"target ≥ {t.get('agent_vs_own_limit', 0.95):g}",
+                                                      _ratio_range(r, key), again(key)) + " |")
+    elif r.get("train_vs_limit_with_ref") is not None:
         lines += [
             f"| the limit + one forward-backward-AdamW step + the reference forward a KL penalty needs | "
             f"{_tps(r, 'train_limit_with_ref')} | 1 |",
             f"| our GRPO iteration, against that | {_tps(r, 'grpo_iteration')} | {r['train_vs_limit_with_ref']:.2f}"
-            f"{_notes(_ratio_range(r, 'train_vs_limit_with_ref'))} |",
+            f"{_notes(_ratio_range(r, 'train_vs_limit_with_ref'), again('train_vs_limit_with_ref'))} |",
             f"| our PPO iteration, against that | {_tps(r, 'ppo_iteration')} | {r['ppo_train_vs_limit_with_ref']:.2f}"
-            f"{_notes(_ratio_range(r, 'ppo_train_vs_limit_with_ref'))} |",
+            f"{_notes(_ratio_range(r, 'ppo_train_vs_limit_with_ref'), again('ppo_train_vs_limit_with_ref'))} |",
         ]
     if r.get("grpo_vs_trl_grpo") is not None:
         lines.append(
             f"| TRL `GRPOTrainer` step, tuned to ours (same model, batch, group, lengths, beta and loss; gradient "
             f"checkpointing off, float32) | {_tps(r, 'trl_grpo')} | our GRPO is **{r['grpo_vs_trl_grpo']:.2f}x** "
             "faster" + _notes(f"target ≥ {t['grpo_vs_trl_grpo']:g}",
-                              _ratio_range(r, "grpo_vs_trl_grpo", "grpo_iteration", "trl_grpo")) + " |")
+                              _ratio_range(r, "grpo_vs_trl_grpo", "grpo_iteration", "trl_grpo"),
+                              again("grpo_vs_trl_grpo")) + " |")
     else:
         lines.append(f"| TRL `GRPOTrainer` step, tuned to ours | n/a | not measured: {r.get('grpo_vs_trl_grpo_reason')} |")
     if r.get("grpo_vs_trl_grpo_defaults") is not None:
         lines.append(
             f"| TRL `GRPOTrainer` step with its default `GRPOConfig` (only the shape set; gradient checkpointing "
             f"and bf16 on, beta 0) | {_tps(r, 'trl_grpo_defaults')} | our GRPO with its defaults is "
-            f"**{r['grpo_vs_trl_grpo_defaults']:.2f}x** faster{_notes(_ratio_range(r, 'grpo_vs_trl_grpo_defaults'))} |")
+            f"**{r['grpo_vs_trl_grpo_defaults']:.2f}x** faster"
+            f"{_notes(_ratio_range(r, 'grpo_vs_trl_grpo_defaults'), again('grpo_vs_trl_grpo_defaults'))} |")
     else:
         why = r.get("grpo_vs_trl_grpo_defaults_reason") or "the JSON predates this row"
         lines.append(f"| TRL `GRPOTrainer` step with its default `GRPOConfig` | n/a | not measured: {why} |")
@@ -138,11 +162,15 @@ def table(r: dict[str, Any], json_name: str) -> str:
               f"{r['vector_env_step_us_per_env']:.2f} µs per env-step at {es.get('config', {}).get('num_envs', 64)} "
               f"envs, autoresets included (target ≤ {t['vector_env_step_us_per_env']:g} µs"
               + (f"; {min(vec):.2f}-{max(vec):.2f} µs over {len(vec)} repeats" if vec and len(vec) > 1 else "")
+              + (f"; run 2: {r2['vector_env_step_us_per_env']:.2f} µs" if r2 else "")
               + ").", "  "),
         _wrap((f"- **The run:** `{r['command']}`, " if r.get("command") else
                "- **The run:** the JSON does not record its command (`python -m benchmarks.throughput ...`); ")
               + _load(r) + "." + (f" Its note: {r['note']}." if r.get("note") else ""), "  "),
     ]
+    if r2 is not None:
+        lines.append(_wrap(f"- **Run 2** (`{json2_name}`, the reproduction): `{r2.get('command', 'not recorded')}`, "
+                           + _load(r2) + ".", "  "))
     return "\n".join(lines)
 
 
@@ -159,15 +187,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readme_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the README's table differs from the JSON's")
     parser.add_argument("--json", type=Path, default=RESULT, help="the throughput result to read")
+    parser.add_argument("--json2", type=Path, default=RESULT_RUN2,
+                        help="its second run, shown beside it (skipped when the file does not exist)")
     parser.add_argument("--readme", type=Path, default=README)
     args = parser.parse_args(argv)
-    try:
-        r = json.loads(args.json.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"{args.json}: cannot read the throughput result: {exc}") from exc
-    name = args.json.resolve().relative_to(REPO).as_posix() if args.json.resolve().is_relative_to(REPO) else args.json.name
+
+    def read(path: Path) -> dict[str, Any]:
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"{path}: cannot read the throughput result: {exc}") from exc
+
+    def shown(path: Path) -> str:
+        return path.resolve().relative_to(REPO).as_posix() if path.resolve().is_relative_to(REPO) else path.name
+
+    r = read(args.json)
+    r2 = read(args.json2) if args.json2.is_file() else None
     current = args.readme.read_text()
-    wanted = render(current, table(r, name), str(args.readme))
+    wanted = render(current, table(r, shown(args.json), r2, shown(args.json2)), str(args.readme))
     if args.check:
         if wanted != current:
             print(f"{args.readme}: the speed table differs from {args.json}; run python -m benchmarks.readme_table",

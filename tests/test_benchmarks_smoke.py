@@ -70,7 +70,8 @@ def _check_throughput_json(r: dict) -> None:
         assert isinstance(r["grpo_vs_trl_grpo_reason"], str) and r["grpo_vs_trl_grpo_reason"]
     else:
         assert _positive(r["grpo_vs_trl_grpo"])
-    for name in ("kv_limit", "train_limit", "rollout", "ppo_iteration", "grpo_iteration"):
+    for name in ("kv_limit", "train_limit", "rollout", "ppo_iteration", "grpo_iteration", "reinforce_iteration",
+                 "rloo_iteration"):
         row = r["rows"][name]
         assert _positive(row["tokens_per_s"]) and _positive(row["seconds"]), name
         assert _positive(row["peak_rss_mib"]), name
@@ -80,7 +81,13 @@ def _check_throughput_json(r: dict) -> None:
         assert _positive(r["config"][key]), key
     assert r["versions"]["torch"] and r["versions"]["transformers"]
     _check_reproducible(r, "python -m benchmarks.throughput --smoke")
-    for name in ("rollout_vs_kv_limit", "train_vs_limit", "ppo_train_vs_limit"):
+    # every agent is held to the limit loop doing its own work: all four have a KL penalty, so the reference
+    # forward is in theirs; the worst of them is min_agent_vs_own_limit
+    assert r["own_limit"] == {a: "train_limit_with_ref" for a in ("ppo", "grpo", "reinforce", "rloo")}
+    assert r["min_agent_vs_own_limit"] == min(r[f"{a}_vs_own_limit"] for a in r["own_limit"])
+    assert r["targets"]["agent_vs_own_limit"] == 0.95
+    for name in ("rollout_vs_kv_limit", "train_vs_limit", "ppo_train_vs_limit", "grpo_vs_own_limit",
+                 "rloo_vs_own_limit"):
         sp = r["spread"][name]
         assert sp["min"] <= r[name] <= sp["max"] and sp["rounds"] == r["config"]["rounds"], (name, sp)
 

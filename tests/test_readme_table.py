@@ -60,3 +60,18 @@ def test_missing_markers_are_a_clear_error(copies):
     readme.write_text("# no table here\n")
     with pytest.raises(ValueError, match="speed-table:start"):
         readme_table.main(["--check", "--readme", str(readme), "--json", str(result)])
+
+
+def test_the_second_run_and_each_agents_own_limit_are_shown():
+    r = json.loads(readme_table.RESULT.read_text())
+    r2 = json.loads(readme_table.RESULT_RUN2.read_text())
+    block = readme_table.table(r, "a.json", r2, "b.json")
+    assert f"run 2: {r2['rollout_vs_kv_limit']:.2f}" in block and f"run 2: {r2['grpo_vs_trl_grpo']:.2f}" in block
+    assert "**Run 2** (`b.json`" in block
+    # a result with per-agent limits: one row per agent, against the limit loop that does its work
+    r = {**r, "own_limit": {"grpo": "train_limit_with_ref", "rloo": "train_limit"},
+         "grpo_vs_own_limit": 0.971, "rloo_vs_own_limit": 0.5, "targets": {**r["targets"], "agent_vs_own_limit": 0.95}}
+    block = readme_table.table(r, "a.json")
+    assert "| our GRPO iteration, against that |" in block and "**0.97** (target ≥ 0.95" in block
+    assert "| our RLOO (group 4) iteration, against the limit without a reference |" in block
+    assert "run 2" not in block
