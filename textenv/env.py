@@ -87,9 +87,10 @@ class TextGenEnv(SetupView, gym.Env[dict[str, np.ndarray], int]):
     :meth:`~textenv.tasks.base.Task.gold_details`, e.g. ``{"gold", "chrf", "bleu"}`` for translation;
     ``{"gold": gold_score}`` for a task without parts). A task with parts is scored once, by its
     ``gold_details``, and ``gold_score`` is its ``"gold"`` entry. Multi-turn: the completion is the whole
-    transcript (agent turns and inserted replies; the reward model and the gold scorer score it), and every step that ends an agent turn (the last one included) adds to ``info``: ``turn``
-    (agent turns finished), ``inserted_tokens`` (how many tokens the env appended after this action, 0 at
-    the end) and ``inserted_mask`` (``(L,)`` int8, 1 on every inserted position of the episode so far; also
+    transcript (agent turns and inserted replies; the reward model and the gold scorer score it), and every
+    step that ends an agent turn (the last one included) adds to ``info``: ``turn`` (agent turns finished),
+    ``inserted_tokens`` (how many tokens the env appended after this action, 0 at the end) and
+    ``inserted_mask`` (``(L,)`` int8, 1 on every inserted position of the episode so far; also
     :meth:`inserted_mask`). Other steps' infos are empty, as in single-turn episodes.
 
     ## Arguments
