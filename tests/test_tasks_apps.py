@@ -141,7 +141,7 @@ def test_translation_known_answers() -> None:
     assert reference("English: A dog watches the tiny birds.\nVelan:") == "kan elavi miniom vida."
     assert reference("English: Their dogs will hide some broken lamps.\nVelan:") == "kani vos lumi frakiom kelarn."
     details = task.gold_details([p], [" elagri veti hort mie pres lumom portun."])[0]
-    assert details == {"chrf": 1.0, "bleu": 1.0}
+    assert details == {"gold": 1.0, "chrf": 1.0, "bleu": 1.0}
 
 
 def test_translation_parser_round_trips_and_rejects() -> None:
@@ -254,7 +254,8 @@ def test_qa_gold_is_squad_f1_and_em() -> None:
     assert task.gold_score([p] * 4, [" the market", " Market.\nmore text", " It is the market.", " the tower"]) == \
         [1.0, 1.0, 0.5, 0.0]  # "it is market" vs "market": precision 1/3, recall 1
     assert task.gold_details([p, p], [" in the market", " it is in the market"]) == [
-        {"f1": 1.0, "exact_match": 1.0}, {"f1": pytest.approx(2 / 3), "exact_match": 0.0}]  # 2 of 4 words vs "in market"
+        {"gold": 1.0, "f1": 1.0, "exact_match": 1.0},
+        {"gold": pytest.approx(2 / 3), "f1": pytest.approx(2 / 3), "exact_match": 0.0}]  # 2 of 4 words vs "in market"
     cols = task.prompt_columns([p, f"Context: {PASSAGE}\nQuestion: Who has the lamp?\nAnswer:", "hi"])
     assert cols == {"answers": [["the market", "in the market"], ["Tom"], None], "two_facts": [True, False, False]}
     # incomplete age information: no single oldest person, nothing to score
@@ -352,8 +353,7 @@ def test_gold_details_of_every_task_agree_with_gold() -> None:
         completions = [task.sample_response(p, rng, 0.5) for p in prompts]
         gold = task.gold_score(prompts, completions)
         details = task.gold_details(prompts, completions)
-        key = {"translation": "chrf", "qa": "f1"}.get(name, "gold")
-        assert [d[key] for d in details] == gold, name
+        assert [d["gold"] for d in details] == gold, name
 
 
 # ---------------------------------------------------------------------------- joining the shipped build

@@ -39,7 +39,8 @@ class TextGenEnv(SetupView, gym.Env[dict[str, np.ndarray], int]):
     Each episode draws a prompt (from the task's unlimited prompt source, or from ``prompts``), and the agent
     writes a completion one token at a time. A reward model scores the finished text. The built-in tasks
     (``sentiment``, ``arithmetic``, ``keywords``) also carry a gold scorer, the true objective, reported in
-    ``info["gold_score"]`` so that reward hacking of a learned reward model can be measured.
+    ``info["gold_score"]`` (its parts in ``info["gold_details"]``) so that reward hacking of a learned reward
+    model can be measured.
 
     **Turns** (multi-turn tasks, e.g. ``"dialogue"``; a task with a ``turn_separator``): the env plays the
     other speaker. The agent's turn ends when it emits the separator token, after ``max_new_tokens`` tokens of
@@ -81,11 +82,15 @@ class TextGenEnv(SetupView, gym.Env[dict[str, np.ndarray], int]):
     ``terminated=True`` when the agent emits EOS (if ``terminate_on_eos``) or after ``max_new_tokens``
     tokens: the text is finished and scored, so agents must not bootstrap past it. ``truncated`` is always
     False here and is left for outer time limits. At the end ``info`` holds ``prompt``, ``completion``
-    (decoded text without special tokens), ``reward_model_score`` and ``gold_score``. Multi-turn: the
-    completion is the whole transcript (agent turns and inserted replies; the reward model and the gold scorer
-    score it), and every step that ends an agent turn (the last one included) adds to ``info``: ``turn``
-    (agent turns finished), ``inserted_tokens`` (how many tokens the env appended after this action, 0 at
-    the end) and ``inserted_mask`` (``(L,)`` int8, 1 on every inserted position of the episode so far; also
+    (decoded text without special tokens), ``reward_model_score``, ``gold_score`` and ``gold_details``, a dict
+    of the gold score's parts by name with the score itself as ``"gold"`` (the task's
+    :meth:`~textenv.tasks.base.Task.gold_details`, e.g. ``{"gold", "chrf", "bleu"}`` for translation;
+    ``{"gold": gold_score}`` for a task without parts). A task with parts is scored once, by its
+    ``gold_details``, and ``gold_score`` is its ``"gold"`` entry. Multi-turn: the completion is the whole
+    transcript (agent turns and inserted replies; the reward model and the gold scorer score it), and every
+    step that ends an agent turn (the last one included) adds to ``info``: ``turn`` (agent turns finished),
+    ``inserted_tokens`` (how many tokens the env appended after this action, 0 at the end) and
+    ``inserted_mask`` (``(L,)`` int8, 1 on every inserted position of the episode so far; also
     :meth:`inserted_mask`). Other steps' infos are empty, as in single-turn episodes.
 
     ## Arguments
@@ -264,8 +269,9 @@ class TextGenEnv(SetupView, gym.Env[dict[str, np.ndarray], int]):
                 ids = [self._ids[self._prompt_len:pos + 1].tolist()] if s.wants_extras else None
                 score = float(s.score([self._prompt], [completion], ids)[0])
                 if terminated:
+                    gold, details = s.gold([self._prompt], [completion])
                     info = {"prompt": self._prompt, "completion": completion, "reward_model_score": score,
-                            "gold_score": s.gold([self._prompt], [completion])[0]}
+                            "gold_score": gold[0], "gold_details": {"gold": gold[0]} if details is None else details[0]}
                     spread = getattr(s.reward_model, "last_std", None)  # an Ensemble's members' std
                     if spread is not None:
                         info["reward_model_std"] = float(spread[0])

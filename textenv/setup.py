@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,25 @@ def load_prompts(prompts: str | os.PathLike[str] | Sequence[str]) -> list[str]:
     return out
 
 
+def check_details(task: Task, details: Any, n: int) -> list[dict[str, float]]:
+    """What a task's ``gold_details`` returned, as ``n`` dicts of str -> float each with a ``"gold"`` entry,
+    or a ``ValueError`` naming the task and the value. Key sets may differ between pairs."""
+    name = task.name or type(task).__name__
+    if isinstance(details, (str, bytes, Mapping)) or not isinstance(details, Sequence) or len(details) != n:
+        raise ValueError(f"task {name!r}: gold_details must return a list of {n} dicts (one per pair), "
+                         f"got {details!r:.200}")
+    out = []
+    for d in details:
+        if not isinstance(d, Mapping) or "gold" not in d or not all(isinstance(k, str) for k in d):
+            raise ValueError(f"task {name!r}: each gold_details entry must be a dict of str keys with a "
+                             f"\"gold\" entry, got {d!r:.200}")
+        try:
+            out.append({k: float(v) for k, v in d.items()})
+        except (TypeError, ValueError):
+            raise ValueError(f"task {name!r}: gold_details values must be numbers, got {d!r:.200}") from None
+    return out
+
+
 #: byte tables of :meth:`EnvSetup.decode_block`, per tokenizer object (and its backend and size, which
 #: ``add_tokens`` changes), so that every env on one cached tokenizer builds and checks it once
 _BYTE_TABLES: weakref.WeakKeyDictionary[Any, tuple[tuple[int, int], np.ndarray | None]] = weakref.WeakKeyDictionary()
@@ -131,6 +150,8 @@ class EnvSetup:
     #: per token id, the bytes decoding turns it into (see :func:`byte_level_table`); built on first use
     _byte_table: np.ndarray | None = field(default=None, repr=False)
     _byte_table_built: bool = field(default=False, repr=False)
+    #: whether the task overrides ``gold_details`` (then it is the one gold scorer the envs call)
+    _own_details: bool = field(default=False, repr=False)
 
     @property
     def multi_turn(self) -> bool:
@@ -249,6 +270,7 @@ class EnvSetup:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         self._fast = backend if backend is not None and not getattr(
             self.tokenizer, "clean_up_tokenization_spaces", False) else None
+        self._own_details = getattr(self.task.gold_details, "__func__", None) is not Task.gold_details
 
     @property
     def wants_extras(self) -> bool:
@@ -271,8 +293,18 @@ class EnvSetup:
             out = self.reward_model(prompts, completions)
         return check_scores(out, len(prompts), self.reward_name)
 
-    def gold(self, prompts: list[str], completions: list[str]) -> list[float]:
-        return [float(s) for s in self.task.gold_score(prompts, completions)]
+    def gold(self, prompts: list[str], completions: list[str]) -> tuple[list[float], list[dict[str, float]] | None]:
+        """The task's gold scores of the pairs and its details (``info["gold_details"]``), from one scorer.
+
+        A task that overrides :meth:`~textenv.tasks.base.Task.gold_details` is asked for its details only
+        and the scores are their ``"gold"`` entries (``gold_score`` is not called on the same text again);
+        any other task's ``gold_score`` alone is called and the details are ``None``, standing for
+        ``{"gold": score}`` (the base task's details), which the envs build without a call per pair.
+        """
+        if not self._own_details:
+            return [float(s) for s in self.task.gold_score(prompts, completions)], None
+        details = check_details(self.task, self.task.gold_details(prompts, completions), len(prompts))
+        return [d["gold"] for d in details], details
 
     def insertion(self, prompt: str, dialogue: list[str], rng: np.random.Generator) -> np.ndarray | None:
         """The token ids the env inserts after the agent's turn (the task's :meth:`~textenv.tasks.base.Task.next_turn`,

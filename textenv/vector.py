@@ -33,8 +33,14 @@ class TextGenVectorEnv(SetupView, VectorEnv):
     The reward model is called once per step on the batch of episodes that finished in it (or, in dense
     mode, on every active prefix); the rest of the episode-end work is batched too: one decode of every
     finished completion (:meth:`~textenv.setup.EnvSetup.decode_block`) and one call of the task's gold
-    scorer. Slot ``i`` reset with ``seed=s`` draws the same prompts as a single
-    ``TextGenEnv`` reset with ``seed=s+i``, so results match ``gym.make_vec(..., vectorization_mode="sync")``.
+    scorer (its ``gold_details`` alone for a task that has them). Slot ``i`` reset with ``seed=s`` draws the
+    same prompts as a single ``TextGenEnv`` reset with ``seed=s+i``, so results match
+    ``gym.make_vec(..., vectorization_mode="sync")``.
+
+    ``info["gold_details"]`` at episode end is nested as Gymnasium nests a dict-valued info:
+    ``info["gold_details"][name]`` is an ``(N,)`` float64 array and ``info["gold_details"]["_" + name]`` its
+    mask, one pair per part (``"gold"``/``"_gold"`` alone for a task without parts; a part that some
+    episodes lack is masked out for them), beside the outer mask ``info["_gold_details"]``.
 
     Multi-turn tasks: each slot inserts the other speaker's tokens after its agent turns as the single env
     does; a step whose action ends slot ``i``'s turn sets ``info["_turn"][i]`` and gives ``info["turn"][i]``,
@@ -288,7 +294,7 @@ class TextGenVectorEnv(SetupView, VectorEnv):
                         at_end = np.isin(scored_idx, done_idx)
                         end_prompts = [p for p, e in zip(prompts, at_end, strict=True) if e]
                         end_completions = [c for c, e in zip(completions, at_end, strict=True) if e]
-                    gold = s.gold(end_prompts, end_completions)
+                    gold, details = s.gold(end_prompts, end_completions)
         except BaseException:
             # nothing half-written: undo this step's tokens (and the tasks' RNG draws) so the batch is as before
             self._n_gen[stepping] -= 1
@@ -306,7 +312,7 @@ class TextGenVectorEnv(SetupView, VectorEnv):
             else:
                 rewards[scored_idx] = scores
             if done_idx.size:
-                infos = self._end_infos(done_idx, end_prompts, end_completions, scores[at_end], gold)
+                infos = self._end_infos(done_idx, end_prompts, end_completions, scores[at_end], gold, details)
                 if spread is not None:
                     std = np.zeros(N, dtype=np.float64)
                     std[done_idx] = np.asarray(spread)[at_end]
@@ -417,8 +423,13 @@ class TextGenVectorEnv(SetupView, VectorEnv):
                 "inserted_mask": ins, "_inserted_mask": mask.copy()}
 
     def _end_infos(self, idx: np.ndarray, prompts: list[str], completions: list[str], scores: np.ndarray,
-                   gold: list[float]) -> dict[str, Any]:
-        """Per-slot end-of-episode infos in Gymnasium's vector layout (value arrays + ``_key`` masks)."""
+                   gold: list[float], details: list[dict[str, float]] | None) -> dict[str, Any]:
+        """Per-slot end-of-episode infos in Gymnasium's vector layout (value arrays + ``_key`` masks).
+
+        ``gold_details`` is a dict in the same layout, as Gymnasium nests a dict-valued info: one float64
+        array and mask per detail name, the mask False for a slot whose details lack that name. ``details``
+        None (a task without its own details) gives ``{"gold": gold_score, "_gold": mask}`` with no Python
+        per slot."""
         N = self.num_envs
         mask = np.zeros(N, dtype=bool)
         mask[idx] = True
@@ -429,9 +440,19 @@ class TextGenVectorEnv(SetupView, VectorEnv):
         g = np.zeros(N, dtype=np.float64)
         r[idx] = scores
         g[idx] = gold
+        parts: dict[str, np.ndarray] = {}
+        if details is None:
+            parts.update(gold=g.copy(), _gold=mask.copy())
+        else:
+            for i, d in zip(slots, details, strict=True):
+                for k, v in d.items():
+                    if k not in parts:
+                        parts[k], parts[f"_{k}"] = np.zeros(N, dtype=np.float64), np.zeros(N, dtype=bool)
+                    parts[k][i] = v
+                    parts[f"_{k}"][i] = True
         return {"prompt": p, "_prompt": mask, "completion": c, "_completion": mask.copy(),
                 "reward_model_score": r, "_reward_model_score": mask.copy(),
-                "gold_score": g, "_gold_score": mask.copy()}
+                "gold_score": g, "_gold_score": mask.copy(), "gold_details": parts, "_gold_details": mask.copy()}
 
     def render(self) -> list[str] | tuple[np.ndarray, ...] | None:  # type: ignore[override]
         """The decoded contexts of all slots (``render_mode="ansi"``), or one image per slot (``"rgb_array"``,

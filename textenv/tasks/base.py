@@ -109,7 +109,14 @@ class Task(ABC):
 
     def gold_details(self, prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, float]]:
         """The parts of each gold score by name (e.g. BLEU beside chrF, exact match beside F1), one dict per
-        pair; the base task reports the gold score alone, as ``{"gold": score}``."""
+        pair, each with a ``"gold"`` entry equal to :meth:`gold_score`'s; the base task reports the gold
+        score alone, as ``{"gold": score}``.
+
+        A task that overrides this computes its parts and its gold score in one pass: the envs then call
+        only this method at episode end (``info["gold_score"]`` is the ``"gold"`` entry) and never
+        :meth:`gold_score` on the same text. A task that does not override it keeps the envs' fast path,
+        :meth:`gold_score` alone.
+        """
         return [{"gold": float(s)} for s in self.gold_score(prompts, completions)]
 
     #: Names of the per-prompt fields :meth:`prompt_columns` returns (TRL's "dataset columns").

@@ -200,19 +200,20 @@ class QATask(Task):
 
     def gold_score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """SQuAD token F1 of the completion's first line against the accepted answers (see the class)."""
-        return [d["f1"] for d in self.gold_details(prompts, completions)]
+        return [d["gold"] for d in self.gold_details(prompts, completions)]
 
     def gold_details(self, prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, float]]:
-        """``{"f1", "exact_match"}`` per pair (SQuAD's, in [0, 1])."""
+        """``{"gold", "f1", "exact_match"}`` per pair (SQuAD's, in [0, 1]; ``gold`` is the F1)."""
         check_pairs(prompts, completions)
         out = []
         for p, c in zip(prompts, completions, strict=True):
             refs = references(p)
             line = c.strip().split("\n", 1)[0] if c.strip() else ""
             if refs is None:
-                out.append({"f1": 0.0, "exact_match": 0.0})
+                out.append({"gold": 0.0, "f1": 0.0, "exact_match": 0.0})
             else:
-                out.append({"f1": metric_score("f1", line, refs), "exact_match": metric_score("exact_match", line, refs)})
+                f1 = metric_score("f1", line, refs)
+                out.append({"gold": f1, "f1": f1, "exact_match": metric_score("exact_match", line, refs)})
         return out
 
 

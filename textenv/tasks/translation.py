@@ -359,16 +359,17 @@ class TranslationTask(Task):
         return out
 
     def gold_details(self, prompts: Sequence[str], completions: Sequence[str]) -> list[dict[str, float]]:
-        """``{"chrf", "bleu"}`` per pair (sacrebleu's sentence chrF and BLEU, in [0, 1])."""
+        """``{"gold", "chrf", "bleu"}`` per pair (sacrebleu's sentence chrF and BLEU, in [0, 1]; ``gold`` is
+        the chrF)."""
         check_pairs(prompts, completions)
         out = []
         for p, c in zip(prompts, completions, strict=True):
             ref = reference(p)
             if ref is None:
-                out.append({"chrf": 0.0, "bleu": 0.0})
+                out.append({"gold": 0.0, "chrf": 0.0, "bleu": 0.0})
             else:
-                out.append({"chrf": metric_score("chrf", c.strip(), [ref]),
-                            "bleu": metric_score("bleu", c.strip(), [ref])})
+                chrf = metric_score("chrf", c.strip(), [ref])
+                out.append({"gold": chrf, "chrf": chrf, "bleu": metric_score("bleu", c.strip(), [ref])})
         return out
 
 
