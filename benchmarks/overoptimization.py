@@ -222,6 +222,7 @@ def verdicts(rows: list[dict[str, Any]], task: str, tol: float) -> dict[str, dic
     n_interior = sum(1 for r in mine if 0 < int(np.argmax(r["gold"])) < len(r["gold"]) - 1)
     out["gold peaks then falls"] = {
         "verdict": "yes" if n_fall >= max(1, len(falls) // 2) else ("no" if n_fall == 0 else "inconclusive"),
+        "tally": f"{n_fall} of {len(falls)} curves",
         "evidence": f"{n_fall} of {len(falls)} curves fall by more than {tol:g} after their peak "
                     f"({n_interior} peak before their last point)"}
     comparisons = []
@@ -238,6 +239,7 @@ def verdicts(rows: list[dict[str, Any]], task: str, tol: float) -> dict[str, dic
     more = sum(1 for *_, d_rl, d_bon in comparisons if d_rl > d_bon)
     out["RL spends more KL than best-of-n for the same gain"] = {
         "verdict": "inconclusive" if not comparisons else ("yes" if more > len(comparisons) / 2 else "no"),
+        "tally": f"{more} of {len(comparisons)} RL curves",
         "evidence": "; ".join(f"{m}/{p}: d {a:.2f} vs best-of-n {b:.2f}" for m, p, a, b in comparisons)
                     or "no curve gained more than the noise"}
     outward = []
@@ -249,6 +251,7 @@ def verdicts(rows: list[dict[str, Any]], task: str, tol: float) -> dict[str, dic
     n_out = sum(1 for _, s, big in outward if big > s)
     out["a larger proxy moves the peak out"] = {
         "verdict": "inconclusive" if not outward else ("yes" if n_out > len(outward) / 2 else "no"),
+        "tally": f"{n_out} of {len(outward)} methods",
         "evidence": "; ".join(f"{m}: peak d {s:.2f} (small) vs {big:.2f} (large)" for m, s, big in outward)}
     flatter = []
     for method in sorted({r["method"] for r in mine}):
@@ -261,6 +264,7 @@ def verdicts(rows: list[dict[str, Any]], task: str, tol: float) -> dict[str, dic
     out["ensembles flatten the fall"] = {
         "verdict": "inconclusive" if not flatter or all(fs <= tol for *_, fs, _ in flatter)
         else ("yes" if n_flat > len(flatter) / 2 else "no"),
+        "tally": f"{n_flat} of {len(flatter)} ensemble curves",
         "evidence": "; ".join(f"{m}/{a}: fall {fe:.3f} vs single small proxy {fs:.3f}" for m, a, fs, fe in flatter)}
     return out
 
@@ -283,7 +287,8 @@ def write_report(result: dict[str, Any], out: Path) -> list[str]:
                      f"{f['beta']:.3f} | {f['r2']:.2f} |")
     for task, found in result["verdicts"].items():
         lines += ["", f"## {task}: the paper's findings here", ""]
-        lines += [f"- **{k}**: {v['verdict']} ({v['evidence']})" for k, v in found.items()]
+        lines += [f"- **{k}**: {v['verdict']}" + (f"; {v['tally']} agree" if v.get("tally") else "")
+                  + f" ({v['evidence']})" for k, v in found.items()]
     files = [MD_NAME]
     plt: Any = None
     try:
@@ -327,7 +332,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: the mode's)")
+    p.add_argument("--report-only", action="store_true", help="recompute the fits, verdicts, report and plots "
+                   "from the JSON in --out (no training)")
     args = p.parse_args(argv)
+    if args.report_only:
+        out = Path(args.out) if args.out else RESULTS
+        return report_from_json(out)
     if args.quick and args.out is None:
         p.error("--quick writes only where --out says (never over the committed results)")
     if args.jobs < 1 or args.threads < 1:
@@ -354,20 +364,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             jobs.append((run_best_of_n, (t, proxy, dirs[t], cfg, args.seed, args.threads)))
             jobs += [(run_rl, (t, algo, proxy, dirs[t], cfg, args.seed, args.threads)) for algo in ALGOS]
     rows = _map(jobs, args.jobs)
-    for r in rows:
-        gain = np.asarray(r["gold"], float) - r["gold"][0]
-        r["fit"] = fit_form(np.asarray(r["d"], float), gain, "bon" if r["method"] == "best-of-n" else "rl")
-    tol = 0.01
     result: dict[str, Any] = {"command": "python -m benchmarks.overoptimization " + " ".join(argv if argv is not None else sys.argv[1:]),
               "quick": args.quick, "config": cfg, "tasks": cfg["tasks"], "proxies": proxies, "seed": args.seed,
-              "rows": rows, "verdicts": {t: verdicts(rows, t, tol) for t in cfg["tasks"]},
-              "seconds": time.perf_counter() - t0}
+              "rows": rows, "seconds": time.perf_counter() - t0}
+    return _analyse_and_write(result, out)
+
+
+#: gold-score differences at or below this are treated as noise by the verdicts
+TOL = 0.01
+
+
+def _analyse_and_write(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Fit each curve, judge the paper's findings per task, and write the JSON, the report and the plots."""
     from textenv import io
 
+    for r in result["rows"]:
+        gold = [np.nan if g is None else g for g in r["gold"]]
+        gain = np.asarray(gold, float) - gold[0]
+        r["fit"] = fit_form(np.asarray(r["d"], float), gain, "bon" if r["method"] == "best-of-n" else "rl")
+    result["verdicts"] = {t: verdicts(result["rows"], t, TOL) for t in result["tasks"]}
     files = write_report(result, out)
     io.write_text(out / JSON_NAME, json.dumps(_finite(result), indent=1) + "\n")
-    print(f"wrote {', '.join(str(out / f) for f in [JSON_NAME, *files])} in {result['seconds'] / 60:.1f} min")
+    print(f"wrote {', '.join(str(out / f) for f in [JSON_NAME, *files])} ({result['seconds'] / 60:.1f} min of runs)")
     return result
+
+
+def report_from_json(out: Path) -> dict[str, Any]:
+    """``--report-only``: the analysis and the report again from ``out``'s JSON (the runs are not repeated)."""
+    path = out / JSON_NAME
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read the overoptimization result: {exc}") from exc
+    return _analyse_and_write(result, out)
 
 
 def _finite(obj: Any) -> Any:

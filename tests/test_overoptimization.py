@@ -90,3 +90,24 @@ def test_quick_run_writes_report(tmp_path):
     report = (tmp_path / "overoptimization.md").read_text()
     assert "| sentiment | ppo | ensemble-min |" in report and "the paper's findings" in report
     assert stamp(committed) == before  # the committed results are never written by a quick run
+
+
+def test_committed_report_is_reproduced_from_its_json(tmp_path):
+    """--report-only recomputes the fits, verdicts and report from the JSON: the committed report is exactly
+    what the committed JSON gives (no figure in it is typed by hand), and the verdicts carry their tally."""
+    results = REPO / "benchmarks" / "results"
+    if not (results / "overoptimization.json").exists():
+        pytest.skip("the full overoptimization results are not committed")
+    for name in ("overoptimization.json", "overoptimization.md"):
+        (tmp_path / name).write_bytes((results / name).read_bytes())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "MPLBACKEND": "Agg"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks.overoptimization", "--report-only", "--out", str(tmp_path)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "overoptimization.md").read_text() == (results / "overoptimization.md").read_text()
+    data = json.loads((tmp_path / "overoptimization.json").read_text())
+    assert data["quick"] is False and len(data["tasks"]) >= 2
+    for found in data["verdicts"].values():
+        for v in found.values():
+            assert v["verdict"] in ("yes", "no", "inconclusive") and " of " in v["tally"]
