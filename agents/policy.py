@@ -9,6 +9,10 @@ so the ``(B, T, V)`` float32 logits never exist at once, in the forward or the b
 (:meth:`LMPolicy.enable_lora`, through ``peft``) uses its own base with the adapters disabled as the reference
 instead of a second copy; :meth:`LMPolicy.set_gradient_checkpointing` recomputes the trunk's layers in the
 backward of the training forward.
+
+Grouped batches (issue 15): GRPO-style batches repeat each prompt G times; the training and reference forwards
+run the trunk once per distinct prompt and share its KV cache between the prompt's rows
+(:attr:`LMPolicy.share_prompt_prefix`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from textenv.decoding import KVDecoder, positions_from_mask, sample_categorical
+from textenv.decoding import KVDecoder, cache_kwargs, positions_from_mask, sample_categorical
 from textenv.models import quiet_progress
 
 
@@ -95,6 +99,21 @@ LORA_TARGET_MODULES: dict[str, list[str]] = {
     **{t: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
        for t in ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")},
 }
+
+#: ``config.model_type`` of the trunks the shared-prompt forward supports (:attr:`LMPolicy.share_prompt_prefix`):
+#: a decoder whose forward over cached columns equals its full forward given the mask and position ids
+#: (tests/test_shared_prefix.py checks each); layers with sliding windows are excluded at run time
+SHARED_PREFIX_MODEL_TYPES = frozenset({"gpt2", "llama", "qwen2", "qwen3"})
+
+
+def supports_shared_prefix(model: nn.Module) -> bool:
+    """Whether the shared-prompt training forward handles causal LM ``model`` (see
+    :data:`SHARED_PREFIX_MODEL_TYPES`): a supported architecture whose layers all attend to every column."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SHARED_PREFIX_MODEL_TYPES:
+        return False
+    layer_types = getattr(config, "layer_types", None) or ()
+    return not getattr(config, "is_encoder_decoder", False) and all(t == "full_attention" for t in layer_types)
 
 
 def _chunk_logps_entropy(h: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -195,13 +214,21 @@ class LMPolicy(nn.Module):
     ``top_k``/``top_p`` truncate the sampling distribution; the log-probs are those of the truncated
     distribution, which biases the KL to the reference (a warning says so).
 
+    ``share_prompt_prefix`` (default True, also an attribute): when the rows of a training or reference
+    forward repeat prompts (GRPO's groups), run the trunk once per distinct prompt and feed the completions
+    after its KV cache, expanded to the rows (the gradients of a shared prompt are summed over its rows). The
+    results are those of the full forward (to float rounding). It falls back to the full forward when every
+    prompt is distinct, under gradient checkpointing (with grad), for an FSDP-sharded policy, for
+    architectures outside :data:`SHARED_PREFIX_MODEL_TYPES`, or with the flag off.
+
     Example:
         >>> policy = LMPolicy.from_pretrained("default")
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, ref_model: nn.Module | None = None, *,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 with_reference: bool = True, logits_chunk: int | None = None) -> None:
+                 with_reference: bool = True, logits_chunk: int | None = None,
+                 share_prompt_prefix: bool = True) -> None:
         super().__init__()
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
                 math.isfinite(temperature) and temperature > 0):
@@ -214,6 +241,8 @@ class LMPolicy(nn.Module):
         if logits_chunk is not None and (isinstance(logits_chunk, bool) or not isinstance(logits_chunk, int)
                                          or logits_chunk < 1):
             raise ValueError(f"logits_chunk must be None or an integer >= 1, got {logits_chunk!r}")
+        if not isinstance(share_prompt_prefix, bool):
+            raise ValueError(f"share_prompt_prefix must be a bool, got {share_prompt_prefix!r}")
         if top_k is not None or top_p is not None:
             warnings.warn("top_k/top_p truncate the sampling distribution: log-probs and the KL to the "
                           "reference are those of the truncated policy (biased)", stacklevel=2)
@@ -225,6 +254,8 @@ class LMPolicy(nn.Module):
         self.vocab_size = min(int(head_rows), len(tokenizer)) if hasattr(tokenizer, "__len__") else int(head_rows)
         #: completion tokens per chunk of the LM head in training forwards (None: LOGITS_CHUNK_ELEMENTS logits)
         self.logits_chunk = logits_chunk
+        #: run a repeated prompt's trunk once in training and reference forwards (see the class docstring)
+        self.share_prompt_prefix = share_prompt_prefix
         self.gradient_checkpointing = False
         self.value_head = new_value_head(hidden)
         if ref_model is None and with_reference:
@@ -564,13 +595,60 @@ class LMPolicy(nn.Module):
     # ------------------------------------------------------------------------------------ training
     def _completion_hidden(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
                            tokens: torch.Tensor) -> torch.Tensor:
-        """The trunk's hidden states ``(B, T, H)`` before each completion token (one forward, no cache)."""
+        """The trunk's hidden states ``(B, T, H)`` before each completion token: one forward without a cache,
+        or, when rows repeat prompts, the shared-prompt forward (:meth:`_shared_prompt_hidden`)."""
         P = query_ids.shape[1]
-        ids = torch.cat([query_ids, tokens], dim=1)  # (B, P+T)
         attn = torch.cat([query_mask.long(), torch.ones_like(tokens)], dim=1)  # (B, P+T)
+        distinct = self._distinct_prompts(model, query_ids, query_mask)
         with self._checkpointed_layers():
+            if distinct is not None:
+                return self._shared_prompt_hidden(model, *distinct, tokens, attn)
+            ids = torch.cat([query_ids, tokens], dim=1)  # (B, P+T)
             out = self._trunk(model, ids, attn, positions_from_mask(attn))
         return out.last_hidden_state[:, P - 1:-1]  # (B, T, H): the state before each completion token
+
+    def _distinct_prompts(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(prompt_ids (U, P), prompt_mask (U, P), inverse (B,))``, the batch's U distinct prompts (ids and
+        mask alike) and each row's index among them, when the shared-prompt forward applies and U < B;
+        else None (see :attr:`share_prompt_prefix`)."""
+        B, P = query_ids.shape
+        if not self.share_prompt_prefix or B < 2 or P == 0 or not supports_shared_prefix(model):
+            return None
+        if self.gradient_checkpointing and torch.is_grad_enabled():  # the layers would drop the cache
+            return None
+        from agents.fsdp import is_sharded
+
+        if is_sharded(self):  # FSDP's hooks gather the blocks per forward of a sharded policy: not tried
+            return None
+        key = torch.cat([query_ids, query_mask.to(query_ids.dtype)], dim=1)  # (B, 2P)
+        prompts, inverse = torch.unique(key, dim=0, return_inverse=True)  # (U, 2P), (B,)
+        if prompts.shape[0] == B:
+            return None
+        return prompts[:, :P], prompts[:, P:], inverse
+
+    @staticmethod
+    def _shared_prompt_hidden(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                              inverse: torch.Tensor, tokens: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The hidden states of :meth:`_completion_hidden` with the trunk run once on the U distinct prompts
+        (with a cache; under grad its K/V carry the graph), the cache expanded to the B rows by ``inverse``
+        (autograd sums a prompt's gradients over its rows), then the completions ``tokens[:, :-1]`` after it
+        with the full mask ``attn`` ``(B, P+T)`` and their positions from it."""
+        from transformers import DynamicCache
+
+        trunk = model.base_model
+        P, T = prompt_ids.shape[1], tokens.shape[1]
+        cache = DynamicCache(config=trunk.config)
+        out = trunk(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
+                    position_ids=positions_from_mask(prompt_mask), use_cache=True, **cache_kwargs(trunk, cache))
+        first = out.last_hidden_state[inverse, -1:]  # (B, 1, H): the state before the first completion token
+        if T == 1:
+            return first
+        cache.batch_select_indices(inverse)  # (U, heads, P, d) -> (B, heads, P, d) per layer
+        attn = attn[:, :-1]  # (B, P+T-1): the state after the last token is never needed
+        rest = trunk(input_ids=tokens[:, :-1], attention_mask=attn, position_ids=positions_from_mask(attn)[:, P:],
+                     use_cache=True, **cache_kwargs(trunk, cache)).last_hidden_state  # (B, T-1, H)
+        return torch.cat([first, rest], dim=1)  # (B, T, H)
 
     def _completion_logits(self, model: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
                            tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

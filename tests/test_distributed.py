@@ -42,6 +42,11 @@ def _overrides(name: str) -> dict[str, Any]:
 
 
 def _policy(arch: str = "gpt2") -> Any:
+    """The tiny policy of every worker, prompt sharing off (``share_prompt_prefix``): with it, a GRPO group
+    that straddles the ranks is computed as two partial groups there and one group here (and FSDP does not
+    share), a change of float rounding that AdamW scales up to ~2e-5 in a near-zero-gradient entry, above
+    the weights' tolerance. The reduction is what these tests compare; sharing's equality with the full
+    forward is tests/test_shared_prefix.py's."""
     from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from agents.policy import LMPolicy
@@ -54,7 +59,7 @@ def _policy(arch: str = "gpt2") -> Any:
                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
                             bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                             pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-        return LMPolicy(LlamaForCausalLM(llama), tok)
+        return LMPolicy(LlamaForCausalLM(llama), tok, share_prompt_prefix=False)
     cfg = tiny_gpt2_config(len(tok), n_layer=2, n_embd=64, n_head=2, bos_token_id=tok.eos_token_id,
                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = GPT2LMHeadModel(cfg)
@@ -63,7 +68,7 @@ def _policy(arch: str = "gpt2") -> Any:
         # of all scores), so its float gradient is rounding noise, which AdamW scales up to lr-sized steps of
         # random sign: frozen, the weights compare to float tolerance
         block.attn.c_attn.bias.requires_grad_(False)
-    return LMPolicy(model, tok)
+    return LMPolicy(model, tok, share_prompt_prefix=False)
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
