@@ -13,7 +13,13 @@ Its four changes to GRPO, each a setting here:
   a long completion weighs by its tokens, not as one sequence;
 - **soft overlong punishment** (:func:`soft_overlong_penalty`): a completion longer than
   L_max - L_cache tokens loses up to ``overlong_penalty`` of reward, linearly over the last L_cache =
-  ``overlong_buffer`` * L_max tokens before the env's ``max_new_tokens`` (L_max).
+  ``overlong_buffer`` * L_max tokens before the env's ``max_new_tokens`` (L_max). **Off by default**
+  (``overlong_buffer=0``; the paper's share is 0.2). The paper sets it for long reasoning (L_max 20,480,
+  L_cache 4,096), where the buffer lies far past the natural answer length. On the short budgets of the
+  built-in tasks (4 to 16 tokens) a 20% buffer falls on the answers themselves, and its penalty of up to 1
+  outweighs the reward-model differences. Measured in the learning benchmark with 0.2: DAPO shortened
+  arithmetic answers to 3.0 tokens (a correct sum often needs 4) and its gold score fell from 0.050 to 0.019
+  on every seed; sentiment completions shrank from 15 to 13 tokens.
 
 The advantages are GRPO's (r - group mean) / (group std + eps) of the shaped reward. DAPO drops the KL
 term: ``kl_coef`` defaults to 0 (set it to use ``kl_in`` / ``kl_estimator`` as every agent does).
@@ -115,7 +121,7 @@ class DAPOConfig(AgentConfig):
     clip_high: float = 0.28  # ratio clipped above at 1 + clip_high (clip-higher)
     dynamic_sampling: bool = True  # drop groups of equal rewards and sample more to refill the batch
     max_sampling_rounds: int = 4  # rollouts at most per update when refilling
-    overlong_buffer: float = 0.2  # L_cache as a share of max_new_tokens (0: no overlong penalty)
+    overlong_buffer: float = 0.0  # L_cache as a share of max_new_tokens (0: no overlong penalty; see the docstring)
     overlong_penalty: float = 1.0  # reward lost at max_new_tokens
 
     def validate(self) -> None:
