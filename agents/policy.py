@@ -10,9 +10,9 @@ so the ``(B, T, V)`` float32 logits never exist at once, in the forward or the b
 instead of a second copy; :meth:`LMPolicy.set_gradient_checkpointing` recomputes the trunk's layers in the
 backward of the training forward.
 
-Grouped batches (issue 15): GRPO-style batches repeat each prompt G times; the training and reference forwards
-run the trunk once per distinct prompt and share its KV cache between the prompt's rows
-(:attr:`LMPolicy.share_prompt_prefix`).
+Grouped batches (issue 15): GRPO-style batches repeat each prompt G times; the rollout's prefill and the
+training and reference forwards run the trunk once per distinct prompt and share its KV cache between the
+prompt's rows (:attr:`LMPolicy.share_prompt_prefix`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from textenv.decoding import KVDecoder, cache_kwargs, positions_from_mask, sample_categorical
+from textenv.decoding import (
+    KVDecoder,
+    cache_kwargs,
+    distinct_rows,
+    positions_from_mask,
+    sample_categorical,
+    supports_shared_prefix,
+)
 from textenv.models import quiet_progress
 
 
@@ -99,22 +106,6 @@ LORA_TARGET_MODULES: dict[str, list[str]] = {
     **{t: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
        for t in ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")},
 }
-
-#: ``config.model_type`` of the trunks the shared-prompt forward supports (:attr:`LMPolicy.share_prompt_prefix`):
-#: a decoder whose forward over cached columns equals its full forward given the mask and position ids
-#: (tests/test_shared_prefix.py checks each); layers with sliding windows are excluded at run time
-SHARED_PREFIX_MODEL_TYPES = frozenset({"gpt2", "llama", "qwen2", "qwen3"})
-
-
-def supports_shared_prefix(model: nn.Module) -> bool:
-    """Whether the shared-prompt training forward handles causal LM ``model`` (see
-    :data:`SHARED_PREFIX_MODEL_TYPES`): a supported architecture whose layers all attend to every column."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "model_type", None) not in SHARED_PREFIX_MODEL_TYPES:
-        return False
-    layer_types = getattr(config, "layer_types", None) or ()
-    return not getattr(config, "is_encoder_decoder", False) and all(t == "full_attention" for t in layer_types)
-
 
 def _chunk_logps_entropy(h: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,10 +207,12 @@ class LMPolicy(nn.Module):
 
     ``share_prompt_prefix`` (default True, also an attribute): when the rows of a training or reference
     forward repeat prompts (GRPO's groups), run the trunk once per distinct prompt and feed the completions
-    after its KV cache, expanded to the rows (the gradients of a shared prompt are summed over its rows). The
-    results are those of the full forward (to float rounding). It falls back to the full forward when every
-    prompt is distinct, under gradient checkpointing (with grad), for an FSDP-sharded policy, for
-    architectures outside :data:`SHARED_PREFIX_MODEL_TYPES`, or with the flag off.
+    after its KV cache, expanded to the rows (the gradients of a shared prompt are summed over its rows); the
+    prefill of :meth:`start` does the same (``KVDecoder(share_prefix=True)``). The results are those of the
+    full forward (to float rounding). It falls back to the full forward when every prompt is distinct, for
+    architectures outside :data:`textenv.decoding.SHARED_PREFIX_MODEL_TYPES`, or with the flag off; the
+    training forward also under gradient checkpointing (with grad) and for an FSDP-sharded policy (a
+    rollout's prefill is one forward either way, on the gathered policy).
 
     Example:
         >>> policy = LMPolicy.from_pretrained("default")
@@ -544,8 +537,10 @@ class LMPolicy(nn.Module):
     @torch.no_grad()
     def start(self, query_ids: torch.Tensor, query_mask: torch.Tensor, *, generator: torch.Generator | None = None,
               with_values: bool = True) -> StepOutput:
-        """Run the left-padded prompts ``(B, P)``, fill the KV cache and sample the first tokens."""
-        self._decoder = KVDecoder(self.model.base_model)
+        """Run the left-padded prompts ``(B, P)``, fill the KV cache and sample the first tokens. With
+        :attr:`share_prompt_prefix`, repeated prompts (a GRPO group's) run once and their cache is copied to
+        their rows (``KVDecoder(share_prefix=True)``, which checks the architecture)."""
+        self._decoder = KVDecoder(self.model.base_model, share_prefix=self.share_prompt_prefix)
         with self.autocast():
             out = self._decoder.start(query_ids, query_mask)
             if self.action_mask is not None:
@@ -612,8 +607,7 @@ class LMPolicy(nn.Module):
         """``(prompt_ids (U, P), prompt_mask (U, P), inverse (B,))``, the batch's U distinct prompts (ids and
         mask alike) and each row's index among them, when the shared-prompt forward applies and U < B;
         else None (see :attr:`share_prompt_prefix`)."""
-        B, P = query_ids.shape
-        if not self.share_prompt_prefix or B < 2 or P == 0 or not supports_shared_prefix(model):
+        if not self.share_prompt_prefix or not supports_shared_prefix(model):
             return None
         if self.gradient_checkpointing and torch.is_grad_enabled():  # the layers would drop the cache
             return None
@@ -621,11 +615,7 @@ class LMPolicy(nn.Module):
 
         if is_sharded(self):  # FSDP's hooks gather the blocks per forward of a sharded policy: not tried
             return None
-        key = torch.cat([query_ids, query_mask.to(query_ids.dtype)], dim=1)  # (B, 2P)
-        prompts, inverse = torch.unique(key, dim=0, return_inverse=True)  # (U, 2P), (B,)
-        if prompts.shape[0] == B:
-            return None
-        return prompts[:, :P], prompts[:, P:], inverse
+        return distinct_rows(query_ids, query_mask)
 
     @staticmethod
     def _shared_prompt_hidden(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

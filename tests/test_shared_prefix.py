@@ -9,6 +9,7 @@ import torch
 
 from agents import GRPO, LMPolicy
 from agents.policy import supports_shared_prefix
+from textenv.decoding import KVDecoder
 
 P, T = 9, 6  # prompt columns (left-padded), completion tokens
 
@@ -259,3 +260,161 @@ def test_grpo_learns_the_same_with_and_without_sharing():
         torch.testing.assert_close(p_on, p_off, atol=0.1 * LR, rtol=0, msg=name)
         moved += int((p0.detach() - p_on).abs().max() > LR)
     assert moved > 10  # the runs trained
+
+
+# ------------------------------------------------------------------ the rollout's prefill (KVDecoder share_prefix)
+def decode_trace(dec: KVDecoder, ids: torch.Tensor, mask: torch.Tensor, head: str) -> list[torch.Tensor]:
+    """The outputs ``head`` (``logits`` or ``last_hidden_state``) of ``dec``'s prefill, 3 steps, an extend
+    that restarts row 1 with a 2-token context (the others go on by one token), and one more step, plus the
+    decoder's mask and positions after it."""
+    B, V = ids.shape[0], 50
+    g = torch.Generator().manual_seed(1)
+    outs = [getattr(dec.start(ids, mask), head)]
+    for _ in range(3):
+        outs.append(getattr(dec.step(torch.randint(3, V, (B,), generator=g)), head))
+    assert dec.positions is not None
+    new = torch.randint(3, V, (B, 2), generator=g)  # (B, W=2)
+    attn = torch.ones_like(new)
+    attn[0::2, 1] = 0  # even rows: one real column, a pad after it
+    keep = torch.ones(B, dtype=torch.bool)
+    keep[1] = False
+    positions = dec.positions[:, None] + attn.cumsum(1)  # (B, 2)
+    positions[1] = torch.tensor([0, 1])
+    outs.append(getattr(dec.extend(new, positions, attn, keep=keep), head))
+    outs.append(getattr(dec.step(torch.randint(3, V, (B,), generator=g)), head))
+    assert dec.attention_mask is not None
+    return [*outs, dec.attention_mask, dec.positions]
+
+
+def rows_seen(model: torch.nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    """A list that records the rows of every call of ``model`` itself, and the hook's handle."""
+    calls: list[int] = []
+
+    def hook(module, args, kwargs):
+        calls.append(int(kwargs["input_ids"].shape[0]))
+
+    return calls, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("part", ["lm", "trunk"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2", "qwen3"])
+def test_shared_prefill_gives_the_full_prefills_outputs_and_next_steps(tiny_tokenizer, kind, part):
+    """With repeated (scattered) prompts the shared prefill runs the 4 distinct ones only, and the prefill,
+    3 steps, an extend and a step after it give the full prefill's outputs, masks and positions."""
+    tok = tiny_tokenizer
+    lm = tiny_model(kind, tok)
+    model, head = (lm, "logits") if part == "lm" else (lm.base_model, "last_hidden_state")
+    ids, mask, _, _ = grouped_batch(tok, LAYOUTS["scattered"])
+    B = ids.shape[0]
+    calls, handle = rows_seen(model)
+    with torch.no_grad():
+        shared = decode_trace(KVDecoder(model, share_prefix=True), ids, mask, head)
+        assert calls == [4] + [B] * 5  # the prefill on the distinct prompts, then every row
+        calls.clear()
+        full = decode_trace(KVDecoder(model), ids, mask, head)
+        assert calls == [B] * 6
+    handle.remove()
+    assert shared[0].shape[:2] == (B, P)
+    for i, (a, b) in enumerate(zip(shared, full)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"output {i}")
+
+
+def test_shared_prefill_expands_every_per_row_field(tiny_tokenizer):
+    """Fields beside the head (here ``hidden_states``) come back with B rows too; the cache is the decoder's."""
+    tok = tiny_tokenizer
+    model = tiny_model("gpt2", tok)
+    ids, mask, _, _ = grouped_batch(tok, LAYOUTS["groups"])
+    with torch.no_grad():
+        dec = KVDecoder(model, share_prefix=True)
+        shared = dec.start(ids, mask)
+        full = KVDecoder(model).start(ids, mask)
+        model.config.output_hidden_states = True
+        shared_h = KVDecoder(model, share_prefix=True).start(ids, mask).hidden_states
+        full_h = KVDecoder(model).start(ids, mask).hidden_states
+    assert shared.past_key_values is dec.cache
+    assert set(shared.keys()) == set(full.keys())
+    assert len(shared_h) == len(full_h) == 3
+    for a, b in zip(shared_h, full_h):
+        assert a.shape[0] == len(ids)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefill_falls_back_and_checks_its_flag(tiny_tokenizer):
+    """Distinct prompts, the same prompt with other padding and architectures outside
+    SHARED_PREFIX_MODEL_TYPES take the full prefill; the flag is off by default and must be a bool."""
+    import transformers as tf
+
+    tok = tiny_tokenizer
+    model = tiny_model("gpt2", tok)
+    calls, _ = rows_seen(model)
+    with torch.no_grad():
+        KVDecoder(model, share_prefix=True).start(*grouped_batch(tok, [0, 1, 2, 3])[:2])
+        ids, mask, _, _ = grouped_batch(tok, [0, 0, 1])
+        mask[1, 0] = 1  # one more real (pad-id) column in row 1: another prompt
+        KVDecoder(model, share_prefix=True).start(ids, mask)
+        KVDecoder(model).start(*grouped_batch(tok, LAYOUTS["groups"])[:2])
+    assert calls == [4, 3, 12]
+    assert KVDecoder(model).share_prefix is False
+    torch.manual_seed(0)
+    neox = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id)).eval()
+    neox_calls, _ = rows_seen(neox)
+    with torch.no_grad():
+        KVDecoder(neox, share_prefix=True).start(*grouped_batch(tok, LAYOUTS["groups"])[:2])
+    assert neox_calls == [12]
+    with pytest.raises(ValueError, match="share_prefix must be a bool, got 'yes'"):
+        KVDecoder(model, share_prefix="yes")
+
+
+def test_sample_tokens_keeps_the_full_prefill(tiny_tokenizer):
+    """``textenv build-defaults``' sampling (the one KVDecoder user in textenv) does not share prompts."""
+    from textenv.decoding import sample_tokens
+
+    tok = tiny_tokenizer
+    model = tiny_model("gpt2", tok)
+    ids, mask, _, _ = grouped_batch(tok, LAYOUTS["groups"])
+    calls, _ = rows_seen(model)
+    with torch.no_grad():
+        sample_tokens(model, ids, mask, 2, lambda logits: logits.argmax(-1), None)
+    assert calls and set(calls) == {12}  # the prefill and the steps, all on the 12 rows
+
+
+def test_policy_start_shares_the_prefill_with_its_flag(tiny_tokenizer):
+    tok = tiny_tokenizer
+    policy = LMPolicy(tiny_model("llama", tok), tok)
+    ids, mask, _, _ = grouped_batch(tok, LAYOUTS["groups"])
+    calls, _ = trunk_rows(policy.model)
+    shared = policy.start(ids, mask, generator=torch.Generator().manual_seed(0))
+    assert policy._decoder is not None and policy._decoder.share_prefix is True
+    policy.share_prompt_prefix = False
+    full = policy.start(ids, mask, generator=torch.Generator().manual_seed(0))
+    policy.end()
+    assert calls == [4, 12]
+    assert torch.equal(shared.actions, full.actions)
+    torch.testing.assert_close(shared.logprobs, full.logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.values, full.values, atol=1e-5, rtol=1e-5)
+
+
+def test_grpo_rollout_samples_the_same_tokens_with_and_without_sharing():
+    """A seeded GRPO rollout (4 prompts x 4 completions, the tiny policy, CPU) samples the same tokens with
+    the shared prefill as with the full one, and the same log-probs, values and reference log-probs. (A
+    float-rounding difference could flip a draw that lands within it of a CDF step; on CPU the prefill of
+    the U rows is bitwise that of the B rows for this model, so no draw is that close here.)"""
+    def run(share: bool):
+        agent = GRPO("TextGen-Arithmetic-v0", policy="tiny", batch_size=16, group_size=4, seed=5,
+                     env_kwargs={**ENV_KWARGS, "max_new_tokens": 12})
+        agent.policy.share_prompt_prefix = share
+        calls, _ = trunk_rows(agent.policy.model)
+        return agent.collect(), calls  # Agent.collect -> collect_rollout, the groups of identical prompts
+
+    on, calls_on = run(True)
+    off, calls_off = run(False)
+    assert calls_on[0] == 4 and calls_off[0] == 16  # the prefill; the steps and the training forwards after
+    assert on.prompts == off.prompts and len(set(on.prompts)) == 4
+    assert torch.equal(on.tokens, off.tokens) and torch.equal(on.mask, off.mask)
+    assert on.completions == off.completions
+    assert len(set(on.completions)) > 4  # the completions of a group differ: they were sampled
+    for name in ("logprobs", "values", "ref_logprobs"):
+        torch.testing.assert_close(getattr(on, name), getattr(off, name), atol=1e-5, rtol=1e-5, msg=name)

@@ -13,6 +13,11 @@ Its users: ``agents.policy.LMPolicy`` acting (start/step/end), the SB3 policy's 
 from the attention mask (:func:`positions_from_mask`), so cached forwards see the positions a full forward
 sees. :func:`cache_kwargs` is the one place that knows the cache argument's name.
 
+Grouped batches (issue 15): ``KVDecoder(model, share_prefix=True)`` runs a prefill whose rows repeat prompts
+(GRPO's G completions per prompt) on the distinct prompts only and copies their cache to the rows
+(:func:`distinct_rows`, :func:`supports_shared_prefix`); the training forward of ``agents.policy`` shares
+prompts with the same two functions.
+
 Example:
     >>> import torch
     >>> from transformers import GPT2LMHeadModel
@@ -35,8 +40,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KVDecoder", "cache_arg_name", "cache_kwargs", "positions_from_mask", "sample_categorical",
-           "sample_tokens"]
+__all__ = ["SHARED_PREFIX_MODEL_TYPES", "KVDecoder", "cache_arg_name", "cache_kwargs", "distinct_rows",
+           "positions_from_mask", "sample_categorical", "sample_tokens", "supports_shared_prefix"]
+
+#: ``config.model_type`` of the models whose repeated prompts may be run once and their KV cache copied to
+#: the rows (the prefill of :class:`KVDecoder` with ``share_prefix``, the training forward of
+#: ``agents.policy.LMPolicy`` with ``share_prompt_prefix``): a decoder whose forward over cached columns
+#: equals its full forward given the mask and position ids (tests/test_shared_prefix.py checks each); layers
+#: with sliding windows are excluded at run time
+SHARED_PREFIX_MODEL_TYPES = frozenset({"gpt2", "llama", "qwen2", "qwen3"})
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,6 +75,44 @@ def positions_from_mask(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def supports_shared_prefix(model: nn.Module) -> bool:
+    """Whether ``model`` (a causal LM or its trunk) may share a repeated prompt's KV cache between rows (see
+    :data:`SHARED_PREFIX_MODEL_TYPES`): a supported architecture whose layers all attend to every column."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SHARED_PREFIX_MODEL_TYPES:
+        return False
+    layer_types = getattr(config, "layer_types", None) or ()
+    return not getattr(config, "is_encoder_decoder", False) and all(t == "full_attention" for t in layer_types)
+
+
+def distinct_rows(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``(ids (U, P), mask (U, P), inverse (B,))``: the U distinct rows of padded prompts ``(B, P)`` (ids and
+    mask alike: the same tokens with other padding are another row) and each row's index among them, when
+    some row repeats (U < B); None when every row is distinct or there is nothing to share (B < 2, P = 0)."""
+    B, P = input_ids.shape
+    if B < 2 or P == 0:
+        return None
+    key = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)  # (B, 2P)
+    rows, inverse = torch.unique(key, dim=0, return_inverse=True)  # (U, 2P), (B,)
+    if rows.shape[0] == B:
+        return None
+    return rows[:, :P], rows[:, P:].to(attention_mask.dtype), inverse
+
+
+def _select_rows(out: Any, rows: Tensor) -> Any:
+    """``out`` (a transformers ``ModelOutput``) with every per-row field indexed by ``rows`` (B,): tensors
+    and tuples of tensors (``hidden_states``, ``attentions``); the cache (already expanded) and None as
+    they are."""
+    def pick(value: Any) -> Any:
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return value[rows]
+        if isinstance(value, tuple) and value and all(isinstance(v, Tensor) for v in value):
+            return tuple(v[rows] for v in value)
+        return value
+
+    return type(out)(**{key: pick(value) for key, value in out.items()})
+
+
 def sample_categorical(logp: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One token per row from log-probs ``(B, V)``.
 
@@ -87,10 +137,20 @@ class KVDecoder:
 
     State, after :meth:`start`: ``cache`` (C columns), ``attention_mask`` ``(B, C)`` over them (int64, 0 on
     pads and dead columns) and ``positions`` ``(B,)``, each row's position of its last fed column.
+
+    ``share_prefix``: when the prompts given to :meth:`start` repeat (ids and mask alike, see
+    :func:`distinct_rows`) and the architecture allows it (:func:`supports_shared_prefix`; others take the
+    full prefill), the prefill runs the U distinct prompts only and copies their cache to the B rows; its
+    output is expanded to the B rows, so callers see what the full prefill gives (to float rounding).
+    :meth:`step` and :meth:`extend` are the same either way.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, share_prefix: bool = False) -> None:
+        if not isinstance(share_prefix, bool):
+            raise ValueError(f"share_prefix must be a bool, got {share_prefix!r}")
         self.model: Any = model
+        #: run a prefill's repeated prompts once (see the class docstring)
+        self.share_prefix = share_prefix
         self.cache: Any = None
         self.attention_mask: Tensor | None = None
         self.positions: Tensor | None = None
@@ -110,13 +170,23 @@ class KVDecoder:
                           use_cache=True, **cache_kwargs(self.model, self.cache))
 
     def start(self, input_ids: Tensor, attention_mask: Tensor) -> Any:
-        """Run the padded prompts ``(B, P)`` into a fresh cache; positions from ``attention_mask``."""
+        """Run the padded prompts ``(B, P)`` into a fresh cache; positions from ``attention_mask``. With
+        ``share_prefix``, repeated prompts run once (see the class docstring)."""
         from transformers import DynamicCache
 
         self.cache = DynamicCache()
         self.attention_mask = attention_mask.long()
         pos = positions_from_mask(self.attention_mask)  # (B, P)
-        out = self._forward(input_ids, self.attention_mask, pos)
+        distinct = None
+        if self.share_prefix and supports_shared_prefix(self.model):
+            distinct = distinct_rows(input_ids, self.attention_mask)
+        if distinct is None:
+            out = self._forward(input_ids, self.attention_mask, pos)
+        else:
+            ids, mask, inverse = distinct  # (U, P), (U, P), (B,)
+            out = self._forward(ids, mask, positions_from_mask(mask))
+            self.cache.batch_select_indices(inverse)  # (U, heads, P, d) -> (B, heads, P, d) per layer
+            out = _select_rows(out, inverse)
         self.positions = pos[:, -1]
         return out
 
