@@ -114,3 +114,18 @@ def test_sample_tokens_stops_each_row_after_eos():
 def test_module_docstring_example_runs():
     result = doctest.testmod(textenv.decoding)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_sample_tokens_runs_the_full_budget_whatever_the_token_ids():
+    """A sampled token id equal to max_new_tokens - 1 must not end sampling early (the step counter and the
+    token ids are different variables), and no forward runs after the last token."""
+    model = tiny_lm("gpt2")
+    forwards = []
+    handle = model.register_forward_hook(lambda mod, args, out: forwards.append(1))
+    try:
+        out = sample_tokens(model, torch.tensor([[5], [6]]), torch.ones(2, 1, dtype=torch.long), 4,
+                            lambda logits: torch.full((2,), 3), None)
+    finally:
+        handle.remove()
+    assert out == [[3, 3, 3, 3], [3, 3, 3, 3]]
+    assert len(forwards) == 4  # the prefill and 3 steps

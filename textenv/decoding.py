@@ -242,14 +242,14 @@ def sample_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, m
     logits = dec.start(input_ids, attention_mask).logits[:, -1]  # (B, V)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     outs: list[list[int]] = [[] for _ in range(B)]
-    for t in range(max_new_tokens):
+    for step in range(max_new_tokens):
         tok = sample(logits)  # (B,)
-        for i, t in enumerate(tok.tolist()):
+        for i, token in enumerate(tok.tolist()):
             if not done[i]:
-                outs[i].append(t)
+                outs[i].append(token)
         if eos_token_id is not None:
             done |= tok == eos_token_id
-        if done.all() or t == max_new_tokens - 1:
+        if done.all() or step == max_new_tokens - 1:
             break
         logits = dec.step(tok).logits[:, -1]
     dec.reset()
