@@ -9,6 +9,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import textenv
 from textenv.models import DATA_DIR, POLICY_DIR, load_causal_lm, load_tokenizer
@@ -105,10 +106,37 @@ def test_build_defaults_in_miniature(tmp_path):
     from textenv.training.defaults import build_defaults
 
     m = build_defaults(tmp_path, scale=0.005, progress=False, log=lambda *_: None)
-    for sub in ("tokenizer", "pretrained", "policy", "rewards/sentiment", "rewards/arithmetic", "rewards/keywords"):
+    for sub in ("tokenizer", "pretrained", "policy", *(f"rewards/{t}" for t in RECIPE["tasks"])):
         assert (tmp_path / sub).is_dir(), sub
     on_disk = json.loads((tmp_path / "MANIFEST.json").read_text())
     assert on_disk["artifacts"] == m["artifacts"]
     for rel, meta in m["artifacts"].items():
         assert sha256(tmp_path / rel) == meta["sha256"]
-    assert set(m["quality"]["rewards"]) == {"sentiment", "arithmetic", "keywords"}
+    assert set(m["quality"]["rewards"]) == set(RECIPE["tasks"])
+    assert set(m["quality"]["policy"]["gold_score_at_temperature_1"]) == set(RECIPE["tasks"])
+
+
+def test_generate_dialogues_inserts_the_users_replies():
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from textenv.models import DATA_DIR, tiny_gpt2_config
+    from textenv.tasks import get_task
+    from textenv.training.defaults import generate_dialogues
+
+    tok = AutoTokenizer.from_pretrained(str(DATA_DIR / "tokenizer"))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2_config(len(tok), n_layer=1, n_embd=32, n_head=2, n_positions=320,
+                                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    task = get_task("dialogue")
+    prompts = task.prompts(6, split="test", seed=1)
+    sep = tok(task.turn_separator, add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():  # make the separator likely, so that turns end and the user replies
+        model.lm_head.weight[sep] += 2.0
+    out = generate_dialogues(model, tok, task, prompts, 8, torch.Generator().manual_seed(0), np.random.default_rng(0))
+    assert len(out) == 6
+    assert any("User:" in text for text in out)
+    for text in out:  # at most default_max_turns agent turns, each answered by one user reply at most
+        assert text.count("User:") <= task.default_max_turns
+    again = generate_dialogues(model, tok, task, prompts, 8, torch.Generator().manual_seed(0), np.random.default_rng(0))
+    assert again == out
+    assert all(0.0 <= g <= 1.0 for g in task.gold_score(prompts, out))

@@ -16,9 +16,11 @@ from textenv.io import list_checkpoints
 from textenv.models import ModelLoadError, load_causal_lm, tiny_gpt2_config
 from textenv.training import loop
 from textenv.training.lm import (
+    GROUP_BATCHES,
     build_lm_batch,
     build_sft_batch,
     finetune,
+    length_grouped_batches,
     load_pairs_jsonl,
     load_text_corpus,
     pretrain,
@@ -63,7 +65,8 @@ def _trainer_state(ckpt: Path) -> dict:
                                               ("lr", float("nan")), ("weight_decay", -0.1), ("warmup_steps", -1),
                                               ("grad_clip", -1.0), ("max_length", 1), ("eval_every", -1),
                                               ("eval_batches", 0), ("checkpoint_every", -5), ("seed", -1),
-                                              ("log_every", 0), ("steps", 2.5), ("progress", "yes")])
+                                              ("log_every", 0), ("steps", 2.5), ("progress", "yes"),
+                                              ("group_by_length", 1)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -164,9 +167,11 @@ def test_pretrain_loss_falls_and_outputs_load(tiny_tokenizer, tiny_lm, tmp_path)
     assert set(opt_state) >= {"optimizer", "scheduler"}
 
 
-def test_killed_run_resumes_to_identical_losses_and_weights(tiny_tokenizer, tmp_path, monkeypatch):
-    texts = _texts(40)
-    cfg = TrainConfig(**{**FAST, "steps": 12, "checkpoint_every": 6, "eval_every": 4})
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_killed_run_resumes_to_identical_losses_and_weights(tiny_tokenizer, tmp_path, monkeypatch, group_by_length):
+    texts = _texts(5 if group_by_length else 40)  # grouped: 10 documents, 2 batches an epoch, so epochs turn over
+    cfg = TrainConfig(**{**FAST, "steps": 12, "checkpoint_every": 6, "eval_every": 4,
+                         "group_by_length": group_by_length})
     evals = _texts(4, seed=2)
 
     full = _gpt2(tiny_tokenizer)
@@ -281,3 +286,29 @@ def test_load_pairs_jsonl(tmp_path):
     path.write_text('garbage\n')
     with pytest.raises(ValueError, match=r"p\.jsonl:1"):
         load_pairs_jsonl(path)
+
+
+# ---------------------------------------------------------------------------------------------------- grouping
+
+
+def test_length_grouped_batches_cover_each_example_once_and_pad_less():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=1000).tolist()
+    B = 8
+    b = length_grouped_batches(lengths, B, seed=3, epoch=0)
+    assert b.shape == (1000 // B, B)
+    assert len(set(b.ravel().tolist())) == b.size  # no example twice in an epoch
+    L = np.asarray(lengths)[b]
+    grouped_waste = float((L.max(1, keepdims=True) - L).sum() / (L.max(1) * B).sum())
+    shuffled = rng.permutation(1000)[: b.size].reshape(-1, B)
+    Ls = np.asarray(lengths)[shuffled]
+    random_waste = float((Ls.max(1, keepdims=True) - Ls).sum() / (Ls.max(1) * B).sum())
+    assert grouped_waste < 0.1 < 0.4 < random_waste  # padding share of the batches' cells
+    # within a group of GROUP_BATCHES batches, lengths are sorted; the batch order is shuffled
+    assert np.corrcoef(np.arange(len(b)), L.max(1))[0, 1] ** 2 < 0.1
+    assert np.array_equal(b, length_grouped_batches(lengths, B, seed=3, epoch=0))
+    assert not np.array_equal(b, length_grouped_batches(lengths, B, seed=3, epoch=1))
+    assert not np.array_equal(b, length_grouped_batches(lengths, B, seed=4, epoch=0))
+    assert GROUP_BATCHES * B < 1000  # the test spans several groups
+    with pytest.raises(ValueError, match="batch_size=8 and 5 lengths"):
+        length_grouped_batches([1, 2, 3, 4, 5], 8, seed=0, epoch=0)

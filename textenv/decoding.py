@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -229,15 +229,17 @@ class KVDecoder:
 
 @torch.no_grad()
 def sample_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int,
-                  sample: Callable[[Tensor], Tensor], eos_token_id: int | None) -> list[list[int]]:
+                  sample: Callable[[Tensor], Tensor], eos_token_id: int | Sequence[int] | None) -> list[list[int]]:
     """Sample up to ``max_new_tokens`` tokens per row from causal LM ``model`` after padded prompts ``(B, P)``.
 
     ``sample`` maps next-token logits ``(B, V)`` to tokens ``(B,)``. A row stops after its first
-    ``eos_token_id`` (kept in its list); decoding stops when every row has. Returns one list per row.
+    ``eos_token_id`` (kept in its list; a sequence of ids: the first of any of them, e.g. EOS and a turn
+    separator); decoding stops when every row has. Returns one list per row.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     B = input_ids.shape[0]
+    stop_ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     dec = KVDecoder(model)
     logits = dec.start(input_ids, attention_mask).logits[:, -1]  # (B, V)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
@@ -247,8 +249,8 @@ def sample_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, m
         for i, token in enumerate(tok.tolist()):
             if not done[i]:
                 outs[i].append(token)
-        if eos_token_id is not None:
-            done |= tok == eos_token_id
+        for stop_id in stop_ids:
+            done |= tok == stop_id
         if done.all() or step == max_new_tokens - 1:
             break
         logits = dec.step(tok).logits[:, -1]

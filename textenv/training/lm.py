@@ -277,6 +277,38 @@ def build_sft_batch(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[st
     return _collate(_sft_examples(tokenizer, pairs, max_length), _pad_id(tokenizer))
 
 
+#: Batches per length-sorted group in :func:`length_grouped_batches` (transformers' LengthGroupedSampler uses
+#: 50 too): larger groups pad less, smaller ones mix lengths (and with them tasks) more within a group.
+GROUP_BATCHES = 50
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """One epoch of batches of similar-length examples (``TrainConfig.group_by_length``), as a
+    ``(len(lengths) // batch_size, batch_size)`` array of indices into ``lengths``.
+
+    A permutation seeded by ``(seed, epoch)`` is cut into groups of :data:`GROUP_BATCHES` batches; each group
+    is sorted by length (longest first) and cut into batches, and the epoch's batches are then shuffled, so
+    that consecutive steps are not sorted by length. Every example is in at most one batch of an epoch; the
+    ``len(lengths) % batch_size`` left at the end of the permutation sit this epoch out.
+
+    Example:
+        >>> b = length_grouped_batches([1, 9, 2, 8, 3, 7], batch_size=3, seed=0, epoch=0)
+        >>> sorted(sorted([1, 9, 2, 8, 3, 7][i] for i in row) for row in b)
+        [[1, 2, 3], [7, 8, 9]]
+    """
+    if batch_size < 1 or len(lengths) < batch_size:
+        raise ValueError(f"length_grouped_batches needs batch_size >= 1 and at least batch_size lengths, got "
+                         f"batch_size={batch_size} and {len(lengths)} lengths")
+    rng = np.random.default_rng([seed, epoch, 1])  # three words: never the stream of a step's (seed, step)
+    n = len(lengths) - len(lengths) % batch_size
+    perm = rng.permutation(len(lengths))[:n]
+    size = np.asarray(lengths)
+    group = batch_size * GROUP_BATCHES
+    parts = [chunk[np.argsort(-size[chunk], kind="stable")] for chunk in np.split(perm, range(group, n, group))]
+    batches = np.concatenate(parts).reshape(-1, batch_size)
+    return batches[rng.permutation(len(batches))]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Public entry points
 
@@ -345,11 +377,23 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples:
     seq2seq = is_seq2seq(model)
     n_tokens = 0
 
+    grouped = config.group_by_length and len(examples) >= config.batch_size
+    lengths = [len(ex.input_ids) + (len(ex.labels) if seq2seq else 0) for ex in examples] if grouped else []
+    epoch_batches: dict[int, np.ndarray] = {}  # the current epoch's batches, when grouped by length
+
     def batch_fn(step: int) -> dict[str, torch.Tensor]:
         nonlocal n_tokens
-        # Seeded by (seed, step) alone, so a resumed run draws exactly the batches of an uninterrupted one.
-        rng = np.random.default_rng([config.seed, step])
-        idx = rng.choice(len(examples), size=config.batch_size, replace=len(examples) < config.batch_size)
+        # Seeded by (seed, step) alone (grouped: by (seed, epoch)), so a resumed run draws exactly the
+        # batches of an uninterrupted one.
+        if grouped:
+            epoch, k = divmod(step, len(examples) // config.batch_size)
+            if epoch not in epoch_batches:
+                epoch_batches.clear()
+                epoch_batches[epoch] = length_grouped_batches(lengths, config.batch_size, config.seed, epoch)
+            idx = epoch_batches[epoch][k]
+        else:
+            rng = np.random.default_rng([config.seed, step])
+            idx = rng.choice(len(examples), size=config.batch_size, replace=len(examples) < config.batch_size)
         cpu_batch = _collate([examples[i] for i in idx], pad_id, seq2seq)
         n_tokens += int(cpu_batch["attention_mask"].sum())
         if seq2seq:  # the decoder's tokens as well as the encoder's

@@ -121,6 +121,9 @@ class TrainConfig:
         log_every: log the smoothed train loss every this many steps; also the smoothing window.
         progress: show a tqdm progress bar.
         bf16: use bfloat16 autocast on CUDA devices that support it (ignored on CPU).
+        group_by_length: batch examples of similar length together (stages 1-2), so that little of a batch
+            is padding (transformers' ``TrainingArguments.group_by_length``; see
+            :func:`textenv.training.lm.length_grouped_batch`). Off: each step draws its batch uniformly.
 
     Example:
         >>> TrainConfig(steps=100, lr=1e-3).warmup_steps
@@ -145,6 +148,7 @@ class TrainConfig:
     log_every: int = 50
     progress: bool = True
     bf16: bool = True
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         minimums = {"steps": 1, "batch_size": 1, "warmup_steps": 0, "max_length": 2, "eval_every": 0,
@@ -163,7 +167,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {value}")
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        for name in ("progress", "bf16"):
+        for name in ("progress", "bf16", "group_by_length"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 LOSSES = ("mse", "bt")
 #: Architecture of a reward model trained from scratch (``model_kwargs`` overrides any of these).
-DEFAULT_MODEL_KWARGS: dict[str, Any] = {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 128}
+DEFAULT_MODEL_KWARGS: dict[str, Any] = {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 320}
 #: Hyper-parameters of the shipped per-task reward models (:func:`build_default_reward_model`).
 DEFAULT_BUILD: dict[str, Any] = {
     "n_train": 20000,  # scored texts generated for training
