@@ -282,6 +282,17 @@ class TRLGRPOAgent:
         return agent
 
 
+def not_applicable(agent: str, env_id: str) -> str | None:
+    """Why benchmark row ``agent`` cannot run on ``env_id`` (recorded in the JSON's ``skipped``), or None."""
+    import textenv
+    from textenv.tasks import get_task
+
+    if agent == "trl-grpo" and get_task(textenv.ENV_IDS[env_id]).turn_separator is not None:
+        return ("TRL's GRPOTrainer generates one completion per prompt and has no env to insert the other "
+                "speaker's turns (textenv.integrations.trl.to_trl refuses multi-turn tasks)")
+    return None
+
+
 def make_agent(name: str, env_id: str, policy: str, reward_model: str, seed: int,
                overrides: dict[str, Any]) -> Any:
     """Build agent ``name`` on ``env_id`` with this benchmark's settings (on CPU; TRL's GRPO as a peer)."""
@@ -755,6 +766,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     if failed:
         lines += ["", "Failed runs: " + ", ".join(f"{r['agent']} on {r['env']} seed {r['seed']}" for r in failed)
                   + " (the error is in the JSON)."]
+    for skip in result.get("skipped", []):
+        lines += ["", f"No row for {skip['agent']} on {skip['env']}: {skip['reason']}."]
     trl = result.get("trl", {})
     if not trl.get("available", False):
         lines += ["", f"TRL GRPOTrainer: skipped ({trl.get('reason', 'not requested')})."]
@@ -970,9 +983,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             overrides["trl-grpo"]["per_device_train_batch_size"] = QUICK_BATCH
     seeds = list(range(n_seeds))
     # one process per (agent, env) row, its seeds in sequence: the imports (seconds each) are paid once per row
+    skipped = [{"agent": ag, "env": env, "reason": why} for env in envs for ag in agents_
+               if (why := not_applicable(ag, env)) is not None]
+    pairs = [(env, ag) for env in envs for ag in agents_ if not_applicable(ag, env) is None]
     specs = [{"agent": ag, "env": env, "seeds": seeds, "episodes": episodes[env], "eval_episodes": eval_episodes[env],
               "policy": a.policy, "reward_model": a.reward_model, "threads": a.threads, "overrides": overrides[ag]}
-             for env in envs for ag in agents_]
+             for env, ag in pairs]
     result: dict[str, Any] = {
         "benchmark": "learning",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -993,6 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "defaults_manifest": defaults_manifest(),
         "code_sha256": code_fingerprint(),
         "trl": trl,
+        "skipped": skipped,
         "runs": [],
     }
     reused = _resumable_runs(out, result) if a.resume else {}
@@ -1026,7 +1043,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             new_runs = [r for records in pool.map(one, sorted(todo, key=_relative_cost, reverse=True))
                         for r in records]
     by_key = {**reused, **{(r["agent"], r["env"], r["seed"]): r for r in new_runs}}
-    result["runs"] = [by_key[(ag, env, s)] for env in envs for ag in agents_ for s in seeds]
+    result["runs"] = [by_key[(ag, env, s)] for env, ag in pairs for s in seeds]
     result["budget"]["sweep_wall_s"] = time.perf_counter() - t0 + result["budget"].get("previous_sweeps_wall_s", 0.0)
     end_state = {"defaults": defaults_manifest(), "code_sha256": code_fingerprint()}
     if end_state["defaults"] != result["defaults_manifest"] or end_state["code_sha256"] != result["code_sha256"]:

@@ -61,6 +61,8 @@ def test_bad_inputs(monkeypatch):
         to_trl("arithmetic", split="dev")
     with pytest.raises(ValueError, match="unknown task"):
         to_trl("chess")
+    with pytest.raises(ValueError, match="'dialogue' is multi-turn"):
+        to_trl("dialogue", n_prompts=2, reward_model="gold")
     bad = TRLReward("reward_model", get_task("arithmetic"), lambda p, c: [float("nan")] * len(c))
     with pytest.raises(Exception, match="NaN|finite"):
         bad(prompts=["1+1="], completions=["2"])

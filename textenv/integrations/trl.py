@@ -17,6 +17,9 @@ so it trains on our tasks unmodified::
 - ``reward_weights``: ``[1.0, 0.0]``: train on the reward model and log the gold score beside it (TRL logs
   every function as ``rewards/<name>/mean``), which is how reward hacking shows. Without it TRL sums both.
 
+A multi-turn task (``"dialogue"``) is refused with a ``ValueError``: TRL generates one completion per prompt,
+with no env to insert the other speaker's turns.
+
 ``datasets`` comes with ``trl`` (the optional extra ``[trl]``); a missing package is an ``ImportError`` naming it.
 """
 
@@ -153,6 +156,10 @@ def to_trl(task_or_env: Any, n_prompts: int | None = None, split: str = "train",
     else:
         task = get_task(task_or_env)
         rm = resolve_reward_model(reward_model, task, device=device)
+    if task.turn_separator is not None:
+        raise ValueError(f"task {task.name!r} is multi-turn (the env inserts the other speaker's turns between the "
+                         "agent's), and TRL's trainers generate one completion per prompt: to_trl cannot give them "
+                         "this task; train on the env with one of our agents (agents.PPO, agents.GRPO, ...) or SB3")
     if listed is None and hasattr(task, "split_prompts"):
         listed = list(dict.fromkeys(task.split_prompts(split)))
     if listed is not None:
