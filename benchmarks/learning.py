@@ -877,10 +877,16 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
     result["summary"] = summarize(result["runs"])
     result["comparisons"] = comparisons(result["runs"])
     result["plots"] = write_plots(out, result)
+    write_json(out, result)
+    write_markdown(out / MD_NAME, result)
+
+
+def write_json(out: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` to ``out/learning-cpu.json`` atomically (a sweep still running writes what has finished
+    with ``"partial": true``, and no report or plots)."""
     tmp = out / f".{JSON_NAME}.tmp"
     tmp.write_text(json.dumps(_finite(result), indent=1) + "\n")
     os.replace(tmp, out / JSON_NAME)
-    write_markdown(out / MD_NAME, result)
 
 
 # ============================================================================================ main
@@ -1036,6 +1042,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                               f"rss {r['peak_rss_mb']:.0f} MB", flush=True)
                     else:
                         print(f"{head} FAILED: {r['error'][-800:]}", flush=True)
+                # what has finished so far, so that a sweep cut off part-way resumes (--resume) from it
+                write_json(out, {**result, "partial": True, "runs": [*reused.values(), *finished],
+                                 "budget": {**result["budget"], "sweep_wall_s": time.perf_counter() - t0
+                                            + result["budget"].get("previous_sweeps_wall_s", 0.0)}})
             return records
 
         # longest rows first, so that parallel jobs end together; the JSON keeps the canonical order

@@ -68,6 +68,31 @@ def test_quick_run_writes_json_md_and_plots(tmp_path):
     assert (out / learning.MD_NAME).exists()
 
 
+@needs_defaults
+def test_a_sweep_cut_off_part_way_resumes_from_its_partial_json(tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    args = ["--quick", "--agents", "reinforce,rloo", "--envs", "TextGen-Arithmetic-v0", "--seeds", "1",
+            "--episodes", "16", "--eval-episodes", "16", "--policy", "tiny", "--out", str(out)]
+    real, calls = learning.run_in_subprocess, []
+
+    def cut_off_at_the_second_row(spec, workdir, timeout=None):
+        calls.append(spec["agent"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(spec, workdir, timeout)
+
+    monkeypatch.setattr(learning, "run_in_subprocess", cut_off_at_the_second_row)
+    with pytest.raises(KeyboardInterrupt):
+        learning.main(args)
+    partial = json.loads((out / learning.JSON_NAME).read_text())
+    assert partial["partial"] is True and [r["agent"] for r in partial["runs"]] == calls[:1]
+    monkeypatch.setattr(learning, "run_in_subprocess", real)
+    done = learning.main([*args, "--resume"])
+    assert done["resumed_from"]["reused_runs"] == 1 and "partial" not in done
+    assert [r["agent"] for r in done["runs"]] == ["reinforce", "rloo"]
+    assert done["runs"][["reinforce", "rloo"].index(calls[0])] == partial["runs"][0]
+
+
 @pytest.mark.slow
 @needs_defaults
 def test_quick_run_sb3_and_trl_rows(tmp_path):
