@@ -16,14 +16,16 @@ Stages, in order (each written to a temporary directory, then moved into ``texte
 :func:`build_reward_models` (``--rewards-only``) builds stage 4 alone for some tasks, on the tokenizer and
 pretrained LM already there, and merges them into the manifest.
 
-Stages 1-2 run in the calling process. What follows is independent jobs: the policy (stage 3 and its gold
-evaluation) and each task's reward model (stage 4). ``jobs=N`` (``--jobs N``) runs them in ``N`` spawned
+Steps 1-2 above run in the calling process. What follows is independent jobs: the policy (step 3, with its
+gold evaluation) and each task's reward model (step 4). ``jobs=N`` (``--jobs N``) runs them in ``N`` spawned
 worker processes, each with the caller's torch thread count and the seeds of the serial path, so the bytes
 are those of ``jobs=1``, which runs them one after another in-process. Their results are installed (policy,
 then rewards in task order) only once every job has succeeded; a failed job raises :class:`BuildJobError`
-and leaves ``policy/`` and ``rewards/`` as they were. Spawned workers re-import the calling script, so a
-script that calls these functions with ``jobs > 1`` needs an ``if __name__ == "__main__":`` guard (the
-``textenv`` console script and ``python -m textenv`` are safe).
+and leaves ``policy/`` and ``rewards/`` as they were. Keep ``jobs`` x threads within the machine's cores.
+Spawned workers re-import the calling script, so a script that calls these functions with ``jobs > 1``
+needs an ``if __name__ == "__main__":`` guard (the ``textenv`` console script and ``python -m textenv`` are
+safe); workers get the tasks by name, so a task the script adds to ``TASKS`` must be added at its import,
+outside that guard.
 """
 
 from __future__ import annotations
@@ -348,7 +350,7 @@ def _job_logger(log: Any, t_start: float, tasks: Sequence[str]) -> Callable[[str
 
 def _policy_job(model: Any, tokenizer: Any, task_names: list[str], recipe: dict[str, Any], job_dir: Path,
                 seed: int, scale: float, progress: bool) -> dict[str, Any]:
-    """Stage 3: fine-tune the pretrained ``model`` (in place) into ``job_dir/policy`` and measure its gold
+    """Step 3: fine-tune the pretrained ``model`` (in place) into ``job_dir/policy`` and measure its gold
     scores; returns its quality for the manifest."""
     import torch
 
@@ -395,7 +397,7 @@ def _policy_worker(work: str, task_names: list[str], recipe: dict[str, Any], job
 
 def _reward_job(task: Any, tokenizer: Any, pretrained: Path, job_dir: Path, seed: int, scale: float,
                 progress: bool) -> dict[str, Any]:
-    """Stage 4 for ``task``: train and evaluate its reward model into ``job_dir/final`` (its checkpoints stay
+    """Step 4 for ``task``: train and evaluate its reward model into ``job_dir/final`` (its checkpoints stay
     in ``job_dir/train``); returns its quality for the manifest."""
     import torch
 
