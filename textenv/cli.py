@@ -208,9 +208,12 @@ class BuildDefaultsArgs:
     """comma-separated tasks to build (default: the recipe's, RECIPE["tasks"] in textenv.training.defaults)"""
     rewards_only: bool = False
     """build only the reward models of --tasks, on the tokenizer and pretrained LM already in --out"""
+    jobs: int = 1
+    """worker processes that build the policy and the reward models after pretraining (the bytes of 1)"""
 
     def __post_init__(self) -> None:
         _check_min({"seed": self.seed}, 0)
+        _check_min({"jobs": self.jobs}, 1)
         _check_positive("scale", self.scale)
         if self.threads is not None:
             _check_min({"threads": self.threads}, 1)
@@ -402,9 +405,11 @@ def _build_defaults(a: BuildDefaultsArgs) -> int:
     if a.rewards_only:
         from textenv.training.defaults import build_reward_models
 
-        m = build_reward_models(a.task_names() or [], a.out, seed=a.seed, scale=a.scale, progress=a.progress)
+        m = build_reward_models(a.task_names() or [], a.out, seed=a.seed, scale=a.scale, progress=a.progress,
+                                jobs=a.jobs)
     else:
-        m = build_defaults(a.out, seed=a.seed, scale=a.scale, progress=a.progress, tasks=a.task_names())
+        m = build_defaults(a.out, seed=a.seed, scale=a.scale, progress=a.progress, tasks=a.task_names(),
+                           jobs=a.jobs)
     print(json.dumps(m["quality"], indent=2))
     return 0
 

@@ -15,17 +15,29 @@ Stages, in order (each written to a temporary directory, then moved into ``texte
 ``scale`` multiplies every data and step count (tests build a miniature set with ``scale=0.01``).
 :func:`build_reward_models` (``--rewards-only``) builds stage 4 alone for some tasks, on the tokenizer and
 pretrained LM already there, and merges them into the manifest.
+
+Steps 1-2 above run in the calling process. What follows is independent jobs: the policy (step 3, with its
+gold evaluation) and each task's reward model (step 4). ``jobs=N`` (``--jobs N``) runs them in ``N`` spawned
+worker processes, each with the caller's torch thread count and the seeds of the serial path, so the bytes
+are those of ``jobs=1``, which runs them one after another in-process. Their results are installed (policy,
+then rewards in task order) only once every job has succeeded; a failed job raises :class:`BuildJobError`
+and leaves ``policy/`` and ``rewards/`` as they were. Keep ``jobs`` x threads within the machine's cores.
+Spawned workers re-import the calling script, so a script that calls these functions with ``jobs > 1``
+needs an ``if __name__ == "__main__":`` guard (the ``textenv`` console script and ``python -m textenv`` are
+safe); workers get the tasks by name, so a task the script adds to ``TASKS`` must be added at its import,
+outside that guard.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +243,77 @@ def check_task_names(tasks: Sequence[str] | None) -> list[str]:
     return names
 
 
+class BuildJobError(RuntimeError):
+    """A job of the build after pretraining (the policy, or one task's reward model) failed. The message names
+    the job and the original error, which is also the ``__cause__``; nothing of any job was installed."""
+
+
+def check_jobs(jobs: Any) -> int:
+    """``jobs`` (the worker processes of a build) as an int >= 1, or ValueError naming the value."""
+    if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
+    return int(jobs)
+
+
+#: One job of a build: (its name for messages and logs, a function, its positional arguments).
+Job = tuple[str, Callable[..., Any], tuple[Any, ...]]
+
+
+def run_jobs(specs: Sequence[Job], jobs: int, on_done: Callable[[str, Any], None] = lambda name, result: None
+             ) -> list[Any]:
+    """``fn(*args)`` of each job in ``specs``, in their order; ``on_done(name, result)`` is called as each
+    one finishes.
+
+    ``jobs=1`` runs them one after another in this process. ``jobs > 1`` runs them in a pool of that many
+    spawned processes (at most one per job), so each ``fn`` must be a module-level function and its
+    arguments picklable, and the script calling this needs an ``if __name__ == "__main__":`` guard.
+    ``on_done`` is then called in the order the jobs complete. The first job to fail raises
+    :class:`BuildJobError` naming it, chained to its error; pending jobs are cancelled and running ones
+    are waited for (they write only into the caller's work directory).
+    """
+    jobs = check_jobs(jobs)
+    if jobs == 1:
+        results = []
+        for name, fn, args in specs:
+            try:
+                result = fn(*args)
+            except Exception as exc:
+                raise BuildJobError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+            on_done(name, result)
+            results.append(result)
+        return results
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    done: dict[int, Any] = {}
+    pool = ProcessPoolExecutor(max_workers=min(jobs, max(1, len(specs))),
+                               mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(fn, *args): i for i, (_, fn, args) in enumerate(specs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                done[i] = future.result()
+            except Exception as exc:
+                raise BuildJobError(f"{specs[i][0]} failed: {type(exc).__name__}: {exc}") from exc
+            on_done(specs[i][0], done[i])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [done[i] for i in range(len(specs))]
+
+
 def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0, scale: float = 1.0,
-                   progress: bool = True, log: Any = print, tasks: Sequence[str] | None = None) -> dict[str, Any]:
+                   progress: bool = True, log: Any = print, tasks: Sequence[str] | None = None,
+                   jobs: int = 1) -> dict[str, Any]:
     """Rebuild the shipped artifacts into ``out_dir`` (default: the package's ``textenv/data``), for the
     tasks ``tasks`` (default ``RECIPE["tasks"]``): their corpora train the tokenizer and both LMs, and each
     gets a reward model.
+
+    ``jobs`` > 1 builds the policy and the reward models in that many spawned worker processes, to the same
+    bytes as ``jobs=1`` (see the module docstring; a script calling this with ``jobs > 1`` needs an
+    ``if __name__ == "__main__":`` guard). A failed one raises :class:`BuildJobError`, with ``policy/`` and
+    ``rewards/`` as they were (the new tokenizer and pretrained LM are installed by then).
 
     Returns the manifest it writes to ``out_dir/MANIFEST.json``.
     """
@@ -243,21 +321,24 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
     from transformers import GPT2LMHeadModel
 
     from textenv.models import tiny_gpt2_config
-    from textenv.training.lm import finetune, pretrain
+    from textenv.training.lm import pretrain
     from textenv.training.loop import TrainConfig
     from textenv.training.tokenizer import train_tokenizer
 
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
+    jobs = check_jobs(jobs)
     out = Path(out_dir) if out_dir is not None else DATA_DIR
     out.mkdir(parents=True, exist_ok=True)
     R = RECIPE
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     task_objs = [get_task(n) for n in check_task_names(tasks)]
-    manifest: dict[str, Any] = {"seed": seed, "scale": scale, "recipe": {**R, "tasks": [t.name for t in task_objs]},
+    names = [t.name for t in task_objs]
+    threads = torch.get_num_threads()
+    manifest: dict[str, Any] = {"seed": seed, "scale": scale, "recipe": {**R, "tasks": names},
                                 "artifacts": {}, "quality": {}, "versions": {"torch": torch.__version__},
-                                "torch_threads": torch.get_num_threads()}
+                                "torch_threads": threads, "jobs": jobs}
     with tempfile.TemporaryDirectory(prefix="textenv-build-") as work_s:
         work = Path(work_s)
         # 1. tokenizer
@@ -286,27 +367,28 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
         manifest["quality"]["pretrained"] = {"eval_loss": pre["eval_loss"], "perplexity": pre["perplexity"]}
         log(f"[build-defaults] pretrained: perplexity {pre['perplexity']:.2f} ({time.perf_counter() - t_start:.0f}s)")
 
-        # 3. fine-tuning
-        n_sft = _scaled(R["sft_pairs_per_task"], scale, 200)
-        pairs = _mixed([t.sft_pairs(n_sft * R["sft_task_weight"].get(t.name, 1), seed=seed + 4) for t in task_objs],
-                       seed + 4)
-        eval_pairs = [pr for t in task_objs for pr in t.sft_pairs(n_eval, seed=seed + 5, split="test")]
-        steps = _scaled(R["sft_steps"], scale, 4)
-        sft = finetune(model, tokenizer, pairs, work / "sft", TrainConfig(
-            steps=steps, batch_size=R["sft_batch"], lr=R["sft_lr"], warmup_steps=max(1, steps // 20),
-            max_length=R["model"]["n_positions"], eval_every=0, checkpoint_every=0, seed=seed + 1, progress=progress,
-            group_by_length=R["group_by_length"]), eval_pairs=eval_pairs)
-        _final_model_files(work / "sft", work / "policy")
-        gold = policy_gold_scores(model, tokenizer, _scaled(R["policy_eval_prompts"], scale, 16), seed,
-                                  tasks=[t.name for t in task_objs])
-        _install(work / "policy", out / "policy")
-        manifest["quality"]["policy"] = {"sft_eval_loss": sft["eval_loss"], "sft_perplexity": sft["perplexity"],
-                                         "gold_score_at_temperature_1": gold}
-        log(f"[build-defaults] policy: gold {gold} ({time.perf_counter() - t_start:.0f}s)")
-
-        # 4. reward models
-        manifest["quality"]["rewards"] = _build_reward_models(task_objs, out, work, tokenizer, seed, scale, progress,
-                                                              log, t_start)
+        # 3-4. the policy and the reward models: independent jobs, installed once all of them succeeded
+        recipe = {**R, "tasks": names}
+        if jobs == 1:
+            specs: list[Job] = [("policy", _policy_job, (model, tokenizer, names, recipe, work / "policy-job", seed,
+                                                         scale, progress))]
+            specs += [(_reward_job_name(n), _reward_job, (t, tokenizer, out / "pretrained", work / f"reward-{n}",
+                                                             seed, scale, progress))
+                      for n, t in zip(names, task_objs, strict=True)]
+        else:
+            del model  # the policy job loads it from work/pretrained
+            specs = [("policy", _policy_worker, (str(work), names, recipe, str(work / "policy-job"), seed, scale,
+                                                 progress, threads))]
+            specs += [(_reward_job_name(n), _reward_worker, (n, str(work / "tokenizer"), True,
+                                                                str(out / "pretrained"), str(work / f"reward-{n}"),
+                                                                seed, scale, progress, threads))
+                      for n in names]
+        results = run_jobs(specs, jobs, _job_logger(log, t_start, names))
+        manifest["quality"]["policy"] = results[0]
+        manifest["quality"]["rewards"] = dict(zip(names, results[1:], strict=True))
+        _install(work / "policy-job" / "policy", out / "policy")
+        for n in names:
+            _install(work / f"reward-{n}" / "final", out / "rewards" / n)
 
     manifest["build_seconds"] = round(time.perf_counter() - t_start, 1)
     write_manifest(out, manifest)
@@ -314,34 +396,115 @@ def build_defaults(out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
     return manifest
 
 
-def _build_reward_models(tasks: list[Any], out: Path, work: Path, tokenizer: Any, seed: int, scale: float,
-                         progress: bool, log: Any, t_start: float) -> dict[str, Any]:
-    """Train, evaluate and install ``out/rewards/<task>`` for each task; returns each one's quality."""
+def _reward_job_name(task: str) -> str:
+    return f"reward model {task!r}"
+
+
+def _job_logger(log: Any, t_start: float, tasks: Sequence[str]) -> Callable[[str, Any], None]:
+    """The log line of each finished job of :func:`run_jobs` (the policy's gold scores, a reward model's
+    quality), with the build's seconds so far."""
+    task_of = {_reward_job_name(n): n for n in tasks}
+
+    def on_done(name: str, result: dict[str, Any]) -> None:
+        what = (f"policy: gold {result['gold_score_at_temperature_1']}" if name == "policy"
+                else f"reward model {task_of[name]}: {result}")
+        log(f"[build-defaults] {what} ({time.perf_counter() - t_start:.0f}s)")
+
+    return on_done
+
+
+def _policy_job(model: Any, tokenizer: Any, task_names: list[str], recipe: dict[str, Any], job_dir: Path,
+                seed: int, scale: float, progress: bool) -> dict[str, Any]:
+    """Step 3: fine-tune the pretrained ``model`` (in place) into ``job_dir/policy`` and measure its gold
+    scores; returns its quality for the manifest."""
+    import torch
+
+    from textenv.training.lm import finetune
+    from textenv.training.loop import TrainConfig
+
+    R = recipe
+    torch.manual_seed(seed)  # no global RNG state from an earlier stage (finetune seeds itself anyway)
+    task_objs = [get_task(n) for n in task_names]
+    n_eval = _scaled(R["eval_docs_per_task"], scale, 20)
+    n_sft = _scaled(R["sft_pairs_per_task"], scale, 200)
+    pairs = _mixed([t.sft_pairs(n_sft * R["sft_task_weight"].get(t.name, 1), seed=seed + 4) for t in task_objs],
+                   seed + 4)
+    eval_pairs = [pr for t in task_objs for pr in t.sft_pairs(n_eval, seed=seed + 5, split="test")]
+    steps = _scaled(R["sft_steps"], scale, 4)
+    sft = finetune(model, tokenizer, pairs, job_dir / "sft", TrainConfig(
+        steps=steps, batch_size=R["sft_batch"], lr=R["sft_lr"], warmup_steps=max(1, steps // 20),
+        max_length=R["model"]["n_positions"], eval_every=0, checkpoint_every=0, seed=seed + 1, progress=progress,
+        group_by_length=R["group_by_length"]), eval_pairs=eval_pairs)
+    _final_model_files(job_dir / "sft", job_dir / "policy")
+    gold = policy_gold_scores(model, tokenizer, _scaled(R["policy_eval_prompts"], scale, 16), seed,
+                              tasks=task_names)
+    return {"sft_eval_loss": sft["eval_loss"], "sft_perplexity": sft["perplexity"],
+            "gold_score_at_temperature_1": gold}
+
+
+def _policy_worker(work: str, task_names: list[str], recipe: dict[str, Any], job_dir: str, seed: int,
+                   scale: float, progress: bool, threads: int) -> dict[str, Any]:
+    """:func:`_policy_job` in a worker process, on the tokenizer and pretrained LM the build saved in
+    ``work``, with the parent's torch thread count and seed."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from textenv.models import quiet_progress
+    from textenv.training.tokenizer import load_trained_tokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    tokenizer = load_trained_tokenizer(Path(work) / "tokenizer")
+    with quiet_progress():
+        model = GPT2LMHeadModel.from_pretrained(str(Path(work) / "pretrained"), dtype=torch.float32)
+    return _policy_job(model, tokenizer, task_names, recipe, Path(job_dir), seed, scale, progress)
+
+
+def _reward_job(task: Any, tokenizer: Any, pretrained: Path, job_dir: Path, seed: int, scale: float,
+                progress: bool) -> dict[str, Any]:
+    """Step 4 for ``task``: train and evaluate its reward model into ``job_dir/final`` (its checkpoints stay
+    in ``job_dir/train``); returns its quality for the manifest."""
+    import torch
+
     from textenv.rewards import load_reward_model
     from textenv.training.reward import build_default_reward_model, evaluate_reward_model
 
-    qualities: dict[str, Any] = {}
-    for t in tasks:
-        rm_dir = work / "rewards" / t.name
-        steps_rm = None if scale >= 1.0 else _scaled(400, scale * 10, 4)
-        build_default_reward_model(t, rm_dir, tokenizer=tokenizer, seed=seed, steps=steps_rm, progress=progress,
-                                   pretrained=out / "pretrained",
-                                   n_train=None if scale >= 1.0 else _scaled(20_000, scale, 200))
+    torch.manual_seed(seed)  # no global RNG state from an earlier stage (the training seeds itself anyway)
+    rm_dir = job_dir / "train"
+    steps_rm = None if scale >= 1.0 else _scaled(400, scale * 10, 4)
+    build_default_reward_model(task, rm_dir, tokenizer=tokenizer, seed=seed, steps=steps_rm, progress=progress,
+                               pretrained=pretrained, n_train=None if scale >= 1.0 else _scaled(20_000, scale, 200))
+    quality = evaluate_reward_model(load_reward_model(rm_dir), task, n=_scaled(1000, scale, 64), seed=seed + 9)
+    _final_model_files(rm_dir, job_dir / "final")  # not its checkpoints
+    return quality
 
-        quality = evaluate_reward_model(load_reward_model(rm_dir), t, n=_scaled(1000, scale, 64), seed=seed + 9)
-        qualities[t.name] = quality
-        _final_model_files(rm_dir, work / "rewards-final" / t.name)  # not its checkpoints
-        _install(work / "rewards-final" / t.name, out / "rewards" / t.name)
-        log(f"[build-defaults] reward model {t.name}: {quality} ({time.perf_counter() - t_start:.0f}s)")
-    return qualities
+
+def _reward_worker(task_name: str, tokenizer_dir: str, trained_tokenizer: bool, pretrained: str, job_dir: str,
+                   seed: int, scale: float, progress: bool, threads: int) -> dict[str, Any]:
+    """:func:`_reward_job` in a worker process, with the parent's torch thread count and seed. The tokenizer
+    is loaded as the parent holds it: rebuilt as :func:`~textenv.training.tokenizer.train_tokenizer`
+    returned it (``trained_tokenizer``, a full build), or by ``AutoTokenizer`` (``--rewards-only``)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from textenv.training.tokenizer import load_trained_tokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    tokenizer = (load_trained_tokenizer(tokenizer_dir) if trained_tokenizer
+                 else AutoTokenizer.from_pretrained(tokenizer_dir))
+    return _reward_job(get_task(task_name), tokenizer, Path(pretrained), Path(job_dir), seed, scale, progress)
 
 
 def build_reward_models(tasks: Sequence[str], out_dir: str | os.PathLike[str] | None = None, seed: int = 0,
-                        scale: float = 1.0, progress: bool = True, log: Any = print) -> dict[str, Any]:
+                        scale: float = 1.0, progress: bool = True, log: Any = print, jobs: int = 1) -> dict[str, Any]:
     """Build only the reward models of ``tasks`` (``textenv build-defaults --rewards-only``) against the
     tokenizer and pretrained LM already in ``out_dir`` (default: the package's ``textenv/data``), and merge
-    them into its ``MANIFEST.json`` (each one's quality, and a ``reward_builds`` entry with its seed, scale
-    and seconds). The tokenizer, the LMs and the other reward models are left as they are.
+    them into its ``MANIFEST.json`` (each one's quality, and a ``reward_builds`` entry with its seed, scale,
+    seconds and ``jobs``). The tokenizer, the LMs and the other reward models are left as they are.
+
+    ``jobs`` > 1 trains them in that many spawned worker processes, to the same bytes as ``jobs=1`` (see
+    :func:`build_defaults`); a failed one raises :class:`BuildJobError` and installs none of them.
 
     This is how a task registered after the last full build gets a shipped reward model without a full
     rebuild; after a full rebuild that changes the tokenizer, every reward model is rebuilt anyway.
@@ -355,7 +518,9 @@ def build_reward_models(tasks: Sequence[str], out_dir: str | os.PathLike[str] | 
 
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
+    jobs = check_jobs(jobs)
     task_objs = [get_task(n) for n in check_task_names(tasks)]
+    names = [t.name for t in task_objs]
     out = Path(out_dir) if out_dir is not None else DATA_DIR
     for sub in ("tokenizer", "pretrained"):
         if not (out / sub).is_dir():
@@ -365,15 +530,28 @@ def build_reward_models(tasks: Sequence[str], out_dir: str | os.PathLike[str] | 
     manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="textenv-build-") as work_s:
-        qualities = _build_reward_models(task_objs, out, Path(work_s), tokenizer, seed, scale, progress, log, t_start)
+        work = Path(work_s)
+        if jobs == 1:
+            tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+            specs: list[Job] = [(_reward_job_name(n), _reward_job, (t, tokenizer, out / "pretrained",
+                                                                    work / f"reward-{n}", seed, scale, progress))
+                                for n, t in zip(names, task_objs, strict=True)]
+        else:
+            specs = [(_reward_job_name(n), _reward_worker, (n, str(out / "tokenizer"), False, str(out / "pretrained"),
+                                                            str(work / f"reward-{n}"), seed, scale, progress,
+                                                            threads))
+                     for n in names]
+        results = run_jobs(specs, jobs, _job_logger(log, t_start, names))
+        qualities = dict(zip(names, results, strict=True))
+        for n in names:
+            _install(work / f"reward-{n}" / "final", out / "rewards" / n)
     seconds = round(time.perf_counter() - t_start, 1)
     manifest.setdefault("quality", {}).setdefault("rewards", {}).update(qualities)
     builds = manifest.setdefault("reward_builds", {})
     for name in qualities:
-        builds[name] = {"seed": seed, "scale": scale, "seconds": seconds,
-                        "torch_threads": torch.get_num_threads()}
+        builds[name] = {"seed": seed, "scale": scale, "seconds": seconds, "torch_threads": threads, "jobs": jobs}
     write_manifest(out, manifest)
     log(f"[build-defaults] reward models {sorted(qualities)} done in {seconds:.0f}s")
     return manifest

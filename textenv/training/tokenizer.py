@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
@@ -39,6 +42,29 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    return _wrap(tok)
+
+
+def load_trained_tokenizer(directory: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
+    """The tokenizer :func:`train_tokenizer` returned, rebuilt from the ``tokenizer.json`` that its
+    ``save_pretrained`` wrote into ``directory``.
+
+    It is the trained object again: ``name_or_path`` is empty and a ``save_pretrained`` of it writes the
+    same bytes. ``AutoTokenizer.from_pretrained`` instead gives a copy that records how it was loaded (its
+    ``name_or_path``, and ``is_local`` in a re-saved ``tokenizer_config.json``). ``textenv build-defaults
+    --jobs`` hands its worker processes the tokenizer of the build this way.
+    """
+    from tokenizers import Tokenizer
+
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {str(directory)!r} (a directory train_tokenizer's "
+                                f"tokenizer was saved to)")
+    return _wrap(Tokenizer.from_file(str(path)))
+
+
+def _wrap(tok: Any) -> PreTrainedTokenizerFast:
+    """The transformers tokenizer of a ``tokenizers.Tokenizer`` trained by :func:`train_tokenizer`."""
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
                                    pad_token=PAD_TOKEN, unk_token=None)
     fast.model_max_length = 1024
