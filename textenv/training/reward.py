@@ -69,6 +69,10 @@ TASK_BUILD: dict[str, dict[str, Any]] = {
     # the tens digit; the units digit is what it learns slowly). lr 1e-3 did worse (0.74 / 0.94).
     "arithmetic": {"steps": 9000, "n_train": 180000, "init_from_pretrained": True, "lr": 5e-4},
     "keywords": {"steps": 3000, "n_train": 60000},
+    # qa must find the asked-for fact in a ~70-token context (and chain two for most questions): 1,000 steps
+    # on 20,000 rows reached Spearman 0.69 / pairwise 0.82 (summarization 0.93 / 0.92, dialogue 0.96 / 0.96
+    # at the shared defaults)
+    "qa": {"steps": 3000, "n_train": 60000},
 }
 _FORMAT_VERSION = 1
 
