@@ -123,3 +123,16 @@ def test_throughput_smoke_with_trl(tmp_path):
         config = r["trl_grpo_defaults_config"]
         assert "gradient_checkpointing" not in config and "bf16" not in config and "beta" not in config
         assert config["per_device_train_batch_size"] == r["config"]["batch"]
+
+
+def test_task_stats_table():
+    from benchmarks import task_stats
+
+    table = task_stats.main(["--n", "20", "--tasks", "arithmetic,dialogue"])
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| arithmetic | ") and lines[3].startswith("| dialogue | ")
+    assert "32 x 4 turns" in lines[3]
+    # quality 1 is the task's best response: gold 1.0 for arithmetic's exact sums
+    assert lines[2].endswith("/ 1.00 |")
+    with pytest.raises(ValueError, match="--n must be >= 1, got 0"):
+        task_stats.main(["--n", "0"])
