@@ -3,7 +3,8 @@ table): ``python -m benchmarks.task_stats [--n 2000] [--tasks a,b]``.
 
 Per task, on ``--n`` held-out (``test``) prompts: the prompt's tokens (min-max, mean), the best response's
 (``sample_response`` at quality 1; for a multi-turn task the whole transcript, the user's replies included),
-the env's default budgets, and the mean gold score of ``sample_response`` at quality 0, 0.5 and 1. Prints a
+the env's default budgets, and the mean gold score of ``sample_response`` at quality 0, 0.5 and 1 (and of a
+response without learning where the task has an obvious one, :func:`baseline`). Prints a
 Markdown table; writes nothing.
 """
 
@@ -11,12 +12,30 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from textenv.models import load_tokenizer
 from textenv.tasks import get_task
 from textenv.training.defaults import RECIPE
+
+
+def baseline(name: str) -> tuple[str, Any] | None:
+    """A no-learning response of task ``name`` (its description and ``prompt -> response``), or None."""
+    if name == "translation":
+        from textenv.tasks.translation import parse_source, word_by_word
+
+        return "word-by-word lookup", lambda p: " " + word_by_word(parse_source(p) or "")
+    if name == "summarization":
+        from textenv.tasks.summarization import parse_document
+
+        return "copying the document", lambda p: " " + (parse_document(p) or "")
+    if name == "detox":
+        from textenv.tasks.detox import parse_source as detox_source
+
+        return "copying the source", lambda p: " " + (detox_source(p) or "")
+    return None
 
 
 def task_row(name: str, tokenizer: object, n: int, seed: int = 0) -> dict[str, object]:
@@ -35,6 +54,9 @@ def task_row(name: str, tokenizer: object, n: int, seed: int = 0) -> dict[str, o
     def lengths(texts: list[str]) -> np.ndarray:
         return np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])  # type: ignore[operator]
 
+    base = baseline(name)
+    if base is not None:
+        gold[base[0]] = float(np.mean(task.gold_score(prompts, [base[1](p) for p in prompts])))
     p, r = lengths(prompts), lengths(best)
     budget = f"{task.default_max_prompt_tokens} + {task.default_max_new_tokens}"
     if task.default_max_turns > 1:
@@ -49,7 +71,9 @@ def markdown(rows: Sequence[dict[str, object]], n: int) -> str:
     for row in rows:
         p, r, g = row["prompt"], row["response"], row["gold"]
         lines.append(f"| {row['task']} | {p[0]}-{p[1]} (mean {p[2]:.0f}) | {r[0]}-{r[1]} (mean {r[2]:.0f}) | "  # type: ignore[index]
-                     f"{row['budget']} | {g[0.0]:.2f} / {g[0.5]:.2f} / {g[1.0]:.2f} |")  # type: ignore[index]
+                     f"{row['budget']} | {g[0.0]:.2f} / {g[0.5]:.2f} / {g[1.0]:.2f}"  # type: ignore[index]
+                     + "".join(f" ({k}: {v:.2f})" for k, v in g.items() if isinstance(k, str))  # type: ignore[union-attr]
+                     + " |")
     return "\n".join(lines)
 
 
