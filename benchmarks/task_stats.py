@@ -55,14 +55,13 @@ def task_row(name: str, tokenizer: object, n: int, seed: int = 0) -> dict[str, o
         return np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])  # type: ignore[operator]
 
     base = baseline(name)
-    if base is not None:
-        gold[base[0]] = float(np.mean(task.gold_score(prompts, [base[1](p) for p in prompts])))
+    baselines = {} if base is None else {base[0]: float(np.mean(task.gold_score(prompts, [base[1](p) for p in prompts])))}
     p, r = lengths(prompts), lengths(best)
     budget = f"{task.default_max_prompt_tokens} + {task.default_max_new_tokens}"
     if task.default_max_turns > 1:
         budget += f" x {task.default_max_turns} turns"
     return {"task": name, "prompt": (int(p.min()), int(p.max()), float(p.mean())),
-            "response": (int(r.min()), int(r.max()), float(r.mean())), "budget": budget, "gold": gold}
+            "response": (int(r.min()), int(r.max()), float(r.mean())), "budget": budget, "gold": gold, "baselines": baselines}
 
 
 def markdown(rows: Sequence[dict[str, object]], n: int) -> str:
@@ -72,7 +71,7 @@ def markdown(rows: Sequence[dict[str, object]], n: int) -> str:
         p, r, g = row["prompt"], row["response"], row["gold"]
         lines.append(f"| {row['task']} | {p[0]}-{p[1]} (mean {p[2]:.0f}) | {r[0]}-{r[1]} (mean {r[2]:.0f}) | "  # type: ignore[index]
                      f"{row['budget']} | {g[0.0]:.2f} / {g[0.5]:.2f} / {g[1.0]:.2f}"  # type: ignore[index]
-                     + "".join(f" ({k}: {v:.2f})" for k, v in g.items() if isinstance(k, str))  # type: ignore[union-attr]
+                     + "".join(f" ({k}: {v:.2f})" for k, v in row["baselines"].items())  # type: ignore[attr-defined]
                      + " |")
     return "\n".join(lines)
 
