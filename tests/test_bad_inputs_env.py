@@ -397,6 +397,6 @@ def test_policy_context_shorter_than_the_env_is_refused(tiny_tokenizer):
     agent.learn(4, progress=False)
 
 
-def test_issue_case_max_new_tokens_300_with_the_default_policy():
-    with pytest.raises(ValueError, match=r"128 positions .* = 16 \+ 300 = 316"):
-        PPO(env_kwargs={"max_new_tokens": 300, "reward_model": "gold"}, batch_size=4)
+def test_issue_case_max_new_tokens_past_the_default_policys_positions():
+    with pytest.raises(ValueError, match=r"320 positions .* = 16 \+ 310 = 326"):  # the shipped policy has 320
+        PPO(env_kwargs={"max_new_tokens": 310, "reward_model": "gold"}, batch_size=4)
