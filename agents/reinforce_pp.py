@@ -23,7 +23,7 @@ from agents.base import Agent, AgentConfig
 from agents.core import (
     KLKind,
     aggregate_loss,
-    gae,
+    gae_over_mask,
     kl_penalty,
     masked_mean,
     masked_whiten,
@@ -51,7 +51,9 @@ def reinforce_pp_advantages(scores: torch.Tensor, logprobs: torch.Tensor, ref_lo
     last = valid.long().cumsum(1) == valid.long().sum(1, keepdim=True)  # (B, T): the last valid token
     terminal = torch.where(valid & last, scores[:, None].to(logprobs.dtype), torch.zeros_like(logprobs))
     rewards, kl = token_level_rewards(terminal, logprobs, ref_logprobs, mask, kl_coef, kind)
-    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)  # reward-to-go
+    # reward-to-go along the agent's tokens: in a multi-turn batch the mask has holes (the inserted tokens),
+    # which plain gae would read as episode ends, cutting earlier turns off from the terminal score
+    returns, _ = gae_over_mask(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)
     return masked_whiten(returns, mask), kl
 
 

@@ -144,6 +144,17 @@ def test_reinforce_pp_advantages_known_answer():
         reinforce_pp_advantages(scores, z4, z4, m4, 0.0, group_size=3)
 
 
+def test_reinforce_pp_returns_cross_the_inserted_tokens_of_a_multi_turn_row():
+    # row 0: agent token, two inserted tokens (mask 0), agent token; k1 = 0.2 and 0.4, score 1, kl_coef 0.5.
+    # The first turn's return must include the terminal score: [-0.1 + 0.8, 0.8] = [0.7, 0.8] on the agent's
+    # tokens, exactly the returns of the same row without the inserted tokens (the known answer above).
+    mask = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    lp = torch.tensor([[0.2, 9.0, 9.0, 0.4], [0.6, 0.0, 0.0, 0.0]])
+    adv, _ = reinforce_pp_advantages(torch.tensor([1.0, 0.0]), lp, torch.zeros(2, 4), mask, 0.5)
+    sd = math.sqrt(0.37)
+    close(adv, [[0.3 / sd, 0.0, 0.0, 0.4 / sd], [-0.7 / sd, 0.0, 0.0, 0.0]], atol=1e-4)
+
+
 def test_configs_validate():
     with pytest.raises(ValueError, match="clip_high must be in"):
         DAPO.Config(clip_high=1.5)
