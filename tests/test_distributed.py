@@ -175,7 +175,15 @@ def test_two_gloo_ranks_with_half_the_batch_match_one_process_with_all_of_it(tmp
         moved = max(float((p_one[k] - initial[k].detach()).abs().max()) for k in p_one)
         assert moved > 1e-3, f"{name}: training did not move the weights ({moved})"
         for k in p_one:
-            torch.testing.assert_close(p_ddp[k], p_one[k], rtol=1e-4, atol=2e-5, msg=lambda m, k=k, n=name: f"{n} {k}: {m}")
+            # AdamW divides by sqrt(v): in an entry whose gradient is ~0, the reduction's float rounding (an
+            # all-reduce sums in another order) can move each update by up to 2 lr. Allow that in a few
+            # entries (at most 0.1%, by at most 2 lr per optimizer step); every other one within 2e-5 + 1e-4 |p|.
+            diff, tol = (p_ddp[k] - p_one[k]).abs(), 2e-5 + 1e-4 * p_one[k].abs()
+            off, worst = float((diff > tol).float().mean()), float(diff.max())
+            o = _overrides(name)
+            steps = ITERATIONS * o.get("n_epochs", 1) * o.get("num_iterations", 1) * o.get("n_minibatches", 1)
+            assert off <= 1e-3 and worst <= 2 * steps * o["learning_rate"], \
+                f"{name} {k}: {off:.2%} of entries off, max {worst:.2e}"
         g_ddp, g_one = load_file(multi / f"{name}-grads.safetensors"), load_file(single / f"{name}-grads.safetensors")
         assert g_ddp.keys() == g_one.keys()  # e.g. GRPO's unused value head has no gradient in either
         for k in g_one:
