@@ -1003,9 +1003,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             overrides["trl-grpo"]["per_device_train_batch_size"] = QUICK_BATCH
     seeds = list(range(n_seeds))
     # one process per (agent, env) row, its seeds in sequence: the imports (seconds each) are paid once per row
-    skipped = [{"agent": ag, "env": env, "reason": why} for env in envs for ag in agents_
-               if (why := not_applicable(ag, env)) is not None]
-    pairs = [(env, ag) for env in envs for ag in agents_ if not_applicable(ag, env) is None]
+    why_not = {(env, ag): not_applicable(ag, env) for env in envs for ag in agents_}
+    skipped = [{"agent": ag, "env": env, "reason": why} for (env, ag), why in why_not.items() if why is not None]
+    pairs = [pair for pair, why in why_not.items() if why is None]
     specs = [{"agent": ag, "env": env, "seeds": seeds, "episodes": episodes[env], "eval_episodes": eval_episodes[env],
               "policy": a.policy, "reward_model": a.reward_model, "threads": a.threads, "overrides": overrides[ag]}
              for env, ag in pairs]

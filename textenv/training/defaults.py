@@ -122,13 +122,9 @@ def generate_completions(model: Any, tokenizer: Any, prompts: list[str], max_new
     Sampling is ``torch.multinomial`` on the softmax of the logits, with ``generator``: the draws the
     shipped MANIFEST's ``gold_score_at_temperature_1`` was measured with, so a rebuild reproduces it.
     """
-    import torch
-
     from textenv.decoding import sample_tokens
 
-    def sample(logits: torch.Tensor) -> torch.Tensor:
-        return torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(-1)
-
+    sample = _temperature_1(generator)
     texts: list[str] = []
     model.eval()
     for start in range(0, len(prompts), batch_size):
@@ -138,6 +134,16 @@ def generate_completions(model: Any, tokenizer: Any, prompts: list[str], max_new
         outs = sample_tokens(model, ids, attn, max_new_tokens, sample, tokenizer.eos_token_id)
         texts += [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
     return texts
+
+
+def _temperature_1(generator: Any) -> Callable[[Any], Any]:
+    """``logits (B, V) -> tokens (B,)``: ``torch.multinomial`` on the softmax, drawing with ``generator``."""
+    import torch
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        return torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(-1)
+
+    return sample
 
 
 def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
@@ -157,13 +163,9 @@ def generate_dialogues(model: Any, tokenizer: Any, task: Any, prompts: list[str]
     cut to ``task.default_max_inserted_tokens`` tokens) is appended, until it returns ``None`` or after
     ``task.default_max_turns`` agent turns. Returns each whole transcript after the prompt, decoded without
     special tokens (what the gold scorer reads)."""
-    import torch
-
     from textenv.decoding import sample_tokens
 
-    def sample(logits: torch.Tensor) -> torch.Tensor:
-        return torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator).squeeze(-1)
-
+    sample = _temperature_1(generator)
     sep = tokenizer(task.turn_separator, add_special_tokens=False)["input_ids"]
     if len(sep) != 1:
         raise ValueError(f"the turn separator {task.turn_separator!r} of task {task.name!r} is {len(sep)} tokens "

@@ -123,7 +123,7 @@ class TrainConfig:
         bf16: use bfloat16 autocast on CUDA devices that support it (ignored on CPU).
         group_by_length: batch examples of similar length together (stages 1-2), so that little of a batch
             is padding (transformers' ``TrainingArguments.group_by_length``; see
-            :func:`textenv.training.lm.length_grouped_batch`). Off: each step draws its batch uniformly.
+            :func:`textenv.training.lm.length_grouped_batches`). Off: each step draws its batch uniformly.
 
     Example:
         >>> TrainConfig(steps=100, lr=1e-3).warmup_steps
